@@ -1,0 +1,47 @@
+# edgetl — two commands do all the set-up: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := demo
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(VENV)/.installed
+
+# Debian/Ubuntu ship python3 without venv/ensurepip; install it if that is what is missing.
+$(VENV)/bin/python:
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c "import ensurepip" 2>/dev/null || { \
+	  echo "python venv support missing: installing python3-venv"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[host,dev]"
+	touch $@
+
+# The main job, offline, end to end as far as the pipeline exists:
+# synthesize two cities, pretrain on city-a (server side), fine-tune on a little of city-b.
+demo: setup
+	rm -rf $(DEMO)
+	$(BIN)/edgetl data synth --domain city-a --per-class 60 --seed 1 --out $(DEMO)/city-a/train
+	$(BIN)/edgetl data synth --domain city-b --per-class 20 --seed 2 --out $(DEMO)/city-b/train
+	$(BIN)/edgetl data synth --domain city-b --per-class 25 --seed 3 --out $(DEMO)/city-b/test
+	$(BIN)/edgetl pretrain --backbone efficientnet_lite0 --data $(DEMO)/city-a/train \
+	  --test $(DEMO)/city-b/test --img-size 64 --epochs 8 --out $(DEMO)/runs/city-a
+	$(BIN)/edgetl finetune --weights $(DEMO)/runs/city-a --data $(DEMO)/city-b/train \
+	  --test $(DEMO)/city-b/test --img-size 64 --epochs 10 --out $(DEMO)/runs/city-b
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "# $$b" >&2; $(BIN)/python $$b || exit $$?; done
+
+lint: setup
+	$(BIN)/python -m ruff check edgetl tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO) runs *.egg-info

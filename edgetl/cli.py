@@ -1,0 +1,162 @@
+"""The `edgetl` command: parses flags into the API's config objects and prints results.
+
+Errors a user can cause print one line with a hint and exit 2; `--verbose` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from edgetl import __version__
+from edgetl.errors import EdgetlError
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--verbose", "-v", action="store_true", help="show tracebacks and more detail")
+    return p
+
+
+def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder dir: DATA/<class>/*.png|jpg|ppm|bmp")
+    p.add_argument("--out", type=Path, required=True, help="run dir to write, e.g. runs/city-b")
+    p.add_argument("--backbone", help="registered backbone (see `edgetl backbones`); "
+                   "default: the --weights run's, else efficientnet_lite0")
+    p.add_argument("--weights", help="imagenet (default) | none | torchvision weights name | state_dict path | run dir")
+    p.add_argument("--val", type=Path, help="val ImageFolder dir (default: a seeded split of --data)")
+    p.add_argument("--test", type=Path, help="test ImageFolder dir; its top-1 goes into the run record")
+    p.add_argument("--freeze", default="none", help="all (head only) | none (default) | until:STAGE")
+    p.add_argument("--epochs", type=int, default=10, help="epochs with unfrozen stages (default 10)")
+    p.add_argument("--head-epochs", type=int, default=60, help="head-only epochs on cached embeddings (default 60)")
+    p.add_argument("--img-size", type=int, help="model input size in px (default: the weights run's, else 96)")
+    p.add_argument("--resize", default="stretch", help="stretch (whole crop, default) | crop (centre crop)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
+    p.add_argument("--backbone-lr-scale", type=float,
+                   help="backbone lr = lr x this (default 0.1 from pretrained weights, 1.0 from scratch)")
+    p.add_argument("--patience", type=int, default=4, help="early stopping: epochs without val gain")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--strict", action="store_true", help="refuse unreadable images instead of skipping them")
+    p.add_argument("--force", action="store_true", help="replace an existing run dir")
+    p.set_defaults(stage=stage)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="edgetl", parents=[common],
+        description="Fine-tune, quantize, compile, ship and check vision backbones for edge devices.")
+    parser.add_argument("--version", action="version", version=f"edgetl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = sub.add_parser("data", parents=[common], help="datasets: synthesize, inspect")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
+    synth = data_sub.add_parser("synth", parents=[common], help="write synthetic road-sign crops (offline demo/tests)")
+    synth.add_argument("--domain", required=True, help="city-a (clean daytime catalogue) | city-b (another country, hard conditions)")
+    synth.add_argument("--per-class", type=int, required=True, help="images per class")
+    synth.add_argument("--size", type=int, default=64, help="image size in px (default 64)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", type=Path, required=True, help="new or empty dir to write OUT/<class>/*.png")
+    show = data_sub.add_parser("show", parents=[common], help="classes and image counts of an ImageFolder dir")
+    show.add_argument("dir", type=Path)
+
+    sub.add_parser("backbones", parents=[common], help="list the registered backbones and their weights")
+
+    ft = sub.add_parser("finetune", parents=[common], help="fine-tune a pretrained backbone on local data",
+                        description="Head on the frozen backbone (cached embeddings), then the unfrozen stages "
+                                    "at a lower learning rate; writes a run dir. Runs under torchrun for DDP.")
+    _add_train_flags(ft, "finetune")
+    pt = sub.add_parser("pretrain", parents=[common], help="the same loop, server-side, on a source domain",
+                        description="Server-side training on a source domain (e.g. city-a); the run it writes is "
+                                    "a --weights for later `edgetl finetune` runs.")
+    _add_train_flags(pt, "pretrain")
+    return parser
+
+
+def _cmd_synth(args, console) -> int:
+    from edgetl.data import synth
+
+    with console.task(f"synthesizing {args.domain}", args.per_class * len(synth.CLASSES)) as advance:
+        t0 = time.perf_counter()
+        out = synth.synthesize(args.out, args.domain, args.per_class, args.size, args.seed, progress=advance)
+        seconds = time.perf_counter() - t0
+    n = args.per_class * len(synth.CLASSES)
+    console.table(f"{args.domain} -> {out}", ["classes", "images", "size", "seconds", "images/s"],
+                  [[len(synth.CLASSES), n, f"{args.size}px", f"{seconds:.1f}", f"{n / seconds:.0f}"]])
+    return 0
+
+
+def _cmd_show(args, console) -> int:
+    from edgetl.data import scan
+
+    folder = scan(args.dir)
+    counts = folder.counts()
+    console.table(f"{args.dir}: {len(folder.classes)} classes, {sum(counts)} images", ["class", "images"],
+                  list(zip(folder.classes, counts)))
+    return 0
+
+
+def _cmd_backbones(args, console) -> int:
+    from edgetl.train.backbones import REGISTRY
+
+    rows = [[s.name, s.default_weights, s.default_img_size, "x".join(f"{m:g}" for m in s.mean)]
+            for s in REGISTRY.values()]
+    console.table("backbones", ["name", "imagenet weights", "default px", "mean"], rows)
+    return 0
+
+
+def _cmd_train(args, console) -> int:
+    from edgetl.train.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, val=args.val, test=args.test,
+        freeze=args.freeze, epochs=args.epochs, head_epochs=args.head_epochs, img_size=args.img_size,
+        resize=args.resize, batch_size=args.batch_size, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale,
+        patience=args.patience, val_fraction=args.val_fraction, seed=args.seed, strict=args.strict,
+        augment=not args.no_augment, force=args.force, stage=args.stage,
+    )
+    result = finetune(config, console)
+    test = "-" if result.test_top1 is None else f"{result.test_top1:.1f}%"
+    console.table(f"{args.stage}: {args.out}", ["backbone", "classes", "val top-1", "test top-1", "epochs", "seconds"],
+                  [[result.backbone, result.classes, f"{result.val_top1:.1f}%", test,
+                    f"{result.epochs} (+{result.head_epochs} head)", f"{result.seconds:.0f}"]])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import os
+
+    from edgetl.console import Console
+
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints
+    console = Console(quiet=quiet)
+    handlers = {"backbones": _cmd_backbones, "finetune": _cmd_train, "pretrain": _cmd_train}
+    try:
+        if args.command == "data":
+            if args.data_command is None:
+                parser.parse_args(["data", "--help"])
+            return {"synth": _cmd_synth, "show": _cmd_show}[args.data_command](args, console)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return handlers[args.command](args, console)
+    except EdgetlError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

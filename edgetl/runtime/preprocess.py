@@ -1,0 +1,62 @@
+"""The preprocessing spec: how an image becomes the model's input tensor, kept as data.
+
+Written once at fine-tune time into the run (`preprocess.json`) and carried into every
+artifact, so training, export checks, calibration and the device apply the same steps.
+numpy only: this module is imported on the device.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+RESIZE_MODES = ("stretch", "crop")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Input contract of a backbone.
+
+    size: (height, width) of the model input.
+    resize: "stretch" scales the whole image to size (tight crops such as sign detections);
+            "crop" scales the shorter side to size and centre-crops the rest.
+    mean/std: per-channel normalisation applied to pixels scaled to [0, 1].
+    input_scale/input_zero_point: set once the model input is quantized (later stages).
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    input_scale: float | None = None
+    input_zero_point: int | None = None
+    schema_version: int = field(default=1)
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, not {self.resize!r}")
+
+    def normalize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 NHWC (already resized to `size`) -> float32 NCHW, mean/std applied."""
+        x = images.astype(np.float32) / np.float32(255.0)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PreprocessSpec":
+        raw = json.loads(text)
+        if raw.get("schema_version") != 1:
+            raise ValueError(f"unknown preprocessing schema_version {raw.get('schema_version')!r}")
+        raw["size"] = tuple(raw["size"])
+        raw["mean"] = tuple(raw["mean"])
+        raw["std"] = tuple(raw["std"])
+        return cls(**raw)

