@@ -35,9 +35,10 @@ def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--img-size", type=int, help="model input size in px (default: the weights run's, else 96)")
     p.add_argument("--resize", default="stretch", help="stretch (whole crop, default) | crop (centre crop)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
-    p.add_argument("--backbone-lr-scale", type=float,
-                   help="backbone lr = lr x this (default 0.1 from pretrained weights, 1.0 from scratch)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="fine-tuning learning rate (default 1e-3); the head-only phase uses 3 x lr")
+    p.add_argument("--backbone-lr-scale", type=float, default=1.0,
+                   help="unfrozen stages learn at lr x this (default 1.0; e.g. 0.1 for gentler updates)")
     p.add_argument("--patience", type=int, default=4, help="early stopping: epochs without val gain")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("dir", type=Path)
 
     sub.add_parser("backbones", parents=[common], help="list the registered backbones and their weights")
+
+    ev = sub.add_parser("eval", parents=[common], help="top-1 of a run on a labelled ImageFolder dir")
+    ev.add_argument("run", type=Path, help="run dir, e.g. runs/city-b")
+    ev.add_argument("--data", type=Path, required=True, help="ImageFolder dir with (some of) the run's classes")
+    ev.add_argument("--per-class", action="store_true", help="also print top-1 per class")
+    ev.add_argument("--strict", action="store_true", help="refuse unreadable images instead of skipping them")
 
     ft = sub.add_parser("finetune", parents=[common], help="fine-tune a pretrained backbone on local data",
                         description="Head on the frozen backbone (cached embeddings), then the unfrozen stages "
@@ -111,6 +118,17 @@ def _cmd_backbones(args, console) -> int:
     return 0
 
 
+def _cmd_eval(args, console) -> int:
+    from edgetl.train.run import evaluate, load_run
+
+    result = evaluate(load_run(args.run), args.data, strict=args.strict, console=console)
+    console.table(f"{args.run} on {args.data}", ["top-1", "images", "skipped"],
+                  [[f"{result.top1:.1f}%", result.images, result.skipped]])
+    if args.per_class:
+        console.table("per class", ["class", "top-1"], [[c, f"{v:.1f}%"] for c, v in result.per_class_top1.items()])
+    return 0
+
+
 def _cmd_train(args, console) -> int:
     from edgetl.train.finetune import FinetuneConfig, finetune
 
@@ -138,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints
     console = Console(quiet=quiet)
-    handlers = {"backbones": _cmd_backbones, "finetune": _cmd_train, "pretrain": _cmd_train}
+    handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train}
     try:
         if args.command == "data":
             if args.data_command is None:

@@ -1,0 +1,76 @@
+"""Reading a run directory back: the trained backbone + head, its labels and preprocessing spec,
+and scoring it on another labelled dataset (`edgetl eval`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from edgetl.console import QUIET, Console
+from edgetl.data.imagefolder import load_images, scan
+from edgetl.errors import DataError, RunError
+from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.train.backbones import Backbone, get_spec, make_head
+from edgetl.train.features import nchw, to_input
+from edgetl.train.weights import CHECKPOINT, RUN_RECORD, Weights, load_backbone, load_state_dict
+
+
+@dataclass
+class Run:
+    path: Path
+    backbone: Backbone
+    head: torch.nn.Linear
+    classes: tuple[str, ...]
+    spec: PreprocessSpec
+    record: dict
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    top1: float
+    images: int
+    skipped: int
+    per_class_top1: dict[str, float]
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    needed = [RUN_RECORD, CHECKPOINT, "labels.json", "preprocess.json"]
+    missing = [n for n in needed if not (path / n).is_file()]
+    if missing:
+        raise RunError(f"{path} is not a complete edgetl run (missing {', '.join(missing)})",
+                       "pass a run dir written by `edgetl finetune` or `edgetl pretrain`")
+    record = json.loads((path / RUN_RECORD).read_text())
+    classes = tuple(json.loads((path / "labels.json").read_text()))
+    spec = PreprocessSpec.from_json((path / "preprocess.json").read_text())
+    ckpt = load_state_dict(path / CHECKPOINT)
+    backbone = load_backbone(get_spec(record["backbone"]), spec.size[0],
+                             Weights(source=f"run:{path}", backbone=ckpt["backbone"]))
+    head = make_head(backbone.embedding_dim, len(classes))
+    head.load_state_dict(ckpt["head"])
+    backbone.eval()
+    head.eval()
+    return Run(path, backbone, head, classes, spec, record)
+
+
+@torch.no_grad()
+def evaluate(run: Run, data: str | Path, *, strict: bool = False, console: Console = QUIET,
+             batch_size: int = 128) -> Evaluation:
+    """Top-1 of `run` on an ImageFolder dir whose classes are (a subset of) the run's."""
+    folder = scan(data, run.classes, what="eval")
+    with console.task("reading images", len(folder.samples)) as advance:
+        loaded = load_images(folder.samples, run.spec.size, run.spec.resize, strict=strict, progress=advance)
+    if len(loaded.labels) == 0:
+        raise DataError(f"no readable images in {data}", "run with --strict to see the first failure")
+    preds = []
+    for start in range(0, len(loaded.labels), batch_size):
+        x = to_input(nchw(loaded.images[start : start + batch_size]), run.spec)
+        preds.append(run.head(run.backbone(x)).argmax(1))
+    pred = torch.cat(preds).numpy()
+    hits = pred == loaded.labels
+    per_class = {run.classes[c]: round(100.0 * float(hits[loaded.labels == c].mean()), 2)
+                 for c in sorted(set(loaded.labels.tolist()))}
+    return Evaluation(round(100.0 * float(hits.mean()), 2), len(hits), len(loaded.skipped), per_class)

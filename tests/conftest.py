@@ -1,0 +1,38 @@
+"""Shared fixtures: small synthetic datasets made once per session (tests never read ../shared)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgetl.data import synth
+
+# Four classes that differ in shape and colour keep the tests' runs small and fast.
+FEW = 4
+
+
+def _few_classes(src: Path, dst: Path, n: int = FEW) -> Path:
+    dst.mkdir(parents=True)
+    for folder in sorted(src.iterdir())[:n]:
+        shutil.copytree(folder, dst / folder.name)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def signs(tmp_path_factory) -> dict[str, Path]:
+    """city-a train (12/class), city-a test and city-b test (6/class), 4 classes, 32 px."""
+    root = tmp_path_factory.mktemp("signs")
+    out = {}
+    for name, domain, per_class, seed in (("train", "city-a", 12, 1), ("test", "city-a", 6, 2),
+                                          ("city_b", "city-b", 6, 3)):
+        full = synth.synthesize(root / f"{name}-all", domain, per_class, size=32, seed=seed)
+        out[name] = _few_classes(full, root / name)
+    return out
+
+
+@pytest.fixture
+def dataset(tmp_path, signs) -> Path:
+    """A private, writable copy of the training set (tests may corrupt it)."""
+    return Path(shutil.copytree(signs["train"], tmp_path / "data"))

@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+import torch
+
+from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.train.features import nchw, to_input
+
+
+def test_numpy_and_torch_normalisation_agree():
+    spec = PreprocessSpec(size=(24, 24), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    images = np.random.default_rng(0).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    on_device = spec.normalize(images)
+    in_training = to_input(nchw(images), spec).numpy()
+    assert on_device.shape == (3, 3, 24, 24) and on_device.dtype == np.float32
+    assert np.abs(on_device - in_training).max() <= 1e-5
+
+
+def test_spec_round_trips_through_json():
+    spec = PreprocessSpec(size=(96, 96), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize="crop")
+    assert PreprocessSpec.from_json(spec.to_json()) == spec
+
+
+def test_unknown_schema_is_refused():
+    text = PreprocessSpec(size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1)).to_json().replace('"schema_version": 1', '"schema_version": 9')
+    with pytest.raises(ValueError, match="schema_version"):
+        PreprocessSpec.from_json(text)
+
+
+def test_runtime_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; import edgetl.runtime, edgetl.runtime.preprocess; "
+            "print(','.join(m for m in ('torch', 'torchvision', 'onnx', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    assert torch  # the host side has it; the runtime must not pull it in

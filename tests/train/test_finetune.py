@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgetl.errors import ConfigError, DataError, RunError
+from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.train.finetune import FinetuneConfig, finetune
+
+FAST = dict(backbone="mobilenet_v3_small", weights="none", img_size=32, epochs=2, head_epochs=10, batch_size=16)
+
+
+def _config(data, out, **kw):
+    return FinetuneConfig(data=data, out=out, **(FAST | kw))
+
+
+def test_run_dir_holds_checkpoint_labels_spec_head_and_record(tmp_path, signs):
+    out = tmp_path / "runs" / "a"
+    result = finetune(_config(signs["train"], out, test=signs["test"]))
+    assert {p.name for p in out.iterdir()} == {"checkpoint.pt", "head.npz", "labels.json", "preprocess.json",
+                                                "finetune.json"}
+    record = json.loads((out / "finetune.json").read_text())
+    for key in ("val_top1", "test_top1", "epochs", "seconds", "versions"):
+        assert record[key] is not None
+    assert record["versions"]["torch"] == torch.__version__
+    assert record["test_top1"] == result.test_top1
+    labels = json.loads((out / "labels.json").read_text())
+    head = np.load(out / "head.npz")
+    assert head["W"].shape == (len(labels), 1024) and head["b"].shape == (len(labels),)
+    spec = PreprocessSpec.from_json((out / "preprocess.json").read_text())
+    assert spec.size == (32, 32) and spec.mean == (0.485, 0.456, 0.406)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_same_seed_same_metrics_and_head(tmp_path, signs):
+    a = finetune(_config(signs["train"], tmp_path / "a", seed=3))
+    b = finetune(_config(signs["train"], tmp_path / "b", seed=3))
+    assert (a.val_top1, a.history) == (b.val_top1, b.history)
+    assert np.array_equal(np.load(tmp_path / "a" / "head.npz")["W"], np.load(tmp_path / "b" / "head.npz")["W"])
+
+
+def test_pretrained_lite0_learns_the_signs(tmp_path, signs):
+    """The offline default backbone with its real ImageNet weights, head plus a short fine-tune."""
+    result = finetune(FinetuneConfig(data=signs["train"], out=tmp_path / "r", test=signs["test"],
+                                     img_size=64, epochs=2, head_epochs=30))
+    assert result.backbone == "efficientnet_lite0" and "efficientnet-lite0" in result.weights
+    assert result.test_top1 >= 90.0
+
+
+def test_existing_run_is_kept_unless_forced(tmp_path, signs):
+    out = tmp_path / "run"
+    finetune(_config(signs["train"], out, epochs=0))
+    before = (out / "finetune.json").read_text()
+    with pytest.raises(RunError, match="already exists"):
+        finetune(_config(signs["train"], out, epochs=0))
+    assert (out / "finetune.json").read_text() == before
+    finetune(_config(signs["train"], out, epochs=0, seed=1, force=True))
+    assert json.loads((out / "finetune.json").read_text())["config"]["seed"] == 1
+
+
+def test_a_directory_that_is_not_a_run_is_never_replaced(tmp_path, signs):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.txt").write_text("keep")
+    with pytest.raises(RunError, match="not an edgetl run"):
+        finetune(_config(signs["train"], out, force=True))
+    assert (out / "thesis.txt").read_text() == "keep"
+
+
+def test_corrupt_image_is_skipped_and_recorded(tmp_path, dataset):
+    bad = next(dataset.iterdir()) / "zz-corrupt.png"
+    bad.write_bytes(b"garbage")
+    result = finetune(_config(dataset, tmp_path / "r", epochs=0))
+    assert [p for p, _ in result.data["skipped"]] == [str(bad)]
+    with pytest.raises(DataError, match="zz-corrupt.png"):
+        finetune(_config(dataset, tmp_path / "r2", epochs=0, strict=True))
+    assert not (tmp_path / "r2").exists()
+
+
+def test_head_only_uses_cached_embeddings_and_trains_no_backbone(tmp_path, signs):
+    result = finetune(_config(signs["train"], tmp_path / "r", freeze="all", epochs=5))
+    assert result.epochs == 0 and result.trainable_stages == []
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert set(ckpt) == {"backbone", "head"}
+
+
+def test_weights_from_a_run_continue_its_backbone_and_head(tmp_path, signs):
+    first = tmp_path / "city-a"
+    finetune(_config(signs["train"], first))
+    second = finetune(FinetuneConfig(data=signs["city_b"], out=tmp_path / "city-b", weights=str(first),
+                                     epochs=0, head_epochs=1))
+    assert second.backbone == "mobilenet_v3_small" and second.img_size == 32
+    assert second.weights == f"run:{first}"
+    with pytest.raises(ConfigError, match="does not match"):
+        finetune(FinetuneConfig(data=signs["city_b"], out=tmp_path / "x", weights=str(first), backbone="resnet18"))
+
+
+@pytest.mark.parametrize("kw, error", [({"epochs": -1}, ConfigError), ({"img_size": 4}, ConfigError),
+                                       ({"freeze": "half"}, ConfigError), ({"backbone": "vgg"}, ConfigError)])
+def test_bad_configuration_is_refused_before_any_work(tmp_path, signs, kw, error):
+    with pytest.raises(error):
+        finetune(_config(signs["train"], tmp_path / "r", **kw))
+    assert not (tmp_path / "r").exists()
