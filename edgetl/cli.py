@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "data":
             if args.data_command is None:
-                parser.parse_args(["data", "--help"])
+                print("error: `edgetl data` needs an action (hint: edgetl data synth|show --help)", file=sys.stderr)
+                return 2
             return {"synth": _cmd_synth, "show": _cmd_show}[args.data_command](args, console)
         if args.command is None:
             parser.print_help()
@@ -170,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system said no: a path the user gave, not a bug
+        if args.verbose:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} (hint: check the path, its permissions and free space)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept", file=sys.stderr)

@@ -67,3 +67,17 @@ def test_finetune_then_eval_from_the_command_line(tmp_path, signs):
     assert proc.returncode == 0, proc.stderr
     assert f"{record['test_top1']:.1f}%" in proc.stdout  # eval agrees with the run's own test score
     assert _edgetl("eval", str(tmp_path), "--data", str(signs["test"])).returncode == 2
+
+
+def test_an_unwritable_output_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file, not a folder")
+    code = main(["data", "synth", "--domain", "city-a", "--per-class", "1", "--out", str(blocker / "signs")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert blocker.read_text() == "I am a file, not a folder"
+
+
+def test_data_without_an_action_is_a_usage_error(capsys):
+    assert main(["data"]) == 2
+    assert "synth" in capsys.readouterr().err

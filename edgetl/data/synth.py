@@ -290,12 +290,15 @@ def render(domain: str, label: int, index: int, size: int = 64, seed: int = 0) -
     r = n * rng.uniform(0.3, 0.42)
     cx, cy = n / 2 + rng.uniform(-0.06, 0.06, 2) * n
     _draw_sign(sign, label, style, cx, cy, r)
-    sign = sign.rotate(float(rng.uniform(-8, 8)), resample=Image.Resampling.BILINEAR, center=(cx, cy))
 
-    # perspective: the camera is off-axis (strongly so on city-b's streets)
+    # one warp for a slight roll about the sign's centre and an off-axis camera (strongly
+    # so on city-b's streets): the layer's corners move, and PIL maps the quad back
+    roll = math.radians(rng.uniform(-8, 8))
     jitter = (0.16 if city_b else 0.05) * n
     corners = [(0, 0), (n, 0), (n, n), (0, n)]
-    moved = [(x + rng.uniform(-jitter, jitter), y + rng.uniform(-jitter, jitter)) for x, y in corners]
+    moved = [(cx + (x - cx) * math.cos(roll) - (y - cy) * math.sin(roll) + rng.uniform(-jitter, jitter),
+              cy + (x - cx) * math.sin(roll) + (y - cy) * math.cos(roll) + rng.uniform(-jitter, jitter))
+             for x, y in corners]
     sign = sign.transform((n, n), Image.Transform.PERSPECTIVE, _perspective_coeffs(corners, moved),
                           resample=Image.Resampling.BILINEAR)
 
