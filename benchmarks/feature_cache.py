@@ -44,6 +44,7 @@ def main() -> None:
         loaded = load_images(folder.samples, spec.size)
     labels = torch.from_numpy(loaded.labels)
     rng = np.random.default_rng(0)
+    embed(backbone, loaded.images, spec)  # warm-up: oneDNN builds kernels per batch shape, once per process
 
     def run(epochs: int, cached: bool) -> tuple[list[float], float]:
         head = make_head(backbone.embedding_dim, len(folder.classes))
