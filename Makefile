@@ -32,7 +32,7 @@ demo: setup
 	$(BIN)/edgetl pretrain --backbone efficientnet_lite0 --data $(DEMO)/city-a/train \
 	  --test $(DEMO)/city-b/test --img-size 64 --epochs 8 --out $(DEMO)/runs/city-a
 	$(BIN)/edgetl finetune --weights $(DEMO)/runs/city-a --data $(DEMO)/city-b/train \
-	  --test $(DEMO)/city-b/test --img-size 64 --epochs 10 --out $(DEMO)/runs/city-b
+	  --test $(DEMO)/city-b/test --img-size 64 --epochs 15 --out $(DEMO)/runs/city-b
 
 test: setup
 	$(BIN)/python -m pytest -q

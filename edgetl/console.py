@@ -49,7 +49,10 @@ class Console:
             table.add_column(c)
         for r in rows:
             table.add_row(*[str(v) for v in r])
-        RichConsole(file=sys.stdout, highlight=False).print(table)
+        out = RichConsole(file=sys.stdout, highlight=False)
+        if not out.is_terminal:  # logs and pipes: do not squeeze names into 80 columns
+            out = RichConsole(file=sys.stdout, highlight=False, width=160)
+        out.print(table)
 
 
 QUIET = Console(quiet=True)

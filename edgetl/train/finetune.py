@@ -164,17 +164,25 @@ def _augmenter(size: int):
 
 
 @torch.no_grad()
-def top1(backbone: Backbone, head: torch.nn.Linear, split: Split, spec: PreprocessSpec,
-         world: distributed.World, batch_size: int = 128) -> float:
-    """Top-1 accuracy in percent; under DDP each rank scores its share and the counts are summed."""
+def score(backbone: Backbone, head: torch.nn.Linear, split: Split, spec: PreprocessSpec,
+          world: distributed.World, batch_size: int = 128) -> tuple[float, float]:
+    """(top-1 in percent, mean cross-entropy); under DDP each rank scores its share and the sums are added."""
     backbone.eval()
     images, labels = split.loaded.images, split.loaded.labels
-    correct = 0
+    correct, loss = 0, 0.0
     for start in range(world.rank * batch_size, len(images), batch_size * world.size):
         x = to_input(nchw(images[start : start + batch_size]), spec)
-        pred = head(backbone(x)).argmax(1).numpy()
-        correct += int((pred == labels[start : start + batch_size]).sum())
-    return 100.0 * world.sum(correct) / max(1, len(images))
+        y = torch.from_numpy(labels[start : start + batch_size])
+        logits = head(backbone(x))
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    n = max(1, len(images))
+    return 100.0 * world.sum(correct) / n, world.sum(loss) / n
+
+
+def better(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Is val result `a` (top-1, loss) better than `b`? Accuracy first; on a tie, the lower loss."""
+    return a[0] > b[0] or (a[0] == b[0] and a[1] < b[1])
 
 
 def head_epoch(head: torch.nn.Linear, opt: torch.optim.Optimizer, features: torch.Tensor, labels: torch.Tensor,
@@ -190,31 +198,33 @@ def head_epoch(head: torch.nn.Linear, opt: torch.optim.Optimizer, features: torc
 
 
 def train_head(head: torch.nn.Linear, train: Split, val: Split, config: FinetuneConfig,
-               console: Console) -> tuple[float, int]:
-    """Head-only epochs over cached embeddings; keeps the best on val. Returns (val top-1, epochs run)."""
+               console: Console) -> tuple[tuple[float, float], int]:
+    """Head-only epochs over cached embeddings; keeps the best on val.
+    Returns ((val top-1, val loss), epochs run)."""
     rng = np.random.default_rng(config.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr * 3, weight_decay=config.weight_decay)
     x, y = train.features, torch.from_numpy(train.loaded.labels)
     vx, vy = val.features, torch.from_numpy(val.loaded.labels)
-    best, best_state, stale, epoch = -1.0, None, 0, 0
+    best, best_state, stale, epoch = (-1.0, math.inf), None, 0, 0
     for epoch in range(1, config.head_epochs + 1):
         head_epoch(head, opt, x, y, balanced_order(train.loaded.labels, rng), config.batch_size)
         with torch.no_grad():
-            acc = 100.0 * float((head(vx).argmax(1) == vy).float().mean())
-        if acc > best:
-            best, best_state, stale = acc, copy.deepcopy(head.state_dict()), 0
+            logits = head(vx)
+            result = (100.0 * float((logits.argmax(1) == vy).float().mean()), float(F.cross_entropy(logits, vy)))
+        if better(result, best):
+            best, best_state, stale = result, copy.deepcopy(head.state_dict()), 0
         else:
             stale += 1
             if stale >= config.patience * 5:  # head epochs are cheap; be patient
                 break
     head.load_state_dict(best_state)
-    console.log(f"head on frozen backbone: val top-1 {best:.1f}% after {epoch} cached epochs")
+    console.log(f"head on frozen backbone: val top-1 {best[0]:.1f}% after {epoch} cached epochs")
     return best, epoch
 
 
 def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val: Split, spec: PreprocessSpec,
                    config: FinetuneConfig, world: distributed.World, console: Console,
-                   head_top1: float) -> tuple[float, int, list[dict]]:
+                   head_only: tuple[float, float]) -> tuple[float, int, list[dict]]:
     """Unfrozen stages + head, end to end. Returns (best val top-1, best epoch, history).
 
     Epoch 0 is the head-only model: if no epoch beats it on val, that is what is kept."""
@@ -237,7 +247,7 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
 
     # `best` picks what is kept (head-only counts, as epoch 0); `phase_best` drives early
     # stopping, so the first epochs after unfreezing may dip below the head-only model.
-    best, best_epoch, phase_best, stale, step, history = head_top1, 0, -1.0, 0, 0, []
+    best, best_epoch, phase_best, stale, step, history = head_only, 0, (-1.0, math.inf), 0, 0, []
     best_state = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
     with console.task("fine-tuning", config.epochs * steps_per_epoch) as advance:
         for epoch in range(1, config.epochs + 1):
@@ -262,15 +272,16 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
                 losses.append(loss.item())
                 step += 1
                 advance(1)
-            acc = top1(backbone, head, val, spec, world)
+            result = score(backbone, head, val, spec, world)
             history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 4),
-                            "val_top1": round(acc, 2)})
-            console.log(f"epoch {epoch}/{config.epochs}: loss {history[-1]['loss']:.3f}  val top-1 {acc:.1f}%")
-            if acc > best:
-                best, best_epoch = acc, epoch
+                            "val_top1": round(result[0], 2), "val_loss": round(result[1], 4)})
+            console.log(f"epoch {epoch}/{config.epochs}: loss {history[-1]['loss']:.3f}  "
+                        f"val top-1 {result[0]:.1f}%  val loss {result[1]:.3f}")
+            if better(result, best):
+                best, best_epoch = result, epoch
                 best_state = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
-            if acc > phase_best:
-                phase_best, stale = acc, 0
+            if better(result, phase_best):
+                phase_best, stale = result, 0
             else:
                 stale += 1
                 if stale >= config.patience:
@@ -278,7 +289,7 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
                     break
     backbone.load_state_dict(best_state[0])
     head.load_state_dict(best_state[1])
-    return best, best_epoch, history
+    return best[0], best_epoch, history
 
 
 def _load_split(name: str, samples, size: int, config: FinetuneConfig, console: Console) -> Split:
@@ -380,17 +391,18 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
         train.features = embed(backbone, train.loaded.images, spec, world=world, progress=advance)
         val.features = embed(backbone, val.loaded.images, spec, world=world, progress=advance)
     t1 = time.perf_counter()
-    val_top1, head_epochs = train_head(head, train, val, config, console)
+    head_only, head_epochs = train_head(head, train, val, config, console)
+    val_top1 = head_only[0]
     t2 = time.perf_counter()
     best_epoch, history = 0, []
 
     # phase 2: unfrozen stages and head together
     if trainable and config.epochs > 0:
         val_top1, best_epoch, history = train_unfrozen(backbone, head, train, val, spec, config, world, console,
-                                                       val_top1)
+                                                       head_only)
     t3 = time.perf_counter()
 
-    test_top1 = top1(backbone, head, test, spec, world) if test is not None else None
+    test_top1 = score(backbone, head, test, spec, world)[0] if test is not None else None
     result = Result(
         stage=config.stage, backbone=name, weights=weights.source, classes=len(folder.classes), img_size=img_size,
         freeze=config.freeze, trainable_stages=trainable, val_top1=round(val_top1, 2),
