@@ -38,7 +38,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	@for b in benchmarks/*.py; do echo "# $$b" >&2; $(BIN)/python $$b || exit $$?; done
+	@for b in benchmarks/[!_]*.py; do echo "# $$b" >&2; $(BIN)/python $$b || exit $$?; done
 
 lint: setup
 	$(BIN)/python -m ruff check edgetl tests benchmarks

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import emit  # noqa: E402
 
 from edgetl.data import load_images, scan, synth  # noqa: E402
 from edgetl.runtime.preprocess import PreprocessSpec  # noqa: E402

@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", parents=[common], help="datasets: synthesize, inspect")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     synth = data_sub.add_parser("synth", parents=[common], help="write synthetic road-sign crops (offline demo/tests)")
-    synth.add_argument("--domain", required=True, help="city-a (clean daytime catalogue) | city-b (another country, hard conditions)")
+    synth.add_argument("--domain", required=True,
+                       help="city-a (clean daytime catalogue) | city-b (another country, hard conditions)")
     synth.add_argument("--per-class", type=int, required=True, help="images per class")
     synth.add_argument("--size", type=int, default=64, help="image size in px (default 64)")
     synth.add_argument("--seed", type=int, default=0)
@@ -105,7 +106,7 @@ def _cmd_show(args, console) -> int:
     folder = scan(args.dir)
     counts = folder.counts()
     console.table(f"{args.dir}: {len(folder.classes)} classes, {sum(counts)} images", ["class", "images"],
-                  list(zip(folder.classes, counts)))
+                  list(zip(folder.classes, counts, strict=True)))
     return 0
 
 

@@ -125,12 +125,13 @@ def load_images(
 
     images, labels, paths, skipped = [], [], [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for (path, label), (array, problem) in zip(samples, pool.map(one, samples)):
+        for (path, label), (array, problem) in zip(samples, pool.map(one, samples), strict=True):
             if progress:
                 progress(1)
             if problem is not None:
                 if strict:
-                    raise DataError(f"unreadable image {path}: {problem}", "fix or remove it, or drop --strict to skip it")
+                    raise DataError(f"unreadable image {path}: {problem}",
+                                    "fix or remove it, or drop --strict to skip it")
                 skipped.append((path, problem))
                 continue
             images.append(array)

@@ -83,7 +83,8 @@ def class_dir_name(label: int) -> str:
 # --- geometry -----------------------------------------------------------------------------
 
 def _poly(cx: float, cy: float, r: float, n: int, rot: float) -> list[tuple[float, float]]:
-    return [(cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n)) for k in range(n)]
+    angles = [rot + 2 * math.pi * k / n for k in range(n)]
+    return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in angles]
 
 
 def _shape(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
@@ -161,7 +162,8 @@ def _text(img: Image.Image, cx, cy, r, text: str, colour, style: Style, bold: bo
     box = font.getbbox(text, stroke_width=stroke)
     tw, th = box[2] - box[0] + 2, box[3] - box[1] + 2
     layer = Image.new("L", (tw, th), 0)
-    ImageDraw.Draw(layer).text((-box[0] + 1, -box[1] + 1), text, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
+    ImageDraw.Draw(layer).text((-box[0] + 1, -box[1] + 1), text, fill=255, font=font,
+                               stroke_width=stroke, stroke_fill=255)
     nw = max(1, int(tw * style.digits_squeeze))
     layer = layer.resize((nw, th), Image.Resampling.BILINEAR)
     img.paste(Image.new("RGBA", layer.size, colour + (255,)), (int(cx - nw / 2), int(cy - th / 2)), layer)
@@ -198,7 +200,8 @@ def _draw_sign(img: Image.Image, label: int, style: Style, cx: float, cy: float,
             _text(img, cx, cy, r, "STOP", s.white, s, bold=True)
         else:  # two short lines of lettering
             _text(img, cx, cy - 0.2 * r, r * 0.8, "ALTO", s.white, s)
-            d.line([(cx - 0.45 * r, cy + 0.3 * r), (cx + 0.45 * r, cy + 0.3 * r)], fill=s.white, width=max(2, int(0.1 * r)))
+            d.line([(cx - 0.45 * r, cy + 0.3 * r), (cx + 0.45 * r, cy + 0.3 * r)],
+                   fill=s.white, width=max(2, int(0.1 * r)))
     elif name == "yield":
         tri = _shape("inverted", cx, cy, r)
         d.polygon(tri, fill=s.red)
@@ -271,7 +274,7 @@ def _background(rng: np.random.Generator, n: int, cluttered: bool) -> Image.Imag
 def _perspective_coeffs(src, dst) -> list[float]:
     """Coefficients for Image.transform(PERSPECTIVE) mapping output points `dst` to input points `src`."""
     a = []
-    for (x, y), (u, v) in zip(dst, src):
+    for (x, y), (u, v) in zip(dst, src, strict=True):
         a.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
         a.append([0, 0, 0, x, y, 1, -v * x, -v * y])
     b = np.asarray(src, np.float64).reshape(8)

@@ -52,7 +52,7 @@ class PreprocessSpec:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "PreprocessSpec":
+    def from_json(cls, text: str) -> PreprocessSpec:
         raw = json.loads(text)
         if raw.get("schema_version") != 1:
             raise ValueError(f"unknown preprocessing schema_version {raw.get('schema_version')!r}")

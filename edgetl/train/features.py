@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from edgetl.runtime.preprocess import PreprocessSpec
-from edgetl.train.distributed import World
+from edgetl.train.distributed import SINGLE, World
 
 
 def to_input(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
@@ -35,7 +35,7 @@ def embed(
     spec: PreprocessSpec,
     *,
     batch_size: int = 128,
-    world: World = World(),
+    world: World = SINGLE,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Embeddings of uint8 NHWC `images`, in order; under DDP each rank computes every size-th one."""

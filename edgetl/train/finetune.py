@@ -205,8 +205,9 @@ def train_head(head: torch.nn.Linear, train: Split, val: Split, config: Finetune
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr * 3, weight_decay=config.weight_decay)
     x, y = train.features, torch.from_numpy(train.loaded.labels)
     vx, vy = val.features, torch.from_numpy(val.loaded.labels)
-    best, best_state, stale, epoch = (-1.0, math.inf), None, 0, 0
-    for epoch in range(1, config.head_epochs + 1):
+    best, best_state, stale, epochs_run = (-1.0, math.inf), None, 0, 0
+    for _ in range(config.head_epochs):
+        epochs_run += 1
         head_epoch(head, opt, x, y, balanced_order(train.loaded.labels, rng), config.batch_size)
         with torch.no_grad():
             logits = head(vx)
@@ -218,8 +219,8 @@ def train_head(head: torch.nn.Linear, train: Split, val: Split, config: Finetune
             if stale >= config.patience * 5:  # head epochs are cheap; be patient
                 break
     head.load_state_dict(best_state)
-    console.log(f"head on frozen backbone: val top-1 {best[0]:.1f}% after {epoch} cached epochs")
-    return best, epoch
+    console.log(f"head on frozen backbone: val top-1 {best[0]:.1f}% after {epochs_run} cached epochs")
+    return best, epochs_run
 
 
 def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val: Split, spec: PreprocessSpec,
@@ -232,7 +233,8 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world.distributed else model
     backbone_params = [p for p in backbone.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
-        [{"params": backbone_params, "lr": config.lr * config.backbone_lr_scale}, {"params": head.parameters(), "lr": config.lr}],
+        [{"params": backbone_params, "lr": config.lr * config.backbone_lr_scale},
+         {"params": head.parameters(), "lr": config.lr}],
         weight_decay=config.weight_decay,
     )
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -263,7 +265,7 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
                 batch = images[idx]
                 if augment is not None:
                     batch = torch.stack([augment(img) for img in batch])
-                for g, base in zip(opt.param_groups, base_lrs):  # cosine decay over the whole run
+                for g, base in zip(opt.param_groups, base_lrs, strict=True):  # cosine decay over the whole run
                     g["lr"] = base * 0.5 * (1 + math.cos(math.pi * step / total_steps))
                 loss = F.cross_entropy(ddp(to_input(batch, spec)), labels[idx], label_smoothing=0.1)
                 opt.zero_grad()
@@ -370,7 +372,8 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
     val = _load_split("val", val_samples, img_size, config, console)
     missing = sorted(set(range(len(folder.classes))) - set(train.loaded.labels.tolist()))
     if missing:
-        raise DataError(f"no readable training images left for class(es) {', '.join(folder.classes[i] for i in missing)}",
+        names = ", ".join(folder.classes[i] for i in missing)
+        raise DataError(f"no readable training images left for class(es) {names}",
                         "add images for them, or remove the class folders")
     test = None
     if config.test is not None:

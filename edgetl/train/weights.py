@@ -92,7 +92,8 @@ def _torchvision(name: str) -> Weights:
         enum = get_weight(name)
     except (ValueError, KeyError, AttributeError):
         raise WeightsError(f"unknown torchvision weights {name!r}",
-                           "use a name like MobileNet_V2_Weights.IMAGENET1K_V1, `imagenet`, `none`, a .pth path or a run dir") from None
+                           "use a name like MobileNet_V2_Weights.IMAGENET1K_V1, `imagenet`, `none`, "
+                           "a .pth path or a run dir") from None
     filename = os.path.basename(enum.url)
     path = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not path.is_file():

@@ -9,7 +9,8 @@ from edgetl.errors import DataError
 
 
 def _digest(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.png"))}
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.png"))}
 
 
 def test_writes_an_imagefolder_of_at_least_12_classes(tmp_path):

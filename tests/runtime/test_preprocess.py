@@ -21,7 +21,8 @@ def test_spec_round_trips_through_json():
 
 
 def test_unknown_schema_is_refused():
-    text = PreprocessSpec(size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1)).to_json().replace('"schema_version": 1', '"schema_version": 9')
+    text = PreprocessSpec(size=(8, 8), mean=(0, 0, 0), std=(1, 1, 1)).to_json()
+    text = text.replace('"schema_version": 1', '"schema_version": 9')
     with pytest.raises(ValueError, match="schema_version"):
         PreprocessSpec.from_json(text)
 
