@@ -6,6 +6,7 @@ Errors a user can cause print one line with a hint and exit 2; `--verbose` adds 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -151,8 +152,6 @@ def _cmd_train(args, console) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import os
-
     from edgetl.console import Console
 
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints
