@@ -15,7 +15,7 @@ from edgetl.errors import DataError, RunError
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.backbones import Backbone, get_spec, make_head
 from edgetl.train.features import nchw, to_input
-from edgetl.train.weights import CHECKPOINT, RUN_RECORD, Weights, load_backbone, load_state_dict
+from edgetl.train.weights import CHECKPOINT, RUN_RECORD, from_run, load_backbone
 
 
 @dataclass
@@ -44,16 +44,14 @@ def load_run(path: str | Path) -> Run:
         raise RunError(f"{path} is not a complete edgetl run (missing {', '.join(missing)})",
                        "pass a run dir written by `edgetl finetune` or `edgetl pretrain`")
     record = json.loads((path / RUN_RECORD).read_text())
-    classes = tuple(json.loads((path / "labels.json").read_text()))
     spec = PreprocessSpec.from_json((path / "preprocess.json").read_text())
-    ckpt = load_state_dict(path / CHECKPOINT)
-    backbone = load_backbone(get_spec(record["backbone"]), spec.size[0],
-                             Weights(source=f"run:{path}", backbone=ckpt["backbone"]))
-    head = make_head(backbone.embedding_dim, len(classes))
-    head.load_state_dict(ckpt["head"])
+    weights = from_run(path)
+    backbone = load_backbone(get_spec(record["backbone"]), spec.size[0], weights)
+    head = make_head(backbone.embedding_dim, len(weights.classes))
+    head.load_state_dict(weights.head)
     backbone.eval()
     head.eval()
-    return Run(path, backbone, head, classes, spec, record)
+    return Run(path, backbone, head, weights.classes, spec, record)
 
 
 @torch.no_grad()

@@ -78,7 +78,8 @@ def is_run(path: Path) -> bool:
     return path.is_dir() and (path / RUN_RECORD).is_file()
 
 
-def _from_run(run: Path) -> Weights:
+def from_run(run: Path) -> Weights:
+    """A run's trained backbone and head, with the classes the head scores."""
     run_backbone_name(run)
     ckpt = load_state_dict(run / CHECKPOINT)
     classes = tuple(json.loads((run / "labels.json").read_text()))
@@ -128,7 +129,7 @@ def resolve(spec: BackboneSpec, weights: str | None) -> Weights:
         if not is_run(path):
             raise WeightsError(f"{path} is a directory but not an edgetl run (no {RUN_RECORD})",
                                "pass a run dir written by `edgetl finetune`/`pretrain`, or a .pth file")
-        return _from_run(path)
+        return from_run(path)
     if path.is_file():
         sd = load_state_dict(path)
         if set(sd) == {"backbone", "head"}:
