@@ -85,6 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Server-side training on a source domain (e.g. city-a); the run it writes is "
                                     "a --weights for later `edgetl finetune` runs.")
     _add_train_flags(pt, "pretrain")
+
+    ex = sub.add_parser("export", parents=[common], help="export a run's backbone (+ head) to ONNX or TFLite",
+                        description="Writes RUN/export/FORMAT: backbone (image -> embedding), head.npz and a combined "
+                                    "model, each checked against PyTorch on real images of the run's data.")
+    ex.add_argument("run", type=Path, help="run dir, e.g. runs/city-b")
+    ex.add_argument("--format", default="onnx", help="onnx (default) | tflite")
+    ex.add_argument("--tolerance", type=float, default=1e-3,
+                    help="parity: largest embedding difference allowed, relative to the embeddings' range")
+
+    calib = sub.add_parser("calib", parents=[common], help="calibration sets: inspect")
+    calib_sub = calib.add_subparsers(dest="calib_command", metavar="ACTION")
+    cshow = calib_sub.add_parser("show", parents=[common], help="what a calibration set would use; refuses bad sets")
+    cshow.add_argument("file", type=Path, help="calibration/NAME.toml")
+
+    qz = sub.add_parser("quantize", parents=[common], help="int8 backbone calibrated on real images, within a budget",
+                        description="Writes RUN/quantize/FORMAT with quantize.json: fp32 vs int8 top-1 on the run's "
+                                    "val split, agreement, float layers, op counts, sizes and host latencies.")
+    qz.add_argument("run", type=Path, help="run dir, e.g. runs/city-b")
+    qz.add_argument("--calib", type=Path, required=True, help="calibration/NAME.toml")
+    qz.add_argument("--format", default="onnx", help="onnx (default) | tflite")
+    qz.add_argument("--method", default="auto", help="auto (default) | minmax | entropy | percentile")
+    qz.add_argument("--max-drop", type=float, default=1.0, help="top-1 points int8 may lose against fp32 (default 1.0)")
+    qz.add_argument("--data", type=Path, help="score on this labelled ImageFolder dir instead of the run's val split")
     return parser
 
 
@@ -149,6 +172,51 @@ def _cmd_train(args, console) -> int:
     return 0
 
 
+def _cmd_export(args, console) -> int:
+    from edgetl.export import export
+
+    result = export(args.run, args.format, tolerance=args.tolerance, console=console)
+    p = result.record["parity"]
+    console.table(f"export: {result.path}", ["file", "MB", "max |diff|", "top-1 agreement"],
+                  [[result.backbone.name, f"{result.record['sizes_bytes']['backbone'] / 1e6:.1f}",
+                    f"{p['max_abs_diff']:.1e}", f"{p['top1_agreement']:.1%}"],
+                   [result.model.name, f"{result.record['sizes_bytes']['model'] / 1e6:.1f}", "-",
+                    f"{p['model_top1_agreement']:.1%}"]])
+    return 0
+
+
+def _cmd_calib_show(args, console) -> int:
+    from edgetl.quantize import calibration
+
+    selection = calibration.select(calibration.read(args.file))
+    calibration.check_readable(selection)
+    per_class = selection.per_class()
+    console.table(f"{args.file}: {len(selection.chosen)} of {selection.available} images from {selection.calib.source}"
+                  f" (seed {selection.calib.seed}, {len(per_class)} classes)", ["class", "images"],
+                  [[c, n] for c, n in per_class.items()])
+    return 0
+
+
+def _cmd_quantize(args, console) -> int:
+    from edgetl.quantize import quantize
+
+    r = quantize(args.run, args.calib, fmt=args.format, method=args.method, max_drop=args.max_drop,
+                 data=args.data, console=console)
+    lat = r["latency_ms"]
+    console.table(f"quantize ({r['format']}, {r['method']}): {args.run}/quantize/{r['format']}",
+                  ["", "top-1", "MB", "p50 ms (1 thread)"],
+                  [["fp32", f"{r['fp32_top1']:.2f}%", f"{r['sizes_bytes']['fp32'] / 1e6:.1f}", lat["fp32"]["p50_ms"]],
+                   ["int8", f"{r['int8_top1']:.2f}%", f"{r['sizes_bytes']['int8'] / 1e6:.1f}", lat["int8"]["p50_ms"]]])
+    floats = ", ".join(r["float_layers"]) or "none"
+    console.log(f"drop {r['drop']:.2f} points (budget {r['max_drop']}), agreement {r['agreement']:.1%} on {r['eval']}; "
+                f"int8 verified: {r['ops']['int8_ops']} int8 ops, {r['ops']['float_ops']} float; "
+                f"float layers: {floats}; int8/fp32 latency {r['int8_over_fp32_latency']:.2f}x")
+    if r["test"]:
+        console.log(f"test split: fp32 {r['test']['fp32_top1']:.2f}%, int8 {r['test']['int8_top1']:.2f}% "
+                    f"(drop {r['test']['drop']:.2f})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -156,13 +224,19 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints
     console = Console(quiet=quiet)
-    handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train}
+    handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train,
+                "export": _cmd_export, "quantize": _cmd_quantize}
     try:
         if args.command == "data":
             if args.data_command is None:
                 print("error: `edgetl data` needs an action (hint: edgetl data synth|show --help)", file=sys.stderr)
                 return 2
             return {"synth": _cmd_synth, "show": _cmd_show}[args.data_command](args, console)
+        if args.command == "calib":
+            if args.calib_command is None:
+                print("error: `edgetl calib` needs an action (hint: edgetl calib show FILE)", file=sys.stderr)
+                return 2
+            return _cmd_calib_show(args, console)
         if args.command is None:
             parser.print_help()
             return 2

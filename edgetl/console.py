@@ -6,6 +6,10 @@ one unless they ask, and under torchrun only rank 0 speaks.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,3 +60,22 @@ class Console:
 
 
 QUIET = Console(quiet=True)
+
+
+@contextmanager
+def silenced():
+    """Silence libraries that print progress to stdout/stderr, also from C/C++ (litert-torch, MLIR, ORT's
+    calibrators). Our own output goes through Console after the block."""
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    saved = os.dup(1), os.dup(2)
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

@@ -36,3 +36,27 @@ def signs(tmp_path_factory) -> dict[str, Path]:
 def dataset(tmp_path, signs) -> Path:
     """A private, writable copy of the training set (tests may corrupt it)."""
     return Path(shutil.copytree(signs["train"], tmp_path / "data"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(signs, tmp_path_factory) -> Path:
+    """A small real run (efficientnet_lite0 at 32 px, 4 classes) with a test split; tests copy it."""
+    from edgetl.train.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("runs") / "signs"
+    finetune(FinetuneConfig(data=signs["train"], test=signs["test"], out=out, img_size=32, epochs=1,
+                            head_epochs=30))
+    return out
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path) -> Path:
+    """A private copy of the trained run (tests write exports and quantized models into it)."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def calib_file(signs, tmp_path) -> Path:
+    path = tmp_path / "calib.toml"
+    path.write_text(f'data = "{signs["train"]}"\nsamples = 32\nseed = 0\n')
+    return path

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 RESIZE_MODES = ("stretch", "crop")
+LAYOUTS = ("NCHW", "NHWC")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class PreprocessSpec:
     resize: "stretch" scales the whole image to size (tight crops such as sign detections);
             "crop" scales the shorter side to size and centre-crops the rest.
     mean/std: per-channel normalisation applied to pixels scaled to [0, 1].
+    layout: NCHW (PyTorch, ONNX) or NHWC (TFLite artifacts, which take images as decoded).
     input_scale/input_zero_point: set once the model input is quantized (later stages).
     """
 
@@ -41,12 +43,14 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, not {self.resize!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 NHWC (already resized to `size`) -> float32 NCHW, mean/std applied."""
+        """uint8 NHWC (already resized to `size`) -> float32 in `layout`, mean/std applied."""
         x = images.astype(np.float32) / np.float32(255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if self.layout == "NCHW" else x
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -114,13 +114,30 @@ def _resnet18(img_size: int, weights: dict | None) -> Backbone:
     return Backbone("resnet18", body, nn.AdaptiveAvgPool2d(1), 512, _children_stages(body))
 
 
+def _fold_symmetric_padding(model: nn.Module) -> None:
+    """Move TF-"same" padding into the conv itself wherever it is symmetric (stride-1 layers).
+
+    Same numbers, but a separate Pad op before every conv survives int8 conversion as a Pad
+    plus a pair of layout transposes per conv in the .tflite; only the stride-2 layers
+    (asymmetric padding) keep their Pad."""
+    for module in model.modules():
+        pad = getattr(module, "static_padding", None)
+        if isinstance(pad, nn.ZeroPad2d) and isinstance(module, nn.Conv2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                module.padding = (top, left)
+                module.static_padding = nn.Identity()
+
+
 def _efficientnet_lite0(img_size: int, weights: dict | None) -> Backbone:
     # The Lite variants use ReLU6 and no squeeze-excitation (friendly to int8 and the Edge
     # TPU), and TF-style "same" padding fixed for the image size, so build per size.
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_name("efficientnet-lite0", image_size=img_size)
-    model.set_swish(memory_efficient=False)
+    # No `set_swish` here: it would swap the blocks' ReLU6 for Swish, which these weights
+    # were not trained with (and which quantizes worse).
+    _fold_symmetric_padding(model)
     load_original(model, weights, LITE_FC, "efficientnet_lite0")
     for m in model.modules():  # TF's BN momentum (0.01 here) barely moves in a short fine-tune
         if isinstance(m, nn.BatchNorm2d):

@@ -12,10 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +26,7 @@ from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import LoadedImages, load_images, scan
 from edgetl.data.split import split_train_val
 from edgetl.errors import ConfigError, DataError, RunError
+from edgetl.fsutil import staged_dir
 from edgetl.runtime.preprocess import RESIZE_MODES, PreprocessSpec
 from edgetl.train import distributed, freeze
 from edgetl.train.backbones import Backbone, get_spec, make_head
@@ -309,27 +307,13 @@ def _load_split(name: str, samples, size: int, config: FinetuneConfig, console: 
 def _write_run(out: Path, backbone: Backbone, head: torch.nn.Linear, classes, spec: PreprocessSpec,
                result: Result) -> None:
     """Write the run to a temp dir beside `out`, then rename: a run is complete or absent."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    old = None
-    try:
+    with staged_dir(out) as tmp:
         torch.save({"backbone": backbone.state_dict(), "head": head.state_dict()}, tmp / CHECKPOINT)
         np.savez(tmp / "head.npz", W=head.weight.detach().numpy().astype(np.float32),
                  b=head.bias.detach().numpy().astype(np.float32), version=np.int64(1))
         (tmp / "labels.json").write_text(json.dumps(list(classes), indent=2))
         (tmp / "preprocess.json").write_text(spec.to_json())
         (tmp / RUN_RECORD).write_text(json.dumps(asdict(result), indent=2, default=str))
-        if out.exists():
-            old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def finetune(config: FinetuneConfig, console: Console = QUIET) -> Result:
@@ -413,8 +397,9 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
         epochs=len(history), head_epochs=head_epochs, best_epoch=best_epoch,
         seconds=round(time.perf_counter() - started, 2), seconds_embed=round(t1 - t0, 3),
         seconds_head=round(t2 - t1, 3), seconds_finetune=round(t3 - t2, 2), world_size=world.size,
-        data={"train_dir": str(config.data), "val_dir": str(config.val) if config.val else None,
-              "test_dir": str(config.test) if config.test else None,
+        data={"train_dir": str(Path(config.data).resolve()),  # absolute: later stages read them from anywhere
+              "val_dir": str(Path(config.val).resolve()) if config.val else None,
+              "test_dir": str(Path(config.test).resolve()) if config.test else None,
               "train": len(train.loaded.labels), "val": len(val.loaded.labels),
               "test": len(test.loaded.labels) if test else None,
               "skipped": [[str(p), why] for s in (train, val, test) if s for p, why in s.loaded.skipped]},

@@ -7,10 +7,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import load_images, scan
+from edgetl.data.split import split_train_val
 from edgetl.errors import DataError, RunError
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.backbones import Backbone, get_spec, make_head
@@ -72,3 +74,40 @@ def evaluate(run: Run, data: str | Path, *, strict: bool = False, console: Conso
     per_class = {run.classes[c]: round(100.0 * float(hits[loaded.labels == c].mean()), 2)
                  for c in sorted(set(loaded.labels.tolist()))}
     return Evaluation(round(100.0 * float(hits.mean()), 2), len(hits), len(loaded.skipped), per_class)
+
+
+SPLITS = ("val", "test", "train")
+
+
+def split_samples(run: Run, split: str) -> list[tuple[Path, int]]:
+    """The run's own labelled images of one split, in its class order. Val is re-derived from the
+    recorded data dir, fraction and seed (the same hash-keyed split fine-tuning used)."""
+    data, config = run.record.get("data", {}), run.record.get("config", {})
+    if split == "test":
+        if not data.get("test_dir"):
+            raise RunError(f"{run.path} was trained without a test set", "pass --data DIR with labelled images")
+        return list(scan(data["test_dir"], run.classes, what="test").samples)
+    if split == "val" and data.get("val_dir"):
+        return list(scan(data["val_dir"], run.classes, what="val").samples)
+    if split not in SPLITS:
+        raise RunError(f"unknown split {split!r}", f"one of: {', '.join(SPLITS)}")
+    folder = scan(data.get("train_dir") or config["data"], run.classes, what="training")
+    train, val = split_train_val(folder, config.get("val_fraction", 0.2), config.get("seed", 0))
+    return val if split == "val" else train
+
+
+def stratified(samples: list[tuple[Path, int]], n: int, seed: int) -> list[tuple[Path, int]]:
+    """Up to `n` samples, as even across classes as they allow, chosen by a seeded shuffle per class."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in sorted(samples, key=lambda s: (s[1], str(s[0]))):
+        by_class.setdefault(sample[1], []).append(sample)
+    pools = [[group[i] for i in rng.permutation(len(group))] for _, group in sorted(by_class.items())]
+    chosen: list[tuple[Path, int]] = []
+    depth = 0
+    while len(chosen) < n and any(depth < len(p) for p in pools):
+        for pool in pools:  # round-robin: one per class per round, so the counts differ by at most 1
+            if depth < len(pool) and len(chosen) < n:
+                chosen.append(pool[depth])
+        depth += 1
+    return chosen

@@ -1,0 +1,135 @@
+"""`edgetl export`: a run's backbone as its own artifact (image -> embedding), the head as
+`head.npz`, and a combined model (image -> logits) for engines that want one file.
+
+Every export is checked against PyTorch on real images of the run's own data before it is
+written; a failed check is an error and leaves no export behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgetl.console import QUIET, Console
+from edgetl.data.imagefolder import load_images
+from edgetl.errors import ConfigError, DataError
+from edgetl.export import parity
+from edgetl.fsutil import staged_dir
+from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.train.finetune import versions
+from edgetl.train.run import Run, load_run, split_samples, stratified
+
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+LAYOUT = {"onnx": "NCHW", "tflite": "NHWC"}
+EXPORT_RECORD = "export.json"
+PARITY_IMAGES = 64
+
+
+class Classifier(torch.nn.Module):
+    """backbone + head as one graph: image -> logits."""
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+@dataclass(frozen=True)
+class Export:
+    path: Path  # RUN/export/FORMAT
+    format: str
+    backbone: Path
+    model: Path
+    spec: PreprocessSpec  # with the artifact's input layout
+    record: dict
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}", f"one of: {', '.join(FORMATS)}")
+    return fmt
+
+
+def export_dir(run_path: Path, fmt: str) -> Path:
+    return Path(run_path) / "export" / fmt
+
+
+def artifact_spec(spec: PreprocessSpec, fmt: str) -> PreprocessSpec:
+    return replace(spec, layout=LAYOUT[fmt])
+
+
+def real_images(run: Run, n: int, *, seed: int = 0) -> np.ndarray:
+    """`n` of the run's own validation images (stratified, seeded), decoded at its input size."""
+    samples = stratified(split_samples(run, "val"), n, seed)
+    loaded = load_images(samples, run.spec.size, run.spec.resize)
+    if len(loaded.labels) == 0:
+        raise DataError(f"none of the run's validation images can be read ({run.record['data']['train_dir']})",
+                        "the parity check needs real images from the data the run was trained on")
+    return loaded.images
+
+
+def write_artifact(module: torch.nn.Module, sample: torch.Tensor, path: Path, fmt: str, *, output_name: str) -> None:
+    if fmt == "onnx":
+        from edgetl.export.onnx import to_onnx
+
+        to_onnx(module, sample, path, output_name=output_name)
+    else:
+        from edgetl.export.tflite import channels_last, nhwc, to_tflite
+
+        to_tflite(channels_last(module).eval(), nhwc(sample), path)
+
+
+def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, console: Console = QUIET,
+           run: Run | None = None) -> Export:
+    """Export and parity-check one run in one format into RUN/export/FORMAT (replaced as a whole)."""
+    check_format(fmt)
+    run = run or load_run(run_path)
+    spec = artifact_spec(run.spec, fmt)
+    suffix = FORMATS[fmt]
+    out = export_dir(run.path, fmt)
+    images = real_images(run, PARITY_IMAGES)
+    sample = torch.zeros((1, 3, *run.spec.size), dtype=torch.float32)
+    t0 = time.perf_counter()
+    with staged_dir(out) as tmp:
+        backbone_file, model_file = tmp / f"backbone{suffix}", tmp / f"model{suffix}"
+        with console.task(f"exporting {run.record['backbone']} to {fmt}", 2) as advance:
+            write_artifact(run.backbone, sample, backbone_file, fmt, output_name="embedding")
+            advance(1)
+            write_artifact(Classifier(run.backbone, run.head), sample, model_file, fmt, output_name="logits")
+            advance(1)
+        result = parity.check(backbone_file, model_file, run.backbone, run.head, images, spec, tolerance=tolerance)
+        parity.require(result, f"the {fmt} export of {run.path}")
+        shutil.copy2(run.path / "head.npz", tmp / "head.npz")
+        shutil.copy2(run.path / "labels.json", tmp / "labels.json")
+        (tmp / "preprocess.json").write_text(spec.to_json())
+        record = {
+            "format": fmt, "backbone": run.record["backbone"], "run": str(run.path),
+            "files": {"backbone": backbone_file.name, "model": model_file.name, "head": "head.npz"},
+            "input": {"shape": list(sample.shape if fmt == "onnx" else (1, *run.spec.size, 3)), "layout": spec.layout,
+                      "dtype": "float32"},
+            "embedding_dim": int(run.head.in_features), "classes": len(run.classes),
+            "sizes_bytes": {"backbone": backbone_file.stat().st_size, "model": model_file.stat().st_size},
+            "parity": result.to_dict(), "seconds": round(time.perf_counter() - t0, 2), "versions": versions(),
+        }
+        (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+    console.log(f"{fmt}: parity on {result.images} real images: max |diff| {result.max_abs_diff:.2e}, "
+                f"top-1 agreement {result.top1_agreement:.1%} -> {out}")
+    return Export(out, fmt, out / backbone_file.name, out / model_file.name, spec, record)
+
+
+def load_export(run_path: str | Path, fmt: str) -> Export | None:
+    """A run's existing export in `fmt`, or None when there is none."""
+    out = export_dir(Path(run_path), check_format(fmt))
+    if not (out / EXPORT_RECORD).is_file():
+        return None
+    record = json.loads((out / EXPORT_RECORD).read_text())
+    spec = PreprocessSpec.from_json((out / "preprocess.json").read_text())
+    return Export(out, fmt, out / record["files"]["backbone"], out / record["files"]["model"], spec, record)

@@ -1,0 +1,253 @@
+"""`edgetl quantize`: int8 backbones calibrated on real images, held to an accuracy budget.
+
+The fp32 export and the int8 artifact are both scored on the run's own labelled images (val
+by default) with the run's float head; `--method auto` tries every calibration method, and
+when the best still loses more than `max_drop` points it keeps the layers most sensitive to
+quantization in float, as few as it can. The result is checked to really be int8, and its
+host latency is measured beside fp32's, because int8 is not always faster.
+Nothing is written unless the budget holds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.console import QUIET, Console
+from edgetl.data.imagefolder import load_images, scan
+from edgetl.errors import ConfigError, DataError, EdgetlError
+from edgetl.export import FORMATS, check_format, export, load_export
+from edgetl.fsutil import staged_dir
+from edgetl.quantize import calibration, inspect
+from edgetl.runtime import engines
+from edgetl.train.finetune import versions
+from edgetl.train.run import Run, load_run, split_samples
+
+METHODS = ("minmax", "entropy", "percentile")
+QUANTIZE_RECORD = "quantize.json"
+SENSITIVITY_IMAGES = 32
+MAX_FLOAT_FRACTION = 0.25  # keeping more than this in float is no longer an int8 model
+
+
+class QuantizeError(EdgetlError):
+    """Quantization could not meet its accuracy budget, or its result is not int8."""
+
+
+@dataclass
+class Trial:
+    method: str
+    float_layers: tuple[str, ...]
+    path: Path
+    top1: float
+    drop: float
+    agreement: float
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"method": self.method, "float_layers": list(self.float_layers), "int8_top1": self.top1,
+                "drop": self.drop, "agreement": self.agreement, "test": (self.extra.get("test") or [None])[0]}
+
+
+@dataclass(frozen=True)
+class Labelled:
+    name: str
+    x: np.ndarray  # normalised, in the artifact's layout
+    labels: np.ndarray
+
+
+def _labelled(run: Run, spec, data: Path | None, split: str) -> Labelled:
+    if data is not None:
+        samples, name = list(scan(data, run.classes, what="eval").samples), str(data)
+    else:
+        samples, name = split_samples(run, split), f"run {split} split"
+    loaded = load_images(samples, run.spec.size, run.spec.resize)
+    if len(loaded.labels) == 0:
+        raise DataError(f"no readable images to score on ({name})", "pass --data DIR with labelled images")
+    return Labelled(name, spec.normalize(loaded.images), loaded.labels)
+
+
+def _top1(pred: np.ndarray, labels: np.ndarray) -> float:
+    return round(100.0 * float((pred == labels).mean()), 2)
+
+
+class _Scorer:
+    """Scores backbone artifacts with the run's float head; fp32 predictions are the reference."""
+
+    def __init__(self, fp32: Path, head: dict, sets: list[Labelled]):
+        self.W, self.b = head["W"], head["b"]
+        self.sets = sets
+        engine = engines.load(fp32, threads=1)
+        self.reference = [self.predict(engine, s) for s in sets]
+        self.fp32_top1 = [_top1(p, s.labels) for p, s in zip(self.reference, sets, strict=True)]
+
+    def predict(self, engine, labelled: Labelled) -> np.ndarray:
+        return (engine.run(labelled.x) @ self.W.T + self.b).argmax(1)
+
+    def score(self, path: Path) -> list[tuple[float, float, float]]:
+        """(int8 top-1, drop in points, agreement with fp32) per labelled set."""
+        engine = engines.load(path, threads=1)
+        out = []
+        for s, ref, fp32 in zip(self.sets, self.reference, self.fp32_top1, strict=True):
+            pred = self.predict(engine, s)
+            top1 = _top1(pred, s.labels)
+            out.append((top1, round(fp32 - top1, 2), round(float((pred == ref).mean()), 4)))
+        return out
+
+
+def _quantizer(fmt: str):
+    if fmt == "onnx":
+        from edgetl.quantize import ort
+
+        return ort
+    from edgetl.quantize import tflite
+
+    return tflite
+
+
+def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx", method: str = "auto",
+             max_drop: float = 1.0, data: str | Path | None = None, console: Console = QUIET,
+             run: Run | None = None) -> dict:
+    """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns the quantize.json record."""
+    check_format(fmt)
+    if method != "auto" and method not in METHODS:
+        raise ConfigError(f"unknown calibration method {method!r}", f"one of: auto, {', '.join(METHODS)}")
+    if not 0 <= max_drop <= 100:
+        raise ConfigError(f"--max-drop must be between 0 and 100 points, not {max_drop}", "e.g. 1.0")
+    started = time.perf_counter()
+    run = run or load_run(run_path)
+    selection = calibration.select(calibration.read(calib_file))
+    exported = load_export(run.path, fmt) or export(run.path, fmt, console=console, run=run)
+    spec = exported.spec
+    calib_x = spec.normalize(calibration.images(selection, run.spec))
+    console.log(f"calibration: {len(calib_x)} images from {selection.calib.source} "
+                f"({len(selection.classes)} classes, seed {selection.calib.seed})")
+    guard = _labelled(run, spec, Path(data) if data else None, "val")
+    sets = [guard]
+    if data is None and run.record.get("data", {}).get("test_dir"):
+        sets.append(_labelled(run, spec, None, "test"))
+    head = dict(np.load(run.path / "head.npz"))
+    scorer = _Scorer(exported.backbone, head, sets)
+    q = _quantizer(fmt)
+    suffix = FORMATS[fmt]
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-quantize-") as work_dir:
+        work = Path(work_dir)
+        source = q.prepare(exported.backbone, work / f"prepared{suffix}") if fmt == "onnx" else run.backbone
+        graphs = {}
+
+        def trial(m: str, keep_float: tuple[str, ...] = ()) -> Trial:
+            path = work / f"{m}-{len(keep_float)}{suffix}"
+            # what really stays float: the kept layers and the layers feeding them
+            keep_float, graphs[(m, keep_float)] = q.quantize(source, path, calib_x, m, keep_float=keep_float)
+            (top1, drop, agreement), *rest = scorer.score(path)
+            t = Trial(m, keep_float, path, top1, drop, agreement,
+                      {"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]})
+            console.log(f"  {m:<10} float layers {len(keep_float):>2}: int8 top-1 {top1:.2f}% "
+                        f"(fp32 {scorer.fp32_top1[0]:.2f}%, drop {drop:+.2f}), agreement {agreement:.1%}")
+            return t
+
+        methods = METHODS if method == "auto" else (method,)
+        trials = [trial(m) for m in methods]
+        best = min(trials, key=lambda t: (t.drop, -t.agreement))
+        sensitivity: list[tuple[str, float]] = []
+        if best.drop > max_drop and method == "auto":
+            console.log(f"best method ({best.method}) loses {best.drop:.2f} points > {max_drop}: "
+                        "looking for the layers most sensitive to quantization")
+            sens_x = calib_x[:SENSITIVITY_IMAGES]
+            if fmt == "onnx":
+                scores = q.sensitivity(source, best.path, sens_x, work)
+            else:
+                scores = q.sensitivity(graphs[(best.method, ())], sens_x)
+            sensitivity = sorted(scores.items(), key=lambda kv: kv[1])
+            console.log("most sensitive: " + ", ".join(f"{n} ({v:.1f} dB)" for n, v in sensitivity[:5]))
+            found = _fewest_float(lambda k: trial(best.method, tuple(n for n, _ in sensitivity[:k])),
+                                  len(sensitivity), max_drop, trials)
+            best = found or min(trials, key=lambda t: (t.drop, -t.agreement))
+        if best.drop > max_drop:
+            raise QuantizeError(
+                f"no int8 {fmt} model of {run.path} stays within {max_drop} points: the best, {best.method} with "
+                f"{len(best.float_layers)} float layer(s), loses {best.drop:.2f} (int8 {best.top1:.2f}% vs fp32 "
+                f"{scorer.fp32_top1[0]:.2f}% on {guard.name})",
+                "nothing was written; raise --max-drop, calibrate on more representative images, or keep fp32")
+        ops = inspect.count(best.path)
+        if ops.weighted_int8 == 0 or ops.weighted_float > len(best.float_layers):
+            raise QuantizeError(
+                f"the {fmt} result is not int8: {ops.weighted_float} conv/matmul op(s) stayed float "
+                f"({', '.join(ops.float_nodes[:3])}) beside {ops.weighted_int8} int8 ones",
+                "nothing was written; report the backbone and versions")
+        int8 = engines.load(best.path, threads=1)
+        fp32 = engines.load(exported.backbone, threads=1)
+        latency = {"fp32": engines.latency_ms(fp32), "int8": engines.latency_ms(int8)}
+        out = run.path / "quantize" / fmt
+        name = f"backbone_int8{suffix}"
+        int8_spec = replace(spec, dtype=int8.input.dtype, input_scale=int8.input.scale,
+                            input_zero_point=int8.input.zero_point)
+        record = {
+            "format": fmt, "run": str(run.path), "backbone": run.record["backbone"], "file": name,
+            "method": best.method, "method_requested": method, "max_drop": max_drop,
+            "float_layers": list(best.float_layers),
+            "eval": guard.name, "images": int(len(guard.labels)),
+            "fp32_top1": scorer.fp32_top1[0], "int8_top1": best.top1, "drop": best.drop,
+            "agreement": best.agreement,
+            "test": ({"images": int(len(sets[1].labels)), "fp32_top1": scorer.fp32_top1[1], **best.extra["test"][0]}
+                     if len(sets) > 1 else None),
+            "trials": [t.summary() for t in trials],
+            "sensitivity_db": [[n, round(v, 2)] for n, v in sensitivity[:20]],
+            "calibration": {"file": str(selection.calib.file), "source": str(selection.calib.source),
+                            "samples": len(calib_x), "seed": selection.calib.seed,
+                            "per_class": selection.per_class()},
+            "ops": ops.to_dict(), "int8_verified": True,
+            "io": {"input": int8.input.to_dict(), "output": int8.output.to_dict()},
+            "sizes_bytes": {"fp32": exported.backbone.stat().st_size, "int8": best.path.stat().st_size},
+            "latency_ms": latency,
+            "int8_over_fp32_latency": round(latency["int8"]["p50_ms"] / latency["fp32"]["p50_ms"], 3),
+            "seconds": round(time.perf_counter() - started, 1),
+            "versions": versions(),
+        }
+        with staged_dir(out) as tmp:
+            shutil.copy2(best.path, tmp / name)
+            shutil.copy2(run.path / "head.npz", tmp / "head.npz")
+            shutil.copy2(run.path / "labels.json", tmp / "labels.json")
+            (tmp / "preprocess.json").write_text(int8_spec.to_json())
+            (tmp / QUANTIZE_RECORD).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _fewest_float(try_k, available: int, max_drop: float, trials: list[Trial]) -> Trial | None:
+    """The trial with the fewest float layers within budget: k = 1, 2, 4, ... then bisecting
+    (the drop is assumed to shrink as more of the most sensitive layers stay float)."""
+    limit = max(1, min(available, int(np.ceil(available * MAX_FLOAT_FRACTION))))
+    steps = sorted({min(2**i, limit) for i in range(limit.bit_length() + 1)})
+    passed: dict[int, Trial] = {}
+    failed = 0
+    for k in steps:
+        t = try_k(k)
+        trials.append(t)
+        if t.drop <= max_drop:
+            passed[k] = t
+            break
+        failed = k
+    if not passed:
+        return None
+    lo, hi = failed, min(passed)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        t = try_k(mid)
+        trials.append(t)
+        if t.drop <= max_drop:
+            passed[mid], hi = t, mid
+        else:
+            lo = mid
+    return passed[hi]
+
+
+def load_record(run_path: str | Path, fmt: str) -> dict | None:
+    path = Path(run_path) / "quantize" / check_format(fmt) / QUANTIZE_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+

@@ -1,0 +1,36 @@
+"""ONNX Runtime engine (CPU execution provider)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.runtime.engines import Engine, TensorSpec, missing_engine
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+              "tensor(float16)": "float16"}
+
+
+class OrtEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, *, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise missing_engine("onnxruntime", "runtime-ort") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        (i,), (o,) = self.session.get_inputs(), self.session.get_outputs()
+        self.input = TensorSpec(i.name, tuple(d if isinstance(d, int) else -1 for d in i.shape),
+                                _ORT_TYPES.get(i.type, i.type))
+        self.output = TensorSpec(o.name, tuple(d if isinstance(d, int) else -1 for d in o.shape),
+                                 _ORT_TYPES.get(o.type, o.type))
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output.name], {self.input.name: x})[0]

@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from edgetl.cli import main
+from edgetl.export import export, parity
+from edgetl.runtime import engines
+from edgetl.train.run import load_run
+
+
+def test_onnx_export_writes_backbone_head_and_combined_model_with_parity(run_dir):
+    result = export(run_dir, "onnx")
+    files = sorted(p.name for p in result.path.iterdir())
+    assert files == ["backbone.onnx", "export.json", "head.npz", "labels.json", "model.onnx", "preprocess.json"]
+    record = json.loads((result.path / "export.json").read_text())
+    assert record["parity"]["ok"] and record["parity"]["max_abs_diff"] < 1e-3
+    assert record["parity"]["top1_agreement"] == 1.0
+    model = onnx.load(str(result.backbone))
+    assert model.opset_import[0].version >= 17
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]  # static
+
+
+def test_tflite_export_takes_nhwc_images(run_dir):
+    result = export(run_dir, "tflite")
+    engine = engines.load(result.backbone)
+    assert engine.input.shape == (1, 32, 32, 3) and engine.input.dtype == "float32"
+    assert result.spec.layout == "NHWC"
+    assert result.record["parity"]["ok"]
+
+
+def test_a_broken_export_fails_parity_and_writes_nothing(run_dir, monkeypatch):
+    """An exporter that drifts from PyTorch (here: a conv weight changed in the written file) is an error."""
+    from edgetl import export as export_module
+
+    real = export_module.write_artifact
+
+    def drifting(module, sample, path, fmt, *, output_name):
+        real(module, sample, path, fmt, output_name=output_name)
+        model = onnx.load(str(path))
+        init = next(i for i in model.graph.initializer if len(i.dims) == 4)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
+        onnx.save(model, str(path))
+
+    monkeypatch.setattr(export_module, "write_artifact", drifting)
+    with pytest.raises(parity.ParityError, match="does not match PyTorch"):
+        export(run_dir, "onnx")
+    assert not (run_dir / "export" / "onnx").exists()
+
+
+def test_graph_that_differs_when_exported_is_caught(run_dir):
+    """A model whose forward takes another path under torch.export (data-dependent code frozen at trace)."""
+    run = load_run(run_dir)
+
+    class Branchy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            y = self.inner(x)
+            return y * 0.5 if torch.compiler.is_exporting() else y
+
+    run.backbone = Branchy(run.backbone).eval()
+    with pytest.raises(parity.ParityError):
+        export(run_dir, "onnx", run=run)
+
+
+def test_cli_export_and_bad_format(run_dir, capsys):
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    assert "backbone.onnx" in capsys.readouterr().out
+    assert main(["export", str(run_dir), "--format", "coreml"]) == 2
+    assert "unknown format 'coreml'" in capsys.readouterr().err
+
+
+def test_export_of_a_non_run_is_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a complete edgetl run" in err and "Traceback" not in err
+
+
+def test_head_npz_is_the_run_head(run_dir):
+    result = export(run_dir, "onnx")
+    a, b = np.load(run_dir / "head.npz"), np.load(result.path / "head.npz")
+    assert np.array_equal(a["W"], b["W"]) and np.array_equal(a["b"], b["b"])

@@ -1,0 +1,132 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgetl.cli import main
+from edgetl.data.imagefolder import load_images, scan
+from edgetl.export import export
+from edgetl.quantize import QuantizeError, inspect, quantize
+from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.train.run import Run
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_quantize_writes_a_verified_int8_model_and_its_record(run_dir, calib_file, fmt):
+    record = quantize(run_dir, calib_file, fmt=fmt, method="percentile", max_drop=100)
+    out = run_dir / "quantize" / fmt
+    assert json.loads((out / "quantize.json").read_text()) == record
+    for key in ("fp32_top1", "int8_top1", "drop", "agreement", "method", "float_layers", "sizes_bytes", "latency_ms"):
+        assert key in record
+    assert record["int8_verified"] and record["ops"]["int8_ops"] > 40
+    assert record["ops"]["int8_by_type"].get("Conv", 0) + record["ops"]["int8_by_type"].get("CONV_2D", 0) > 20
+    assert record["sizes_bytes"]["int8"] < record["sizes_bytes"]["fp32"] / 2.5
+    assert record["latency_ms"]["int8"]["p50_ms"] > 0 and record["test"]["images"] == 24
+    assert record["drop"] == pytest.approx(record["fp32_top1"] - record["int8_top1"], abs=0.02)
+    if fmt == "tflite":  # full-integer: int8 in and out, with the scale/zero-point recorded
+        assert record["io"]["input"]["dtype"] == "int8" and record["io"]["input"]["scale"] > 0
+        spec = PreprocessSpec.from_json((out / "preprocess.json").read_text())
+        assert spec.input_scale == record["io"]["input"]["scale"] and spec.layout == "NHWC"
+
+
+def test_a_float_only_artifact_is_not_int8(run_dir):
+    fp32 = export(run_dir, "onnx").backbone
+    ops = inspect.count(fp32)
+    assert ops.weighted_int8 == 0 and ops.weighted_float > 20
+    tfl = inspect.count(export(run_dir, "tflite").backbone)
+    assert tfl.weighted_int8 == 0 and tfl.weighted_float > 20
+
+
+def test_a_quantizer_that_leaves_the_model_float_is_refused(run_dir, calib_file, monkeypatch):
+    from edgetl.quantize import ort
+
+    def stays_float(pre, out, inputs, method, *, keep_float=()):
+        shutil.copy(pre, out)  # "quantized" file that is the fp32 model
+        return tuple(keep_float), None
+
+    monkeypatch.setattr(ort, "quantize", stays_float)
+    with pytest.raises(QuantizeError, match="not int8"):
+        quantize(run_dir, calib_file, fmt="onnx", method="minmax", max_drop=100)
+    assert not (run_dir / "quantize").exists()
+
+
+def test_unreachable_budget_is_an_error_with_no_artifact(signs, tmp_path, calib_file, capsys):
+    run = _fragile_run(signs, tmp_path)
+    quantize(run.path, calib_file, fmt="onnx", method="minmax", max_drop=100, run=run)  # an earlier result
+    before = (run.path / "quantize" / "onnx" / "quantize.json").read_text()
+    with pytest.raises(QuantizeError, match="stays within 3.0 points: the best, minmax .* loses"):
+        quantize(run.path, calib_file, fmt="onnx", method="minmax", max_drop=3.0, run=run)
+    assert (run.path / "quantize" / "onnx" / "quantize.json").read_text() == before  # earlier result untouched
+    assert sorted(p.name for p in (run.path / "quantize").iterdir()) == ["onnx"]  # no temp dirs left
+    assert main(["quantize", str(run.path), "--calib", str(calib_file), "--max-drop", "-1"]) == 2
+    assert "--max-drop must be between" in capsys.readouterr().err
+
+
+class FragileNet(nn.Module):
+    """A conv net with one fragile layer: channel 7 of `stem` is a large, dense signal (hundreds)
+    while the others span ~[0, 3]. Any per-tensor int8 range for that tensor either crushes the small
+    channels (which carry the classes) or clips the large one, so every calibration method fails and
+    only keeping the layers around that tensor in float helps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.mix = nn.Conv2d(8, 16, 1)
+        self.tail = nn.Sequential(*(m for _ in range(4) for m in (nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        with torch.no_grad():
+            self.stem.weight[7] = 0
+            self.stem.weight[7, :, 1, 1] = 150.0
+            self.stem.bias[7] = 500.0
+            self.mix.weight[:, 7] = 0.0
+        self.embedding_dim = 16
+
+    def forward(self, x):
+        x = torch.relu(self.mix(torch.relu(self.stem(x))))
+        return torch.flatten(self.pool(self.tail(x)), 1)
+
+
+def _fragile_run(signs, tmp_path) -> Run:
+    spec = PreprocessSpec(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    folder = scan(signs["train"])
+    loaded = load_images(folder.samples, spec.size)
+    backbone = FragileNet().eval()
+    with torch.no_grad():
+        emb = backbone(torch.from_numpy(spec.normalize(loaded.images)))
+    head = nn.Linear(16, len(folder.classes))
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    mean, std = emb.mean(0), emb.std(0) + 1e-6
+    for _ in range(300):  # a head fitted to the float embeddings
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(head((emb - mean) / std), torch.from_numpy(loaded.labels))
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # fold the standardisation into the head
+        head.weight /= std
+        head.bias -= head.weight @ mean
+    path = tmp_path / "fragile"
+    path.mkdir()
+    np.savez(path / "head.npz", W=head.weight.detach().numpy(), b=head.bias.detach().numpy(), version=1)
+    (path / "labels.json").write_text(json.dumps(list(folder.classes)))
+    record = {"backbone": "fragile", "data": {"train_dir": str(signs["train"]), "val_dir": str(signs["train"]),
+                                              "test_dir": None}, "config": {}}
+    return Run(path, backbone, head.eval(), folder.classes, spec, record)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("tflite", marks=pytest.mark.xfail(
+    strict=True, reason="known gap: the sensitivity ranking finds `mix`, but keeping it and `stem` float "
+                        "in the PT2E graph does not yet stop the .tflite from losing the small channels"))])
+def test_sensitivity_fallback_keeps_the_fewest_fragile_layers_in_float(signs, tmp_path, calib_file, fmt):
+    run = _fragile_run(signs, tmp_path)
+    record = quantize(run.path, calib_file, fmt=fmt, method="auto", max_drop=3.0, run=run)
+    plain = [t for t in record["trials"] if not t["float_layers"]]
+    assert len(plain) == 3 and min(t["drop"] for t in plain) > 3.0  # every calibration method fails alone
+    assert record["drop"] <= 3.0 and record["fp32_top1"] > 70
+    most_sensitive = record["sensitivity_db"][0][0]
+    assert ("mix" in most_sensitive) if fmt == "tflite" else most_sensitive == "node_conv2d_1"  # `mix`
+    assert most_sensitive in record["float_layers"]
+    assert record["ops"]["int8_by_type"].get("Conv", 0) + record["ops"]["int8_by_type"].get("CONV_2D", 0) >= 2
