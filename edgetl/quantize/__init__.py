@@ -30,6 +30,7 @@ from edgetl.train.finetune import versions
 from edgetl.train.run import Run, load_run, split_samples
 
 METHODS = ("minmax", "entropy", "percentile")
+PERCENTILE = 99.999  # the percentile calibrator's clip point, the same for both formats
 QUANTIZE_RECORD = "quantize.json"
 SENSITIVITY_IMAGES = 32
 MAX_FLOAT_FRACTION = 0.25  # keeping more than this in float is no longer an int8 model

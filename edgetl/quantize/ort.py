@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.console import silenced
+from edgetl.quantize import PERCENTILE
 
-METHODS = ("minmax", "entropy", "percentile")
-PERCENTILE = 99.999
 NOISE_FLOOR = 1e-4  # -40 dB: below this an error is too small to rank by
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torchao.quantization.pt2e.observer import HistogramObserver
 
-PERCENTILE = 99.999
+from edgetl.quantize import PERCENTILE
+
 QUANT_BINS = 128  # ORT's default for the entropy search
 
 

@@ -14,8 +14,6 @@ from edgetl.console import silenced
 from edgetl.export.tflite import channels_last, nhwc, to_tflite
 from edgetl.quantize.ranges import EntropyObserver, PercentileObserver
 
-METHODS = ("minmax", "entropy", "percentile")
-
 
 def _quantizer(method: str, keep_float: tuple[str, ...]):
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
