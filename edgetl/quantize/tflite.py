@@ -31,6 +31,7 @@ def _quantizer(method: str, keep_float: tuple[str, ...]):
             self.kept = tuple(sorted(kept))
             self._annotate_all_static_patterns(model, self.global_config, lambda n: not (_modules_of(n) & kept))
             _quantize_after_clamp(model)
+            _own_range_after_pool(model, act)
             return model
 
     base = get_symmetric_quantization_config(is_per_channel=True)
@@ -65,6 +66,25 @@ def _quantize_after_clamp(model: torch.fx.GraphModule) -> None:
             node.meta["quantization_annotation"] = QuantizationAnnotation(
                 output_qspec=annotation.output_qspec, _annotated=True)
             annotation.output_qspec = None
+
+
+_POOLS = {torch.ops.aten.adaptive_avg_pool2d.default, torch.ops.aten.mean.dim, torch.ops.aten.avg_pool2d.default}
+
+
+def _own_range_after_pool(model: torch.fx.GraphModule, qspec) -> None:
+    """Give an average pool's output its own int8 range instead of its input's.
+
+    litert-torch shares the pool's input range with its output. A global average is much
+    narrower than the per-position values it averages (and it is the embedding the head reads),
+    so sharing spends most of the 256 levels on values the pooled tensor never takes. TFLite's
+    int8 MEAN/AVERAGE_POOL_2D rescale between their own input and output scales."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    for node in model.graph.nodes:
+        annotation = node.meta.get("quantization_annotation") if node.op == "call_function" else None
+        if node.target in _POOLS and annotation is not None and isinstance(annotation.output_qspec,
+                                                                          SharedQuantizationSpec):
+            annotation.output_qspec = qspec
 
 
 def with_producers(model: torch.fx.GraphModule, names: tuple[str, ...]) -> set[str]:

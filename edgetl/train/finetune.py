@@ -221,12 +221,27 @@ def train_head(head: torch.nn.Linear, train: Split, val: Split, config: Finetune
     return best, epochs_run
 
 
+BN_MOMENTUM = 0.1
+
+
+def quicken_batchnorm(backbone: Backbone) -> None:
+    """Trainable BatchNorms follow their batches at PyTorch's default momentum (0.1).
+
+    torchvision's MobileNetV3 and EfficientNets ship 0.01, tuned for ImageNet's thousands of
+    steps an epoch. On a few thousand images the running statistics then lag the weights for
+    many epochs, and the eval-mode model scores at chance while its training loss falls."""
+    for m in backbone.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None:
+            m.momentum = max(m.momentum, BN_MOMENTUM)
+
+
 def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val: Split, spec: PreprocessSpec,
                    config: FinetuneConfig, world: distributed.World, console: Console,
                    head_only: tuple[float, float]) -> tuple[float, int, list[dict]]:
     """Unfrozen stages + head, end to end. Returns (best val top-1, best epoch, history).
 
     Epoch 0 is the head-only model: if no epoch beats it on val, that is what is kept."""
+    quicken_batchnorm(backbone)
     model = torch.nn.Sequential(backbone, head)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world.distributed else model
     backbone_params = [p for p in backbone.parameters() if p.requires_grad]
