@@ -5,7 +5,10 @@ in one run on gtsrb-mini for efficientnet_lite0, mobilenet_v2, mobilenet_v3_smal
 The guard scores on each run's val split (the budget is `--max-drop`, 1.0 for
 mobilenet_v3_small); the acceptance figure is the drop on the gtsrb-mini test split.
 efficientnet_lite0 starts from its shipped ImageNet weights; the torchvision backbones from
-ImageNet weights when they are in the torch hub cache, else from scratch (recorded per model).
+ImageNet weights when they are in the torch hub cache, else from scratch with a longer schedule
+(recorded per model). The same recipe on the command line, e.g.:
+  edgetl finetune --backbone mobilenet_v2 --weights none --data gtsrb-mini/train \
+    --test gtsrb-mini/test --img-size 64 --epochs 30 --patience 6 --out runs/mobilenet_v2
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--formats", default="onnx,tflite")
     ap.add_argument("--img-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=12, help="fine-tuning epochs from ImageNet weights")
+    ap.add_argument("--scratch-epochs", type=int, default=30, help="epochs when no ImageNet weights exist here")
+    ap.add_argument("--patience", type=int, default=6)
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--samples", type=int, default=256, help="calibration images")
     ap.add_argument("--runs", type=Path, help="reuse (or keep) fine-tuned runs in RUNS/<backbone>")
@@ -65,9 +70,10 @@ def main() -> None:
             if not (run_dir / "finetune.json").is_file():
                 weights = _weights(name)
                 t0 = time.perf_counter()
+                epochs = args.epochs if weights == "imagenet" else args.scratch_epochs
                 finetune(FinetuneConfig(data=data / "train", test=data / "test", out=run_dir, backbone=name,
-                                        weights=weights, img_size=args.img_size, epochs=args.epochs, force=True),
-                         console)
+                                        weights=weights, img_size=args.img_size, epochs=epochs,
+                                        patience=args.patience, force=True), console)
                 entry["finetune_seconds"] = round(time.perf_counter() - t0, 1)
             run = load_run(run_dir)
             entry.update(weights=run.record["weights"], val_top1=run.record["val_top1"],

@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--format", default="onnx", help="onnx (default) | tflite")
     qz.add_argument("--method", default="auto", help="auto (default) | minmax | entropy | percentile")
     qz.add_argument("--max-drop", type=float, default=1.0, help="top-1 points int8 may lose against fp32 (default 1.0)")
-    qz.add_argument("--data", type=Path, help="score on this labelled ImageFolder dir instead of the run's val split")
+    qz.add_argument("--split", default="val", help="the run's split the budget is judged on: val (default) | test")
+    qz.add_argument("--data", type=Path, help="score on this labelled ImageFolder dir instead of the run's split")
+    qz.add_argument("--io", default="int8", help="tflite input/output type: int8 (default) | uint8 (targets that ask)")
     return parser
 
 
@@ -201,7 +203,7 @@ def _cmd_quantize(args, console) -> int:
     from edgetl.quantize import quantize
 
     r = quantize(args.run, args.calib, fmt=args.format, method=args.method, max_drop=args.max_drop,
-                 data=args.data, console=console)
+                 split=args.split, data=args.data, io=args.io, console=console)
     lat = r["latency_ms"]
     console.table(f"quantize ({r['format']}, {r['method']}): {args.run}/quantize/{r['format']}",
                   ["", "top-1", "MB", "p50 ms (1 thread)"],

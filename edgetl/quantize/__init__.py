@@ -25,6 +25,7 @@ from edgetl.errors import ConfigError, DataError, EdgetlError
 from edgetl.export import FORMATS, check_format, export, load_export
 from edgetl.fsutil import staged_dir
 from edgetl.quantize import calibration, inspect
+from edgetl.quantize.interface import IO_TYPES, to_uint8
 from edgetl.runtime import engines
 from edgetl.train.finetune import versions
 from edgetl.train.run import Run, load_run, split_samples
@@ -112,10 +113,20 @@ def _quantizer(fmt: str):
 
 
 def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx", method: str = "auto",
-             max_drop: float = 1.0, data: str | Path | None = None, console: Console = QUIET,
-             run: Run | None = None) -> dict:
-    """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns the quantize.json record."""
+             max_drop: float = 1.0, split: str = "val", data: str | Path | None = None, io: str = "int8",
+             console: Console = QUIET, run: Run | None = None) -> dict:
+    """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns the quantize.json record.
+
+    The budget is judged on the run's `split` (val or test), or on `data`; with val, the run's
+    test split (when it has one) is scored beside it. `io` is the integer type of a TFLite
+    model's input and output (uint8 for targets that ask)."""
     check_format(fmt)
+    if split not in ("val", "test"):
+        raise ConfigError(f"unknown --split {split!r}", "val (default) or test")
+    if io not in IO_TYPES:
+        raise ConfigError(f"unknown --io {io!r}", f"one of: {', '.join(IO_TYPES)}")
+    if io != "int8" and fmt != "tflite":
+        raise ConfigError(f"--io {io} applies to tflite only", "ONNX QDQ models take and return float")
     if method != "auto" and method not in METHODS:
         raise ConfigError(f"unknown calibration method {method!r}", f"one of: auto, {', '.join(METHODS)}")
     if not 0 <= max_drop <= 100:
@@ -128,9 +139,10 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     calib_x = spec.normalize(calibration.images(selection, run.spec))
     console.log(f"calibration: {len(calib_x)} images from {selection.calib.source} "
                 f"({len(selection.classes)} classes, seed {selection.calib.seed})")
-    guard = _labelled(run, spec, Path(data) if data else None, "val")
+    has_test = bool(run.record.get("data", {}).get("test_dir"))
+    guard = _labelled(run, spec, Path(data) if data else None, split)
     sets = [guard]
-    if data is None and run.record.get("data", {}).get("test_dir"):
+    if data is None and split == "val" and has_test:
         sets.append(_labelled(run, spec, None, "test"))
     head = dict(np.load(run.path / "head.npz"))
     scorer = _Scorer(exported.backbone, head, sets)
@@ -176,6 +188,8 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
                 f"{len(best.float_layers)} float layer(s), loses {best.drop:.2f} (int8 {best.top1:.2f}% vs fp32 "
                 f"{scorer.fp32_top1[0]:.2f}% on {guard.name})",
                 "nothing was written; raise --max-drop, calibrate on more representative images, or keep fp32")
+        if io == "uint8":
+            best = _with_uint8_io(best, scorer, console)
         ops = inspect.count(best.path)
         if ops.weighted_int8 == 0 or ops.weighted_float > len(best.float_layers):
             raise QuantizeError(
@@ -218,6 +232,16 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
             (tmp / "preprocess.json").write_text(int8_spec.to_json())
             (tmp / QUANTIZE_RECORD).write_text(json.dumps(record, indent=2))
     return record
+
+
+def _with_uint8_io(best: Trial, scorer: _Scorer, console: Console) -> Trial:
+    """`best` with uint8 input/output, rescored: the requantize is exact, and this shows it."""
+    path = best.path.with_name(best.path.stem + "-uint8" + best.path.suffix)
+    to_uint8(best.path, path)
+    (top1, drop, agreement), *rest = scorer.score(path)
+    console.log(f"  uint8 IO: int8 top-1 {top1:.2f}% (drop {drop:+.2f}), agreement {agreement:.1%}")
+    return replace(best, path=path, top1=top1, drop=drop, agreement=agreement,
+                   extra={"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]})
 
 
 def _fewest_float(try_k, available: int, max_drop: float, trials: list[Trial]) -> Trial | None:

@@ -141,3 +141,15 @@ def test_the_same_net_without_its_outlier_quantizes_with_no_float_layers(signs, 
     run = _fragile_run(signs, tmp_path, fragile=False)
     record = quantize(run.path, calib_file, fmt=fmt, method="auto", max_drop=3.0, run=run)
     assert record["drop"] <= 3.0 and record["float_layers"] == [] and record["fp32_top1"] > 70
+
+
+def test_uint8_io_for_targets_that_ask_scores_as_the_int8_model(run_dir, calib_file, capsys):
+    record = quantize(run_dir, calib_file, fmt="tflite", method="minmax", max_drop=100, io="uint8")
+    io, int8 = record["io"], record["trials"][0]
+    assert io["input"]["dtype"] == "uint8" and io["output"]["dtype"] == "uint8"
+    assert 0 <= io["input"]["zero_point"] <= 255 and io["input"]["scale"] > 0
+    assert record["int8_top1"] == int8["int8_top1"] and record["agreement"] >= int8["agreement"] - 1e-9
+    spec = PreprocessSpec.from_json((run_dir / "quantize" / "tflite" / "preprocess.json").read_text())
+    assert spec.dtype == "uint8" and spec.input_zero_point == io["input"]["zero_point"]
+    assert main(["quantize", str(run_dir), "--calib", str(calib_file), "--io", "uint8"]) == 2  # onnx: float IO
+    assert "--io uint8 applies to tflite only" in capsys.readouterr().err
