@@ -23,7 +23,7 @@ from _common import emit, gtsrb_mini, skip
 
 from edgetl.console import Console
 from edgetl.errors import EdgetlError
-from edgetl.quantize import quantize
+from edgetl.quantize import QuantizeError, quantize
 from edgetl.train.backbones import get_spec
 from edgetl.train.finetune import FinetuneConfig, finetune
 from edgetl.train.run import load_run
@@ -39,6 +39,14 @@ def _weights(name: str) -> str:
         return "imagenet"
     except EdgetlError:
         return "none"
+
+
+def _trials(trials: list[dict]) -> dict:
+    """Val and test drops per calibration method, and [float layers, val drop, test drop] per fallback trial."""
+    return {"per_method": {t["method"]: {"val_drop": t["drop"], "test_drop": t["test"]["drop"]}
+                           for t in trials if not t["float_layers"]},
+            "fallback_trials": [[len(t["float_layers"]), t["drop"], t["test"]["drop"]]
+                                for t in trials if t["float_layers"]]}
 
 
 def main() -> None:
@@ -83,17 +91,16 @@ def main() -> None:
                 t0 = time.perf_counter()
                 try:
                     r = quantize(run_dir, calib, fmt=fmt, method="auto", max_drop=budget, console=console)
-                except EdgetlError as exc:
-                    entry[fmt] = {"error": str(exc)}
-                    print(f"{name} {fmt}: {exc}", file=sys.stderr)
+                except QuantizeError as exc:  # the budget was missed: report what the trials reached
+                    entry[fmt] = {"budget": budget, "error": exc.message, **_trials(exc.trials),
+                                  "seconds": round(time.perf_counter() - t0, 1)}
+                    print(f"{name} {fmt}: {exc.message}", file=sys.stderr)
                     continue
                 entry[fmt] = {
                     "budget": budget, "method": r["method"], "float_layers": r["float_layers"],
                     "val": {"fp32_top1": r["fp32_top1"], "int8_top1": r["int8_top1"], "drop": r["drop"]},
                     "test": r["test"],
-                    "per_method": {t["method"]: {"val_drop": t["drop"], "test_drop": t["test"]["drop"]}
-                                   for t in r["trials"] if not t["float_layers"]},
-                    "fallback_trials": [[len(t["float_layers"]), t["drop"]] for t in r["trials"] if t["float_layers"]],
+                    **_trials(r["trials"]),
                     "latency_ms": {k: v["p50_ms"] for k, v in r["latency_ms"].items()},
                     "int8_over_fp32_latency": r["int8_over_fp32_latency"],
                     "sizes_mb": {k: round(v / 1e6, 2) for k, v in r["sizes_bytes"].items()},

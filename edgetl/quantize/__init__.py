@@ -38,7 +38,14 @@ MAX_FLOAT_FRACTION = 0.25  # keeping more than this in float is no longer an int
 
 
 class QuantizeError(EdgetlError):
-    """Quantization could not meet its accuracy budget, or its result is not int8."""
+    """Quantization could not meet its accuracy budget, or its result is not int8.
+
+    `trials` holds what was tried (each trial's summary, as in quantize.json), so a caller can
+    report the best it got even though nothing was written."""
+
+    def __init__(self, message: str, hint: str | None = None, trials: list[dict] | None = None):
+        super().__init__(message, hint)
+        self.trials = trials or []
 
 
 @dataclass
@@ -174,7 +181,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
                         "looking for the layers most sensitive to quantization")
             sens_x = calib_x[:SENSITIVITY_IMAGES]
             if fmt == "onnx":
-                scores = q.sensitivity(source, best.path, sens_x, work)
+                scores = q.sensitivity(source, best.method, sens_x, work)
             else:
                 scores = q.sensitivity(graphs[(best.method, ())], sens_x)
             sensitivity = sorted(scores.items(), key=lambda kv: kv[1])
@@ -187,7 +194,8 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
                 f"no int8 {fmt} model of {run.path} stays within {max_drop} points: the best, {best.method} with "
                 f"{len(best.float_layers)} float layer(s), loses {best.drop:.2f} (int8 {best.top1:.2f}% vs fp32 "
                 f"{scorer.fp32_top1[0]:.2f}% on {guard.name})",
-                "nothing was written; raise --max-drop, calibrate on more representative images, or keep fp32")
+                "nothing was written; raise --max-drop, calibrate on more representative images, or keep fp32",
+                [t.summary() for t in trials])
         if io == "uint8":
             best = _with_uint8_io(best, scorer, console)
         ops = inspect.count(best.path)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgetl.console import silenced
 from edgetl.quantize import PERCENTILE
-
-NOISE_FLOOR = 1e-4  # -40 dB: below this an error is too small to rank by
 
 
 class _Reader:
@@ -59,71 +58,87 @@ def with_producers(model, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n.name for n in model.graph.node if n.name in wanted)
 
 
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ENTROPY_BINS = 2048  # TensorRT's entropy calibrator: 2048 histogram bins searched for 128 int8 levels
+
+
+def _input(model) -> tuple[str, int]:
+    return model.graph.input[0].name, model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
+
+
+def _method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+def calibrate(pre: Path, inputs: np.ndarray, method: str, cache: Path) -> Path:
+    """Activation ranges of `pre` on `inputs` by `method`, saved as onnxruntime's calibration cache,
+    so calibration runs once per method and every trial reuses it.
+
+    Entropy searches 2048 bins (TensorRT's setting): through quantize_static, onnxruntime would
+    use 128 bins for 128 levels, where its search has one candidate, the full range (= minmax)."""
+    import onnx
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    options = {"percentile": PERCENTILE}
+    if method == "entropy":
+        options.update(num_bins=ENTROPY_BINS, num_quantized_bins=128)
+    name, batch = _input(onnx.load(str(pre)))
+    with tempfile.TemporaryDirectory(prefix="edgetl-calibrate-") as tmp, silenced():
+        calibrator = create_calibrator(Path(pre), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=_method(method), extra_options=options)
+        calibrator.collect_data(_Reader(name, inputs, batch))
+        save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
+def _quantize_static(pre: Path, out: Path, cache: Path, method: str, **nodes) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    with silenced():
+        quantize_static(
+            str(pre), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=_method(method),
+            calibration_cache_path=str(cache),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **nodes)
+
+
+def _cache(pre: Path, out: Path, inputs: np.ndarray, method: str) -> Path:
+    """The method's calibration cache beside the trial files, made on first use."""
+    cache = out.parent / f"calibration-{method}.json"
+    return cache if cache.is_file() else calibrate(pre, inputs, method, cache)
+
+
 def quantize(pre: Path, out: Path, inputs: np.ndarray, method: str, *,
              keep_float: tuple[str, ...] = ()) -> tuple[tuple[str, ...], None]:
     """Static QDQ int8 of `pre` (a prepared fp32 model) calibrated on `inputs` (float, model layout);
     returns the nodes left float (`keep_float` and what feeds them), and no graph (the file is it)."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = onnx.load(str(pre))
-    name = model.graph.input[0].name
-    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
-    keep_float = with_producers(model, keep_float)
-    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}[method]
-    with silenced():  # its calibrators print progress with print()
-        quantize_static(
-            str(pre), str(out), _Reader(name, inputs, batch), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate,
-            nodes_to_exclude=list(keep_float),
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "CalibPercentile": PERCENTILE},
-        )
+    keep_float = with_producers(onnx.load(str(pre)), keep_float)
+    _quantize_static(pre, out, _cache(pre, out, inputs, method), method, nodes_to_exclude=list(keep_float))
     return keep_float, None
 
 
-def sensitivity(pre: Path, qdq: Path, inputs: np.ndarray, work: Path) -> dict[str, float]:
-    """Per node, how much it amplifies quantization error (dB, negated: lower = more sensitive): the
-    noise against the fp32 model at its output over the noise already at its inputs, on
-    calibration inputs. Activations are matched by name with onnxruntime's qdq_loss_debug."""
+def sensitivity(pre: Path, method: str, inputs: np.ndarray, work: Path) -> dict[str, float]:
+    """Per weighted node (conv/gemm/matmul), the SQNR in dB (lower = more sensitive) of the model's
+    output when that node alone is quantized (its input activation and weights, the method's ranges),
+    against fp32, on calibration inputs. Judged at the output, a layer early in the network whose
+    error grows on the way down ranks by what it does to the embedding, not by its local error."""
     import onnx
-    from onnxruntime.quantization import qdq_loss_debug as dbg
 
-    model = onnx.load(str(pre))
-    name = model.graph.input[0].name
-    batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
-    augmented = {}
-    for label, path in (("float", pre), ("qdq", qdq)):
-        augmented[label] = work / f"{label}.augmented.onnx"
-        dbg.modify_model_output_intermediate_tensors(str(path), str(augmented[label]))
-    with silenced():
-        float_acts = dbg.collect_activations(str(augmented["float"]), _Reader(name, inputs, batch))
-        qdq_acts = dbg.collect_activations(str(augmented["qdq"]), _Reader(name, inputs, batch))
-    noise = {}
-    for tensor, values in qdq_acts.items():
-        if tensor in float_acts:
-            noise[tensor] = 10 ** (-dbg.compute_signal_to_quantization_noice_ratio(float_acts[tensor], values) / 10)
-    graph = onnx.load(str(qdq)).graph
-    produced_by = {out: node for node in graph.node for out in node.output}
+    from edgetl.runtime import engines
 
-    def original(tensor: str) -> str:
-        """Follow DequantizeLinear <- QuantizeLinear back to the tensor they stand for."""
-        node = produced_by.get(tensor)
-        while node is not None and node.op_type in ("DequantizeLinear", "QuantizeLinear"):
-            tensor = node.input[0]
-            node = produced_by.get(tensor)
-        return tensor
-
+    names = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in WEIGHTED and n.name]
+    cache = _cache(pre, work / "sensitivity.onnx", inputs, method)
+    reference = engines.load(pre, threads=1).run(inputs).astype(np.float64)
+    signal = max(float(np.sum(reference**2)), 1e-30)
     scores = {}
-    for node in graph.node:
-        if node.op_type in ("DequantizeLinear", "QuantizeLinear") or not node.name:
-            continue
-        out = [noise[o] for o in node.output if o in noise]
-        if not out:
-            continue
-        before = max([noise.get(original(i), 0.0) for i in node.input if i], default=0.0)
-        # how much the node multiplies the error it receives: a layer that turns a faint input error
-        # into a large output error is where int8 fails (a difference would also blame every layer
-        # downstream of it, which only passes on an already ruined signal)
-        scores[node.name] = -10.0 * math.log10(max(max(out), NOISE_FLOOR) / max(before, NOISE_FLOOR))
+    for name in names:
+        one = work / "sensitivity.onnx"
+        _quantize_static(pre, one, cache, method, nodes_to_quantize=[name])
+        noise = float(np.sum((engines.load(one, threads=1).run(inputs) - reference) ** 2)) / signal
+        scores[name] = -10.0 * math.log10(max(noise, 1e-12))
     return scores

@@ -130,9 +130,8 @@ def test_sensitivity_fallback_keeps_the_fewest_fragile_layers_in_float(signs, tm
     plain = [t for t in record["trials"] if not t["float_layers"]]
     assert len(plain) == 3 and min(t["drop"] for t in plain) > 3.0  # every calibration method fails alone
     assert record["drop"] <= 3.0 and record["fp32_top1"] > 70
-    most_sensitive = record["sensitivity_db"][0][0]
-    assert ("mix" in most_sensitive) if fmt == "tflite" else most_sensitive == "node_conv2d_1"  # `mix`
-    assert most_sensitive in record["float_layers"]
+    fragile = {"onnx": {"node_conv2d", "node_conv2d_1"}, "tflite": {"stem", "mix"}}[fmt]  # either side of the outlier
+    assert record["sensitivity_db"][0][0] in fragile and fragile <= set(record["float_layers"])
     assert record["ops"]["int8_by_type"].get("Conv", 0) + record["ops"]["int8_by_type"].get("CONV_2D", 0) >= 2
 
 
