@@ -108,6 +108,12 @@ class _Scorer:
             out.append((top1, round(fp32 - top1, 2), round(float((pred == ref).mean()), 4)))
         return out
 
+    def trial(self, method: str, float_layers: tuple[str, ...], path: Path) -> Trial:
+        """`path` scored: judged on the first set, the others (test) recorded beside it."""
+        (top1, drop, agreement), *rest = self.score(path)
+        return Trial(method, float_layers, path, top1, drop, agreement,
+                     {"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]})
+
 
 def _quantizer(fmt: str):
     if fmt == "onnx":
@@ -165,11 +171,9 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
             path = work / f"{m}-{len(keep_float)}{suffix}"
             # what really stays float: the kept layers and the layers feeding them
             keep_float, graphs[(m, keep_float)] = q.quantize(source, path, calib_x, m, keep_float=keep_float)
-            (top1, drop, agreement), *rest = scorer.score(path)
-            t = Trial(m, keep_float, path, top1, drop, agreement,
-                      {"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]})
-            console.log(f"  {m:<10} float layers {len(keep_float):>2}: int8 top-1 {top1:.2f}% "
-                        f"(fp32 {scorer.fp32_top1[0]:.2f}%, drop {drop:+.2f}), agreement {agreement:.1%}")
+            t = scorer.trial(m, keep_float, path)
+            console.log(f"  {m:<10} float layers {len(keep_float):>2}: int8 top-1 {t.top1:.2f}% "
+                        f"(fp32 {scorer.fp32_top1[0]:.2f}%, drop {t.drop:+.2f}), agreement {t.agreement:.1%}")
             return t
 
         methods = METHODS if method == "auto" else (method,)
@@ -246,10 +250,9 @@ def _with_uint8_io(best: Trial, scorer: _Scorer, console: Console) -> Trial:
     """`best` with uint8 input/output, rescored: the requantize is exact, and this shows it."""
     path = best.path.with_name(best.path.stem + "-uint8" + best.path.suffix)
     to_uint8(best.path, path)
-    (top1, drop, agreement), *rest = scorer.score(path)
-    console.log(f"  uint8 IO: int8 top-1 {top1:.2f}% (drop {drop:+.2f}), agreement {agreement:.1%}")
-    return replace(best, path=path, top1=top1, drop=drop, agreement=agreement,
-                   extra={"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]})
+    t = scorer.trial(best.method, best.float_layers, path)
+    console.log(f"  uint8 IO: int8 top-1 {t.top1:.2f}% (drop {t.drop:+.2f}), agreement {t.agreement:.1%}")
+    return t
 
 
 def _fewest_float(try_k, available: int, max_drop: float, trials: list[Trial]) -> Trial | None:

@@ -131,50 +131,53 @@ def quantize(backbone: torch.nn.Module, out: Path, inputs: np.ndarray, method: s
     return getattr(quantizer, "kept", ()), graph
 
 
-def _noise(reference: torch.Tensor, value: torch.Tensor) -> float:
-    """Noise-to-signal power ratio of `value` against `reference`."""
-    signal = float(torch.sum(reference.double() ** 2))
-    return float(torch.sum((reference.double() - value.double()) ** 2)) / max(signal, 1e-30)
-
-
 def sensitivity(graph: torch.fx.GraphModule, inputs: np.ndarray) -> dict[str, float]:
-    """Per quantized conv/linear module, the SQNR (dB; lower = more sensitive) of its output when its
-    input and weights are quantized, against the same layer on their float values, on calibration
-    inputs. Judged at the layer's output, an outlier channel that swamps the others' resolution
-    shows up even though it dominates the input tensor's own norm."""
+    """Per quantized conv/linear module, the SQNR in dB (lower = more sensitive) of the model's output
+    when that layer alone is quantized (its input activation and weights, the calibrated ranges;
+    every other q/dq passes float through), against the float model, on calibration inputs.
+    Judged at the output, as for ONNX: a layer whose local error is small but grows on the way
+    down ranks by what it does to the embedding."""
     qd = torch.ops.quantized_decomposed
-    quant_ops = {qd.quantize_per_tensor.default, qd.quantize_per_channel.default, qd.quantize_per_tensor.tensor}
-    noise: dict[str, float] = {}
+    qdq_ops = {qd.quantize_per_tensor.default, qd.quantize_per_channel.default, qd.quantize_per_tensor.tensor,
+               qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default,
+               qd.dequantize_per_tensor.tensor}
 
-    class Recorder(torch.fx.Interpreter):
-        """Runs the q/dq graph and reruns each layer on the float values its dq inputs stand for."""
+    class OneLayer(torch.fx.Interpreter):
+        """Runs the q/dq graph with only the q/dq nodes in `active` quantizing."""
 
-        def __init__(self, module):
-            super().__init__(module)
-            self.before = {}
+        def __init__(self, module, active: set):
+            super().__init__(module, garbage_collect_values=False)  # a dq may reach back past its q
+            self.active = active
 
         def run_node(self, n):
-            if n.op == "call_function" and n.target in quant_ops:
-                self.before[n] = self.env[n.args[0]]
-            value = super().run_node(n)
-            if n.op == "call_function" and n.target in _LAYERS:
-                args = [self._float(a) for a in n.args]
-                reference = n.target(*args, **n.kwargs)
-                noise[_module_of(n)] = noise.get(_module_of(n), 0.0) + _noise(reference, value) / len(inputs)
-            return value
+            if n.op == "call_function" and n.target in qdq_ops and n not in self.active:
+                src = n.args[0]
+                if isinstance(src, torch.fx.Node) and src.target in qdq_ops:  # a dq whose q may be shared
+                    return self.env[src.args[0]]  # with an active layer: take the float it quantized
+                return self.env[src]
+            return super().run_node(n)
 
-        def _float(self, arg):
-            if isinstance(arg, torch.fx.Node):
-                source = arg.args[0] if arg.args and isinstance(arg.args[0], torch.fx.Node) else None
-                if source is not None and source in self.before:  # a dq of a q: use the float it quantized
-                    return self.before[source]
-                return self.env[arg]
-            return arg
+    def qdq_feeding(layer) -> set:
+        active = set()
+        for arg in layer.args[:2]:  # input activation and weight: dq <- q
+            while isinstance(arg, torch.fx.Node) and arg.op == "call_function" and arg.target in qdq_ops:
+                active.add(arg)
+                arg = arg.args[0]
+        return active
 
+    def run(active: set) -> torch.Tensor:  # the exported graph takes one image at a time
+        return torch.cat([OneLayer(graph, active).run(torch.from_numpy(inputs[i : i + 1]))[0]
+                          for i in range(len(inputs))]).double()
+
+    layers = [n for n in graph.graph.nodes if n.op == "call_function" and n.target in _LAYERS and qdq_feeding(n)]
     with torch.no_grad():
-        for i in range(len(inputs)):
-            Recorder(graph).run(torch.from_numpy(inputs[i : i + 1]))
-    return {m: (math.inf if v == 0 else -10.0 * math.log10(v)) for m, v in noise.items()}
+        reference = run(set())
+        signal = max(float(torch.sum(reference**2)), 1e-30)
+        scores = {}
+        for layer in layers:
+            noise = float(torch.sum((run(qdq_feeding(layer)) - reference) ** 2)) / signal
+            scores[_module_of(layer)] = -10.0 * math.log10(max(noise, 1e-12))
+    return scores
 
 
 def _modules_of(node: torch.fx.Node) -> set[str]:
