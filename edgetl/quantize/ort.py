@@ -105,9 +105,9 @@ def _quantize_static(pre: Path, out: Path, cache: Path, method: str, **nodes) ->
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **nodes)
 
 
-def _cache(pre: Path, out: Path, inputs: np.ndarray, method: str) -> Path:
-    """The method's calibration cache beside the trial files, made on first use."""
-    cache = out.parent / f"calibration-{method}.json"
+def _cache(pre: Path, work: Path, inputs: np.ndarray, method: str) -> Path:
+    """The method's calibration cache in the work dir beside the trial files, made on first use."""
+    cache = work / f"calibration-{method}.json"
     return cache if cache.is_file() else calibrate(pre, inputs, method, cache)
 
 
@@ -118,7 +118,7 @@ def quantize(pre: Path, out: Path, inputs: np.ndarray, method: str, *,
     import onnx
 
     keep_float = with_producers(onnx.load(str(pre)), keep_float)
-    _quantize_static(pre, out, _cache(pre, out, inputs, method), method, nodes_to_exclude=list(keep_float))
+    _quantize_static(pre, out, _cache(pre, out.parent, inputs, method), method, nodes_to_exclude=list(keep_float))
     return keep_float, None
 
 
@@ -132,12 +132,11 @@ def sensitivity(pre: Path, method: str, inputs: np.ndarray, work: Path) -> dict[
     from edgetl.runtime import engines
 
     names = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in WEIGHTED and n.name]
-    cache = _cache(pre, work / "sensitivity.onnx", inputs, method)
+    cache, one = _cache(pre, work, inputs, method), work / "sensitivity.onnx"
     reference = engines.load(pre, threads=1).run(inputs).astype(np.float64)
     signal = max(float(np.sum(reference**2)), 1e-30)
     scores = {}
     for name in names:
-        one = work / "sensitivity.onnx"
         _quantize_static(pre, one, cache, method, nodes_to_quantize=[name])
         noise = float(np.sum((engines.load(one, threads=1).run(inputs) - reference) ** 2)) / signal
         scores[name] = -10.0 * math.log10(max(noise, 1e-12))
