@@ -6,6 +6,7 @@ Errors a user can cause print one line with a hint and exit 2; `--verbose` adds 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -110,7 +111,110 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--split", default="val", help="the run's split the budget is judged on: val (default) | test")
     qz.add_argument("--data", type=Path, help="score on this labelled ImageFolder dir instead of the run's split")
     qz.add_argument("--io", default="int8", help="tflite input/output type: int8 (default) | uint8 (targets that ask)")
+    tg = sub.add_parser("targets", parents=[common], help="list the hardware targets, or explain one",
+                        description="Targets are TOML files (targets/, $EDGETL_TARGETS): arch, engines, precisions, "
+                                    "IO type, constraints and default budgets.")
+    tg_sub = tg.add_subparsers(dest="targets_command", metavar="ACTION")
+    tshow = tg_sub.add_parser("show", parents=[common], help="explain one target")
+    tshow.add_argument("name", help="target name (see `edgetl targets`) or path to a target .toml")
+
+    cp = sub.add_parser("compile", parents=[common], help="compile a run for a target into a verifiable bundle",
+                        description="Writes the bundle dir (manifest with sha256 of every file) and a reproducible "
+                                    ".tar.gz; --dry-run prints the target's compatibility report alone, also for a "
+                                    ".onnx/.tflite model edgetl did not train.")
+    cp.add_argument("source", type=Path, help="run dir, or (with --dry-run) a .onnx or .tflite file")
+    cp.add_argument("--target", required=True, help="target name (see `edgetl targets`) or path to a .toml")
+    cp.add_argument("--out", type=Path, help="bundle dir to write (default RUN/bundles/TARGET); also OUT.tar.gz")
+    cp.add_argument("--dry-run", action="store_true", help="print the compatibility report; write nothing")
+    cp.add_argument("--json", action="store_true", help="with --dry-run: the report as one JSON object")
+    cp.add_argument("--sign", type=Path, help="ed25519 private key to sign the manifest with (edgetl bundle keygen)")
+    cp.add_argument("--allow-cpu-only", action="store_true",
+                    help="Edge TPU targets without edgetpu_compiler: ship the int8 model for the CPU")
+
+    bd = sub.add_parser("bundle", parents=[common], help="bundles: verify before flashing, make signing keys")
+    bd_sub = bd.add_subparsers(dest="bundle_command", metavar="ACTION")
+    bv = bd_sub.add_parser("verify", parents=[common], help="check a bundle dir or .tar.gz: hashes, files, schema, "
+                           "signature; exit 0 or 2 naming what failed")
+    bv.add_argument("bundle", type=Path, help="bundle dir or .tar.gz")
+    bv.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by its private key")
+    bv.add_argument("--this-machine", action="store_true", help="also check the bundle is for this CPU architecture")
+    bk = bd_sub.add_parser("keygen", parents=[common], help="a new ed25519 key pair: KEY and KEY.pub")
+    bk.add_argument("key", type=Path, help="private key file to create (KEY.pub is written beside it)")
     return parser
+
+
+def _cmd_targets(args, console) -> int:
+    from edgetl import targets
+
+    if args.targets_command is None:
+        rows = [[t.name, "/".join(t.arch), ", ".join(t.engines), ", ".join(t.precisions), t.io_dtype,
+                 f"{t.budgets.latency_p95_ms:g}", t.description] for t in targets.all_targets()]
+        console.table("targets", ["name", "arch", "engines", "precisions", "io", "p95 ms", "description"], rows)
+        return 0
+    t = targets.load(args.name)
+    c, b = t.constraints, t.budgets
+    rules = [f"full-integer {'required' if c.full_integer else 'not required'}",
+             "static shapes" if c.static_shapes else "dynamic shapes allowed"]
+    if c.max_rank:
+        rules.append(f"only the {c.max_rank} innermost dims > 1")
+    console.table(f"{t.name}: {t.description} ({t.file})", ["", ""], [
+        ["arch", ", ".join(t.arch)], ["engines (in order)", ", ".join(t.engines)],
+        ["precisions", ", ".join(t.precisions)], ["io dtype", t.io_dtype], ["constraints", "; ".join(rules)],
+        ["budgets", f"p95 {b.latency_p95_ms:g} ms, top-1 >= {b.min_top1:g}%, RSS <= {b.max_rss_mb:g} MB"],
+        ["reference", ", ".join(f"{k} {v}" for k, v in t.reference.items()) or "-"]])
+    return 0
+
+
+def _print_report(report, console) -> None:
+    rows = [[op.index, op.name, op.op, "ok" if op.mapped else "NO", op.reason] for op in report.ops if not op.mapped]
+    if rows:
+        console.table(f"{report.target}: ops that do not map to {report.engine}", ["#", "op", "type", "maps", "why"],
+                      rows[:20])
+    console.log(f"{report.target} ({report.engine}, {report.source}): {report.summary()}")
+    for note in report.notes:
+        console.log(f"  {note}")
+
+
+def _cmd_compile(args, console) -> int:
+    from edgetl.compile import check, compile_bundle
+
+    if args.json and not args.dry_run:
+        raise EdgetlError("--json goes with --dry-run", "edgetl compile SRC --target T --dry-run --json")
+    if args.dry_run:
+        report = check(args.source, args.target)
+        if args.json:
+            print(json.dumps(report.to_dict()))
+        else:
+            _print_report(report, console)
+        return 0
+    m = compile_bundle(args.source, args.target, args.out, sign=args.sign, allow_cpu_only=args.allow_cpu_only,
+                       console=console)
+    acc = m["accuracy"] or {}
+    console.table(f"bundle {m['name']} for {m['target']}", ["engine", "precision", "model", "top-1", "signed", "files"],
+                  [[m["engine"], m["precision"], m["model"], f"{acc.get('top1', '-')}% ({acc.get('split', '-')})",
+                    "yes" if args.sign else "no", len(m["files"])]])
+    console.log(f"{m['compatibility']['summary']}")
+    return 0
+
+
+def _cmd_bundle(args, console) -> int:
+    if args.bundle_command == "keygen":
+        from edgetl.bundle import keygen
+
+        private, public = keygen(args.key)
+        console.log(f"wrote {private} (keep it secret) and {public} (give it to the devices)")
+        return 0
+    import tempfile
+
+    from edgetl.runtime.bundle import open_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-verify-") as tmp:  # an archive is checked unpacked here
+        b = open_bundle(args.bundle, key=args.key, machine=None if args.this_machine else "any", unpack_to=Path(tmp))
+    sig = "signature verified" if b.signature_checked else ("signed (pass --key to check)" if b.signed else "unsigned")
+    console.log(f"ok: {args.bundle}: {b.manifest['name']} for {b.target} ({', '.join(b.manifest['arch'])}), "
+                f"{b.manifest['engine']} {b.manifest['precision']}, {len(b.manifest['files'])} files match their "
+                f"sha256, schema {b.manifest['schema_version']}, {sig}")
+    return 0
 
 
 def _cmd_synth(args, console) -> int:
@@ -227,13 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints
     console = Console(quiet=quiet)
     handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train,
-                "export": _cmd_export, "quantize": _cmd_quantize}
+                "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile}
     try:
         if args.command == "data":
             if args.data_command is None:
                 print("error: `edgetl data` needs an action (hint: edgetl data synth|show --help)", file=sys.stderr)
                 return 2
             return {"synth": _cmd_synth, "show": _cmd_show}[args.data_command](args, console)
+        if args.command == "bundle":
+            if args.bundle_command is None:
+                print("error: `edgetl bundle` needs an action (hint: edgetl bundle verify|keygen --help)",
+                      file=sys.stderr)
+                return 2
+            return _cmd_bundle(args, console)
         if args.command == "calib":
             if args.calib_command is None:
                 print("error: `edgetl calib` needs an action (hint: edgetl calib show FILE)", file=sys.stderr)

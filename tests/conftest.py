@@ -60,3 +60,22 @@ def calib_file(signs, tmp_path) -> Path:
     path = tmp_path / "calib.toml"
     path.write_text(f'data = "{signs["train"]}"\nsamples = 32\nseed = 0\n')
     return path
+
+
+@pytest.fixture(scope="session")
+def quantized_run(trained_run, signs, tmp_path_factory) -> Path:
+    """The small run with int8 ONNX and TFLite results (minmax, no budget): what compile reads."""
+    from edgetl.quantize import quantize
+
+    out = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("quantized") / "signs"))
+    calib = out.parent / "calib.toml"
+    calib.write_text(f'data = "{signs["train"]}"\nsamples = 32\nseed = 0\n')
+    for fmt in ("onnx", "tflite"):
+        quantize(out, calib, fmt=fmt, method="minmax", max_drop=100)
+    return out
+
+
+@pytest.fixture
+def compiled_run(quantized_run, tmp_path) -> Path:
+    """A private copy of the quantized run (tests write bundles into it)."""
+    return Path(shutil.copytree(quantized_run, tmp_path / "run"))

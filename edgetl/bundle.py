@@ -1,0 +1,173 @@
+"""Writing a bundle: what a device needs to run a compiled model, each file hashed in a manifest,
+optionally signed (ed25519), and packed into a reproducible .tar.gz (same inputs -> same bytes).
+
+Reading and verifying live in `edgetl.runtime.bundle`, because the device does them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from edgetl import __version__
+from edgetl.backends import Artifacts, Source
+from edgetl.errors import ConfigError
+from edgetl.fsutil import staged_dir
+from edgetl.runtime.bundle import MANIFEST, SIGNATURE, sha256
+from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.targets import Target
+
+SCHEMA_VERSION = 1
+
+
+def tensor_specs(model: Path) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) of a model file as the device sees them: name, shape, dtype, scale, zero_point."""
+    if model.suffix == ".tflite":
+        from edgetl.backends import tflite_graph
+
+        graph = tflite_graph.read(model)
+
+        def spec(t):
+            return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale,
+                    "zero_point": t.zero_point}
+
+        return [spec(t) for t in graph.inputs], [spec(t) for t in graph.outputs]
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+
+    def value(v):
+        t = v.type.tensor_type
+        return {"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim],
+                "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name, "scale": None, "zero_point": None}
+
+    return [value(v) for v in graph.input], [value(v) for v in graph.output]
+
+
+def _preprocess(source: Source, model: Path, inputs: list[dict]) -> dict:
+    """The run's preprocessing spec in the model's layout, with the input quantization of the model itself."""
+    fmt = "tflite" if model.suffix == ".tflite" else "onnx"
+    spec = PreprocessSpec.from_json((source.path / "export" / fmt / "preprocess.json").read_text())
+    first = inputs[0]
+    if first["scale"] is not None and first["dtype"] in ("int8", "uint8"):
+        spec = replace(spec, dtype=first["dtype"], input_scale=first["scale"], input_zero_point=first["zero_point"])
+    return asdict(spec)
+
+
+def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, files: dict[str, Path]) -> dict:
+    """The manifest of DESIGN.md: everything the device checks and needs, and nothing that varies
+    between two builds of the same inputs (no timestamps, no temp paths)."""
+    inputs, outputs = tensor_specs(artifacts.model)
+    run_record = (source.path / "finetune.json").read_bytes()
+    model_name = next(n for n, p in files.items() if p == artifacts.model)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "target": target.name,
+        "arch": list(target.arch),
+        "engine": artifacts.engine,
+        "precision": artifacts.precision,
+        "created_by": f"edgetl {__version__}",
+        "source_run": {"path": str(source.path.resolve()), "id": hashlib.sha256(run_record).hexdigest()[:16],
+                       "backbone": json.loads(run_record)["backbone"]},
+        "labels": json.loads((source.path / "labels.json").read_text()),
+        "preprocess": _preprocess(source, artifacts.model, inputs),
+        "model": model_name,
+        "inputs": inputs,
+        "outputs": outputs,
+        "head": "head.npz",
+        "files": {n: {"sha256": sha256(p), "bytes": p.stat().st_size} for n, p in sorted(files.items())},
+        "budgets": asdict(target.budgets),
+        "accuracy": artifacts.accuracy,
+        "choice": artifacts.choice,
+        "deferred": artifacts.deferred,
+        "compatibility": {"summary": artifacts.report.summary(), "source": artifacts.report.source,
+                          "first_unmapped": (artifacts.report.first_unmapped.name
+                                             if artifacts.report.first_unmapped else None),
+                          "cpu_ops": len(artifacts.report.cpu_ops)},
+    }
+
+
+def _private_key(key: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = Path(key).read_bytes()
+    try:
+        loaded = (serialization.load_ssh_private_key(data, None) if b"OPENSSH PRIVATE KEY" in data
+                  else serialization.load_pem_private_key(data, None))
+    except (ValueError, TypeError):
+        raise ConfigError(f"{key} is not an unencrypted PEM or OpenSSH private key",
+                          "make one with `edgetl bundle keygen KEY`") from None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ConfigError(f"{key} is not an ed25519 key", "bundles are signed with ed25519: edgetl bundle keygen KEY")
+    return loaded
+
+
+def keygen(path: Path) -> tuple[Path, Path]:
+    """A new ed25519 key pair: PATH (private, PEM, mode 0600) and PATH.pub (public, PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path, pub = Path(path), Path(f"{path}.pub")
+    if path.exists() or pub.exists():
+        raise ConfigError(f"{path} or {pub} already exists", "choose another name; keys are never overwritten")
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path, pub
+
+
+def archive(folder: Path, out: Path, name: str | None = None) -> Path:
+    """`folder` as a .tar.gz whose bytes depend only on the files: sorted names, fixed owner, mode
+    and time, gzip header without name or time. Written beside `out` and renamed into place."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                info = tarfile.TarInfo(f"{name or folder.name}/{path.relative_to(folder).as_posix()}")
+                info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, sign: Path | None = None) -> dict:
+    """The bundle dir at `out` (replaced as a whole, or left as it was) and `out`.tar.gz; returns the manifest."""
+    signer = _private_key(sign) if sign is not None else None  # a bad key fails before anything is written
+    out = Path(out)
+    model_name = f"backbone{artifacts.model.suffix}"
+    if artifacts.model.name.endswith("_edgetpu.tflite"):
+        model_name = "backbone_edgetpu.tflite"
+    files = {model_name: artifacts.model, "head.npz": source.path / "head.npz", **artifacts.extra}
+    with staged_dir(out) as tmp:
+        for name, path in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp / name)
+        placed = {name: tmp / name for name in files}
+        record = manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed)
+        text = json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
+        (tmp / MANIFEST).write_bytes(text)
+        if signer is not None:
+            (tmp / SIGNATURE).write_bytes(signer.sign(text))  # ed25519 is deterministic: still reproducible
+    archive(out, out.with_name(out.name + ".tar.gz"))
+    return record

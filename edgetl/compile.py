@@ -1,0 +1,43 @@
+"""`edgetl compile`: a run (or a model file) for one target, as a compatibility report or a bundle.
+
+The target file names the engines in order of preference; the first one's backend checks the
+model and compiles it, and the bundle writer packs the result with its manifest.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgetl import backends, bundle, targets
+from edgetl.backends import CompatibilityReport, Source
+from edgetl.console import QUIET, Console
+from edgetl.errors import ConfigError
+
+
+def check(source: str | Path, target: str | Path) -> CompatibilityReport:
+    """The target engine's compatibility report for a run or model file: nothing is written."""
+    t = targets.load(target)
+    return backends.for_target(t).check(Source.of(source), t)
+
+
+def compile_bundle(source: str | Path, target: str | Path, out: str | Path | None = None, *,
+                   sign: str | Path | None = None, allow_cpu_only: bool = False,
+                   console: Console = QUIET) -> dict:
+    """Compile a run for `target` into the bundle dir `out` (default RUN/bundles/TARGET) and
+    `out`.tar.gz; returns the manifest."""
+    t = targets.load(target)
+    src = Source.of(source)
+    if not src.is_run:
+        raise ConfigError(f"a bundle needs a run (labels, head, preprocessing), and {src.path} is a model file",
+                          "use --dry-run to check a model file against a target")
+    out = Path(out) if out is not None else src.path / "bundles" / t.name
+    backend = backends.for_target(t)
+    with tempfile.TemporaryDirectory(prefix="edgetl-compile-") as work:
+        artifacts = backend.compile(src, t, Path(work), allow_cpu_only=allow_cpu_only)
+        record = bundle.write(out, src, t, artifacts, sign=Path(sign) if sign else None)
+    console.log(f"{t.name}: {artifacts.engine} {artifacts.precision} ({artifacts.choice}) -> {out} and "
+                f"{out.name}.tar.gz")
+    if artifacts.deferred:
+        console.log(f"  deferred to the device: {artifacts.deferred}")
+    return record

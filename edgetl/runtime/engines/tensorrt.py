@@ -1,0 +1,155 @@
+"""TensorRT engines from the bundle's ONNX, built where TensorRT runs and cached per machine.
+
+A serialized engine is only valid for the TensorRT version and GPU (compute capability) that
+built it, so the cache is keyed by both, plus the ONNX file's hash and the precision. A cached
+engine whose key does not match this machine is stale: it is rebuilt, never loaded. The build
+uses TensorRT's ONNX parser; int8 comes from the QDQ nodes in the ONNX (explicit
+quantization), with fp16 allowed for the layers left float. Imports numpy and tensorrt only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgetl.errors import ConfigError
+from edgetl.runtime.engines import missing_engine
+
+WORKSPACE_BYTES = 1 << 30  # 1 GiB: TensorRT's tactic scratch; Jetsons share it with the CPU
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise missing_engine("TensorRT", "runtime-tensorrt") from None
+    return tensorrt
+
+
+def compute_capability() -> str:
+    """This machine's GPU compute capability, e.g. "8.7" (Orin), through the CUDA runtime
+    (cuda-python, which TensorRT's own samples use), else nvidia-smi."""
+    try:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart
+        attrs = cudart.cudaDeviceAttr
+        _, major = cudart.cudaDeviceGetAttribute(attrs.cudaDevAttrComputeCapabilityMajor, 0)
+        _, minor = cudart.cudaDeviceGetAttribute(attrs.cudaDevAttrComputeCapabilityMinor, 0)
+        return f"{major}.{minor}"
+    except ImportError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        raise ConfigError("cannot tell this GPU's compute capability",
+                          "pip install cuda-python (or put nvidia-smi on PATH)") from None
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What a serialized engine is valid for."""
+
+    tensorrt: str
+    compute_capability: str
+    onnx_sha256: str
+    precision: str
+
+    @property
+    def folder(self) -> str:
+        return f"{self.onnx_sha256[:16]}-{self.precision}"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGETL_CACHE", Path.home() / ".cache" / "edgetl")) / "tensorrt"
+
+
+def key_for(onnx_path: Path, precision: str, trt=None, capability: str | None = None) -> EngineKey:
+    trt = trt or import_tensorrt()
+    digest = hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest()
+    return EngineKey(trt.__version__, capability or compute_capability(), digest, precision)
+
+
+def parse_onnx(trt, data: bytes):
+    """(builder, network, parser, parsed?) for ONNX bytes, with an explicit-batch network."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # TensorRT 8.x; implied (and deprecated) in 10
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    return builder, network, parser, bool(parser.parse(data))
+
+
+def build(onnx_path: Path, precision: str, *, trt=None, timing_cache: Path | None = None,
+          workspace: int = WORKSPACE_BYTES) -> bytes:
+    """A serialized engine for `onnx_path` at `precision`; the timing cache is read and updated."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown TensorRT precision {precision!r}", f"one of: {', '.join(PRECISIONS)}")
+    trt = trt or import_tensorrt()
+    builder, network, parser, ok = parse_onnx(trt, Path(onnx_path).read_bytes())
+    if not ok:
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ConfigError(f"TensorRT's ONNX parser refused {onnx_path}: {errors or 'no reason given'}",
+                          "check the model with `polygraphy inspect model` or re-export it")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # int8: the layers the QDQ model left float may run fp16
+    if precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: scales come from the QDQ nodes
+    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ConfigError(f"TensorRT could not build an engine for {onnx_path} ({precision})",
+                          "see TensorRT's log above; try --precision fp16 or a larger workspace")
+    if timing_cache is not None:
+        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cached_engine(onnx_path: Path, precision: str, *, cache: Path | None = None, trt=None,
+                  capability: str | None = None) -> tuple[Path, bool]:
+    """(engine file, built now?) for this machine: the cached one when its key matches this TensorRT
+    and GPU exactly, else a fresh build written over the stale one."""
+    trt = trt or import_tensorrt()
+    key = key_for(onnx_path, precision, trt, capability)
+    folder = (cache or cache_dir()) / key.folder
+    engine, meta = folder / "engine.plan", folder / "key.json"
+    if engine.is_file() and meta.is_file():
+        try:
+            if EngineKey(**json.loads(meta.read_text())) == key:
+                return engine, False
+        except (ValueError, TypeError):
+            pass  # an unreadable key is a stale key
+    data = build(onnx_path, precision, trt=trt, timing_cache=(cache or cache_dir()) / f"timing-{key.tensorrt}-"
+                 f"sm{key.compute_capability}.cache")
+    _atomic_write(engine, data)
+    _atomic_write(meta, json.dumps(asdict(key), indent=2).encode())
+    return engine, True

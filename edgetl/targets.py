@@ -1,0 +1,161 @@
+"""Hardware targets as data: one TOML file per board in `targets/`, parsed into a frozen `Target`.
+
+A target names the CPU architecture, the engines to try in order, the precisions and IO type
+the hardware accepts, its op constraints and default budgets (a device file may override
+them). A new board is a new file, not new code. Any bad file is an error naming the file,
+the key and the values allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from edgetl.errors import ConfigError
+
+ARCHES = ("x86_64", "aarch64", "armv7l")
+ENGINES = ("onnxruntime", "litert", "edgetpu", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+IO_DTYPES = ("float32", "int8", "uint8")
+BUDGET_KEYS = {"latency_p95_ms": float, "min_top1": float, "max_rss_mb": float}
+CONSTRAINT_KEYS = {"full_integer": bool, "static_shapes": bool, "max_rank": int, "max_tensor_mb": float}
+KEYS = {"name", "description", "arch", "engines", "precisions", "io_dtype", "constraints", "budgets", "reference"}
+# Where target files are looked for, after an explicit path: $EDGETL_TARGETS, ./targets, the ones shipped.
+SHIPPED = Path(__file__).resolve().parent.parent / "targets"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What a device must meet: p95 latency of one inference, top-1 on the checkset, peak memory."""
+
+    latency_p95_ms: float
+    min_top1: float
+    max_rss_mb: float
+
+    def merged(self, overrides: dict) -> Budgets:
+        """These budgets with a device file's overrides applied (same keys, same checks)."""
+        return Budgets(**{**self.__dict__, **_budgets(overrides, "device budgets", partial=True)})
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What the hardware's compiler or kernels refuse: float ops, dynamic shapes, high-rank or huge tensors."""
+
+    full_integer: bool = False
+    static_shapes: bool = True
+    max_rank: int | None = None
+    max_tensor_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    arch: tuple[str, ...]  # CPU architectures the target's host can be (a USB accelerator has several)
+    engines: tuple[str, ...]
+    precisions: tuple[str, ...]
+    io_dtype: str
+    constraints: Constraints
+    budgets: Budgets
+    file: Path
+    reference: dict = field(default_factory=dict)  # published figures the budgets were set from
+
+    @property
+    def engine(self) -> str:
+        return self.engines[0]
+
+
+def _bad(file: Path, key: str, got, allowed) -> ConfigError:
+    allowed = ", ".join(map(str, allowed)) if isinstance(allowed, tuple | list | set | dict) else allowed
+    return ConfigError(f"{file}: {key} = {got!r} is not allowed", f"allowed: {allowed}")
+
+
+def _budgets(raw: dict, where, *, partial: bool = False) -> dict:
+    out = {}
+    for key, value in raw.items():
+        if key not in BUDGET_KEYS:
+            raise _bad(where, f"budgets.{key}", value, sorted(BUDGET_KEYS))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise _bad(where, f"budgets.{key}", value, "a number >= 0")
+        out[key] = float(value)
+    missing = set(BUDGET_KEYS) - set(out)
+    if missing and not partial:
+        raise ConfigError(f"{where}: [budgets] lacks {', '.join(sorted(missing))}",
+                          f"a target sets all of: {', '.join(BUDGET_KEYS)}")
+    return out
+
+
+def _choices(file: Path, key: str, value, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else None
+    if not items or any(v not in allowed for v in items) or len(set(items)) != len(items):
+        raise _bad(file, key, value, allowed)
+    return tuple(items)
+
+
+def parse(file: Path, raw: dict) -> Target:
+    """A target from its TOML table; every key and value checked against what is allowed."""
+    for key in raw:
+        if key not in KEYS:
+            raise _bad(file, key, raw[key], sorted(KEYS))
+    for key in ("name", "arch", "engines", "precisions", "io_dtype", "budgets"):
+        if key not in raw:
+            raise ConfigError(f"{file}: missing key {key!r}", f"a target sets: {', '.join(sorted(KEYS))}")
+    if raw["name"] != file.stem:
+        raise _bad(file, "name", raw["name"], f"the file's own name, {file.stem!r}")
+    arch = _choices(file, "arch", [raw["arch"]] if isinstance(raw["arch"], str) else raw["arch"], ARCHES)
+    if raw["io_dtype"] not in IO_DTYPES:
+        raise _bad(file, "io_dtype", raw["io_dtype"], IO_DTYPES)
+    constraints = raw.get("constraints", {})
+    for key, value in constraints.items():
+        kind = CONSTRAINT_KEYS.get(key)
+        if kind is None:
+            raise _bad(file, f"constraints.{key}", value, sorted(CONSTRAINT_KEYS))
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind if kind is not float else int | float):
+            raise _bad(file, f"constraints.{key}", value, f"a {kind.__name__}")
+    if not isinstance(raw["budgets"], dict):
+        raise _bad(file, "budgets", raw["budgets"], "a [budgets] table")
+    return Target(
+        name=raw["name"], description=str(raw.get("description", "")), arch=arch,
+        engines=_choices(file, "engines", raw["engines"], ENGINES),
+        precisions=_choices(file, "precisions", raw["precisions"], PRECISIONS), io_dtype=raw["io_dtype"],
+        constraints=Constraints(**constraints), budgets=Budgets(**_budgets(raw["budgets"], file)), file=file,
+        reference=dict(raw.get("reference", {})))
+
+
+def read(file: Path) -> Target:
+    try:
+        raw = tomllib.loads(Path(file).read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML ({exc})", "see targets/rpi4.toml for the layout") from None
+    return parse(Path(file), raw)
+
+
+def search_path() -> list[Path]:
+    dirs = [Path(d) for d in os.environ.get("EDGETL_TARGETS", "").split(os.pathsep) if d]
+    return dirs + [Path("targets"), SHIPPED]
+
+
+def names() -> list[str]:
+    found = {f.stem for d in search_path() if d.is_dir() for f in d.glob("*.toml")}
+    return sorted(found)
+
+
+def load(name: str | Path) -> Target:
+    """A target by name (looked up in the search path) or by the path of its TOML file."""
+    path = Path(name)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ConfigError(f"target file {path} does not exist", "edgetl targets lists the known targets")
+        return read(path)
+    for folder in search_path():
+        candidate = folder / f"{name}.toml"
+        if candidate.is_file():
+            return read(candidate)
+    raise ConfigError(f"unknown target {str(name)!r}", f"available: {', '.join(names()) or 'none found'}")
+
+
+def all_targets() -> list[Target]:
+    return [load(n) for n in names()]
