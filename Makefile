@@ -25,7 +25,8 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 # The main job, offline, end to end as far as the pipeline exists:
 # synthesize two cities, pretrain on city-a (server side), fine-tune on a little of city-b,
 # then int8 for ONNX and TFLite calibrated on city-b images, held to 1 point on city-b test
-# (the run's val split, 60 images, cannot resolve one point).
+# (the run's val split, 60 images, cannot resolve one point); then the Edge TPU report and
+# verified bundles for the host, a Raspberry Pi 4 and a Jetson Orin Nano.
 demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/edgetl data synth --domain city-a --per-class 60 --seed 1 --out $(DEMO)/city-a/train
@@ -37,6 +38,13 @@ demo: setup
 	  --test $(DEMO)/city-b/test --img-size 64 --epochs 15 --out $(DEMO)/runs/city-b
 	$(BIN)/edgetl quantize $(DEMO)/runs/city-b --calib calibration/demo-city-b.toml --format onnx --split test
 	$(BIN)/edgetl quantize $(DEMO)/runs/city-b --calib calibration/demo-city-b.toml --format tflite --split test
+	$(BIN)/edgetl targets
+	$(BIN)/edgetl compile $(DEMO)/runs/city-b --target coral-usb --dry-run
+	$(BIN)/edgetl compile $(DEMO)/runs/city-b --target host-cpu --out $(DEMO)/bundles/host-cpu
+	$(BIN)/edgetl compile $(DEMO)/runs/city-b --target rpi4 --out $(DEMO)/bundles/rpi4
+	$(BIN)/edgetl compile $(DEMO)/runs/city-b --target jetson-orin-nano --out $(DEMO)/bundles/jetson-orin-nano
+	$(BIN)/edgetl bundle verify $(DEMO)/bundles/host-cpu --this-machine
+	$(BIN)/edgetl bundle verify $(DEMO)/bundles/rpi4.tar.gz
 
 test: setup
 	$(BIN)/python -m pytest -q

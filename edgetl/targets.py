@@ -113,7 +113,8 @@ def parse(file: Path, raw: dict) -> Target:
         kind = CONSTRAINT_KEYS.get(key)
         if kind is None:
             raise _bad(file, f"constraints.{key}", value, sorted(CONSTRAINT_KEYS))
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind if kind is not float else int | float):
+        wanted = int | float if kind is float else kind
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, wanted):
             raise _bad(file, f"constraints.{key}", value, f"a {kind.__name__}")
     if not isinstance(raw["budgets"], dict):
         raise _bad(file, "budgets", raw["budgets"], "a [budgets] table")

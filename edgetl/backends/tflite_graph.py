@@ -63,7 +63,8 @@ def read(path: Path) -> Graph:
         from ai_edge_litert import schema_py_generated as fb
         from ai_edge_litert.tools import flatbuffer_utils
     except ImportError:
-        raise ConfigError("reading .tflite files needs ai-edge-litert", "pip install 'edgetl[runtime-litert]'") from None
+        raise ConfigError("reading .tflite files needs ai-edge-litert",
+                          "pip install 'edgetl[runtime-litert]'") from None
     try:
         model = flatbuffer_utils.read_model(str(path))
         graph = model.subgraphs[0]

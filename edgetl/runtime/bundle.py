@@ -135,7 +135,7 @@ def check_machine(bundle: Bundle, machine: str | None = None) -> None:
     arches = bundle.manifest.get("arch", [])
     if machine not in arches:
         raise BundleError(f"this bundle is for {bundle.target} ({', '.join(arches)}), and this machine is {machine}",
-                          f"compile the run for this machine's target, e.g. --target host-cpu")
+                          "compile the run for this machine's target, e.g. --target host-cpu")
 
 
 def _unpack(archive: Path, into: Path) -> Path:

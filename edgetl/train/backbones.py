@@ -114,12 +114,27 @@ def _resnet18(img_size: int, weights: dict | None) -> Backbone:
     return Backbone("resnet18", body, nn.AdaptiveAvgPool2d(1), 512, _children_stages(body))
 
 
-def _fold_symmetric_padding(model: nn.Module) -> None:
-    """Move TF-"same" padding into the conv itself wherever it is symmetric (stride-1 layers).
+class ChannelsLastPad(nn.Module):
+    """Zero padding done on the NHWC view of the tensor: the TFLite converter then folds it into
+    the stride-2 conv that follows as TF "SAME" padding (which is exactly this asymmetric pad),
+    where an NCHW pad would stay a PAD between two layout TRANSPOSEs, which the Edge TPU cannot
+    map (it pads along x and y of an NHWC tensor only)."""
 
-    Same numbers, but a separate Pad op before every conv survives int8 conversion as a Pad
-    plus a pair of layout transposes per conv in the .tflite; only the stride-2 layers
-    (asymmetric padding) keep their Pad."""
+    def __init__(self, padding: tuple[int, int, int, int]):
+        super().__init__()
+        self.padding = tuple(padding)  # left, right, top, bottom (nn.ZeroPad2d's order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right, top, bottom = self.padding
+        return nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, left, right, top, bottom)).permute(0, 3, 1, 2)
+
+
+def _fold_same_padding(model: nn.Module) -> None:
+    """Move TF-"same" padding into the conv itself wherever it is symmetric (stride-1 layers),
+    and pad channels-last where it is not (stride-2 layers).
+
+    Same numbers, but a separate NCHW Pad op before a conv survives conversion as a Pad plus a
+    pair of layout transposes per conv in the .tflite (and splits the graph on the Edge TPU)."""
     for module in model.modules():
         pad = getattr(module, "static_padding", None)
         if isinstance(pad, nn.ZeroPad2d) and isinstance(module, nn.Conv2d):
@@ -127,6 +142,8 @@ def _fold_symmetric_padding(model: nn.Module) -> None:
             if left == right and top == bottom:
                 module.padding = (top, left)
                 module.static_padding = nn.Identity()
+            else:
+                module.static_padding = ChannelsLastPad(pad.padding)
 
 
 def _efficientnet_lite0(img_size: int, weights: dict | None) -> Backbone:
@@ -137,7 +154,7 @@ def _efficientnet_lite0(img_size: int, weights: dict | None) -> Backbone:
     model = EfficientNet.from_name("efficientnet-lite0", image_size=img_size)
     # No `set_swish` here: it would swap the blocks' ReLU6 for Swish, which these weights
     # were not trained with (and which quantizes worse).
-    _fold_symmetric_padding(model)
+    _fold_same_padding(model)
     load_original(model, weights, LITE_FC, "efficientnet_lite0")
     for m in model.modules():  # TF's BN momentum (0.01 here) barely moves in a short fine-tune
         if isinstance(m, nn.BatchNorm2d):

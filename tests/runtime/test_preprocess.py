@@ -31,8 +31,10 @@ def test_runtime_does_not_import_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; import edgetl.runtime, edgetl.runtime.preprocess; "
-            "print(','.join(m for m in ('torch', 'torchvision', 'onnx', 'PIL') if m in sys.modules))")
+    code = ("import sys; import edgetl.runtime, edgetl.runtime.preprocess, edgetl.runtime.bundle, "
+            "edgetl.runtime.engines.tensorrt; "
+            "print(','.join(m for m in ('torch', 'torchvision', 'onnx', 'PIL', 'edgetl.train', 'edgetl.backends', "
+            "'cryptography') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
     assert torch  # the host side has it; the runtime must not pull it in
