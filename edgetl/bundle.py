@@ -53,8 +53,8 @@ def tensor_specs(model: Path) -> tuple[list[dict], list[dict]]:
 
 def _preprocess(source: Source, model: Path, inputs: list[dict]) -> dict:
     """The run's preprocessing spec in the model's layout, with the input quantization of the model itself."""
-    fmt = "tflite" if model.suffix == ".tflite" else "onnx"
-    spec = PreprocessSpec.from_json((source.path / "export" / fmt / "preprocess.json").read_text())
+    spec = PreprocessSpec.from_json((source.path / "preprocess.json").read_text())
+    spec = replace(spec, layout="NHWC" if model.suffix == ".tflite" else "NCHW")  # as export writes them
     first = inputs[0]
     if first["scale"] is not None and first["dtype"] in ("int8", "uint8"):
         spec = replace(spec, dtype=first["dtype"], input_scale=first["scale"], input_zero_point=first["zero_point"])

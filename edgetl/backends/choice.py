@@ -33,9 +33,12 @@ def _accuracy(record: dict, precision: str) -> dict:
     return out
 
 
-def _bare(source: Source, target: Target) -> Choice:
+def _bare(source: Source, fmt: str, target: Target) -> Choice:
     from edgetl.quantize import inspect
 
+    if source.path.suffix != f".{fmt}":
+        raise ConfigError(f"{target.name} runs .{fmt} models ({target.engine}), and {source.path.name} is not one",
+                          f"pass the .{fmt} export of the model, or pick a target whose engine takes it")
     ops = inspect.count(source.path)
     precision = "int8" if ops.weighted_int8 else "fp32"
     if precision not in target.precisions:
@@ -47,7 +50,7 @@ def _bare(source: Source, target: Target) -> Choice:
 def choose(source: Source, fmt: str, target: Target) -> Choice:
     """The precision and model file for `target` from the run's fp32 export and int8 quantize results."""
     if not source.is_run:
-        return _bare(source, target)
+        return _bare(source, fmt, target)
     quantized = source.record("quantize", fmt)
     proxy = "" if platform.machine() in target.arch else f" (timed on this {platform.machine()} host)"
     if "int8" in target.precisions and quantized is not None:

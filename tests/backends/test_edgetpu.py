@@ -146,3 +146,8 @@ def test_source_must_be_a_run_or_a_model_file(tmp_path):
         Source.of(tmp_path / "notes.txt")
     with pytest.raises(ConfigError, match="not a run dir"):
         Source.of(tmp_path)
+
+
+def test_a_model_file_of_the_wrong_format_for_the_target_is_named(zoo):
+    with pytest.raises(ConfigError, match=r"jetson-orin-nano runs \.onnx models \(tensorrt\), and split.tflite"):
+        check(zoo["split"], "jetson-orin-nano")
