@@ -47,6 +47,15 @@ class CompatibilityReport:
     notes: tuple[str, ...] = ()
     source: str = "static"  # "static" (read from the file) or the compiler that reported it
 
+    @classmethod
+    def of(cls, target: str, engine: str, model, ops, notes=(), source: str = "static") -> CompatibilityReport:
+        """The report for `ops` (in execution order, indexed from 0): the first unmapped op and every
+        op after it run on the CPU, as an accelerator's compiler maps the graph up to there only."""
+        ops = tuple(ops)
+        first = next((op for op in ops if not op.mapped), None)
+        cpu = tuple(op.name for op in ops[first.index:]) if first else ()
+        return cls(target, engine, str(model), ops, cpu, tuple(notes), source)
+
     @property
     def first_unmapped(self) -> OpVerdict | None:
         return next((op for op in self.ops if not op.mapped), None)

@@ -25,7 +25,7 @@ class Choice:
     accuracy: dict | None
 
 
-def _accuracy(record: dict, precision: str) -> dict:
+def quantized_accuracy(record: dict, precision: str) -> dict:
     key = "int8_top1" if precision == "int8" else "fp32_top1"
     out = {"top1": record[key], "split": record["eval"], "images": record["images"]}
     if record.get("test"):
@@ -59,21 +59,21 @@ def choose(source: Source, fmt: str, target: Target) -> Choice:
         int8 = source.model(fmt, "int8")
         if "fp32" not in target.precisions:
             return Choice("int8", int8, f"int8: the only precision {target.name} runs; {within}",
-                          _accuracy(quantized, "int8"))
+                          quantized_accuracy(quantized, "int8"))
         if ratio < 1.0:
             return Choice("int8", int8, f"int8: {ratio:.2f}x fp32's latency{proxy}, {within}",
-                          _accuracy(quantized, "int8"))
+                          quantized_accuracy(quantized, "int8"))
         return Choice("fp32", source.model(fmt, "fp32"),
                       f"fp32: int8 was {ratio:.2f}x fp32's latency{proxy}, so not worth its {quantized['drop']:.2f} "
-                      "point drop", _accuracy(quantized, "fp32"))
+                      "point drop", quantized_accuracy(quantized, "fp32"))
     if "fp32" not in target.precisions:
         raise ConfigError(f"{target.name} runs {', '.join(target.precisions)} only and {source.path} has no int8 "
                           f"{fmt} model", f"run `edgetl quantize {source.path} --calib CALIB.toml --format {fmt}`")
     why = "not quantized yet" if quantized is None else f"{target.name} takes no int8"
-    return Choice("fp32", source.model(fmt, "fp32"), f"fp32: {why}", _trained_accuracy(source))
+    return Choice("fp32", source.model(fmt, "fp32"), f"fp32: {why}", trained_accuracy(source))
 
 
-def _trained_accuracy(source: Source) -> dict:
+def trained_accuracy(source: Source) -> dict:
     """The fine-tune record's figures: the fp32 export matches PyTorch (its parity check held)."""
     import json
 

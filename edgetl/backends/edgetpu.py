@@ -97,12 +97,11 @@ def static_report(model: Path, target: Target) -> CompatibilityReport:
     max_rank = target.constraints.max_rank or 3
     ops = [OpVerdict(op.index, op.name, op.op, (p := verdict(op, max_rank)) is None, p or "") for op in graph.ops]
     first = next((op for op in ops if not op.mapped), None)
-    cpu = tuple(op.name for op in ops[first.index:]) if first else ()
     if first is not None:  # after the split, supported ops run on the CPU too
         ops = ops[: first.index + 1] + [
             op if not op.mapped else OpVerdict(op.index, op.name, op.op, False, f"after the split at {first.name}")
             for op in ops[first.index + 1 :]]
-    return CompatibilityReport(target.name, "edgetpu", str(model), tuple(ops), cpu)
+    return CompatibilityReport.of(target.name, "edgetpu", model, ops)
 
 
 @dataclass(frozen=True)
@@ -143,10 +142,8 @@ def compiler_report(model: Path, log: CompilerLog, target: Target) -> Compatibil
             ops.append(OpVerdict(op.index, op.name, op.op, False, statuses[min(late, len(statuses)) - 1]))
         else:
             ops.append(OpVerdict(op.index, op.name, op.op, True, ""))
-    first = next((op for op in ops if not op.mapped), None)
-    cpu = tuple(op.name for op in ops[first.index:]) if first else ()
     notes = (f"edgetpu_compiler {log.version}: {log.tpu_ops} ops on the Edge TPU, {log.cpu_ops} on the CPU",)
-    return CompatibilityReport(target.name, "edgetpu", str(model), tuple(ops), cpu, notes, source=COMPILER)
+    return CompatibilityReport.of(target.name, "edgetpu", model, ops, notes, source=COMPILER)
 
 
 def run_compiler(model: Path, work: Path, compiler: str) -> tuple[Path, str]:

@@ -22,9 +22,7 @@ def _cpu_supported(op: tflite_graph.Op) -> str | None:
 def report(model: Path, target: Target, engine: str = "litert") -> CompatibilityReport:
     graph = tflite_graph.read(model)
     ops = [OpVerdict(op.index, op.name, op.op, (p := _cpu_supported(op)) is None, p or "") for op in graph.ops]
-    first = next((op for op in ops if not op.mapped), None)
-    return CompatibilityReport(target.name, engine, str(model), tuple(ops),
-                               tuple(op.name for op in ops[first.index:]) if first else ())
+    return CompatibilityReport.of(target.name, engine, model, ops)
 
 
 def with_io(model: Path, io_dtype: str, work: Path) -> Path:

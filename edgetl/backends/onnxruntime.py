@@ -33,9 +33,7 @@ def report(model_path: Path, target: Target, engine: str, supported) -> Compatib
     for i, node in enumerate(nodes):
         problem = supported(node, opset)
         ops.append(OpVerdict(i, node.name or f"{node.op_type}#{i}", node.op_type, problem is None, problem or ""))
-    first = next((op for op in ops if not op.mapped), None)
-    cpu = tuple(op.name for op in ops[first.index:]) if first else ()
-    return CompatibilityReport(target.name, engine, str(model_path), tuple(ops), cpu, (f"opset {opset}",))
+    return CompatibilityReport.of(target.name, engine, model_path, ops, (f"opset {opset}",))
 
 
 def _cpu_supported(node, opset: int) -> str | None:

@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 
 from edgetl.backends import Artifacts, Backend, CompatibilityReport, OpVerdict, Source
-from edgetl.backends.choice import Choice, _accuracy, _trained_accuracy, choose
+from edgetl.backends.choice import Choice, choose, quantized_accuracy, trained_accuracy
 from edgetl.backends.onnxruntime import onnx_ops
 from edgetl.errors import ConfigError
 from edgetl.targets import Target
@@ -30,12 +30,12 @@ def _choice(source: Source, target: Target) -> Choice:
     if "int8" in target.precisions and quantized is not None:
         return Choice("int8", source.model("onnx", "int8"),
                       f"int8: explicit quantization from the QDQ model (top-1 drop {quantized['drop']:.2f} "
-                      f"within {quantized['max_drop']} on onnxruntime)", _accuracy(quantized, "int8"))
+                      f"within {quantized['max_drop']} on onnxruntime)", quantized_accuracy(quantized, "int8"))
     for precision in ("fp16", "fp32"):
         if precision in target.precisions:
             why = "no int8 ONNX in the run" if "int8" in target.precisions else f"{target.name} takes no int8"
             return Choice(precision, source.model("onnx", "fp32"),
-                          f"{precision}: {why}; accuracy as measured in fp32", _trained_accuracy(source))
+                          f"{precision}: {why}; accuracy as measured in fp32", trained_accuracy(source))
     raise ConfigError(f"{target.name} takes {', '.join(target.precisions)} and {source.path} has no int8 ONNX",
                       f"run `edgetl quantize {source.path} --calib CALIB.toml --format onnx`")
 
@@ -55,9 +55,7 @@ def _report(model: Path, target: Target) -> CompatibilityReport:
     else:
         ops = [OpVerdict(i, n.name or f"{n.op_type}#{i}", n.op_type, True, "") for i, n in enumerate(nodes)]
         note = "TensorRT is not importable here: its ONNX parser checks the model when the engine is built"
-    first = next((op for op in ops if not op.mapped), None)
-    return CompatibilityReport(target.name, "tensorrt", str(model), tuple(ops),
-                               tuple(op.name for op in ops[first.index:]) if first else (), (f"opset {opset}", note))
+    return CompatibilityReport.of(target.name, "tensorrt", model, ops, (f"opset {opset}", note))
 
 
 class TensorRTBackend(Backend):
