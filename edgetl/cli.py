@@ -140,7 +140,43 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument("--this-machine", action="store_true", help="also check the bundle is for this CPU architecture")
     bk = bd_sub.add_parser("keygen", parents=[common], help="a new ed25519 key pair: KEY and KEY.pub")
     bk.add_argument("key", type=Path, help="private key file to create (KEY.pub is written beside it)")
+    from edgetl.runtime.cli import add_adapt_args, add_predict_args
+
+    add_predict_args(sub.add_parser("predict", parents=[common], help="labels and probabilities from a bundle",
+                                    description="Loads (and verifies) a bundle as the device would and prints a "
+                                                "table, or JSON records with --json."))
+    add_adapt_args(sub.add_parser("adapt", parents=[common], help="learn a bundle's head from labelled images",
+                                  description="Head-only adaptation as the device does it: softmax regression "
+                                              "(imprinting for classes with 1-5 images), committed only if the "
+                                              "old classes' holdout top-1 holds; --rollback restores the previous "
+                                              "head."))
     return parser
+
+
+def _cmd_predict(args, console) -> int:
+    from edgetl.runtime.cli import predict
+
+    records = predict(args)
+    if args.json:
+        for r in records:
+            print(json.dumps(r))
+        return 0
+    console.table(f"{args.bundle}", ["image", "label", "probability", *(["top"] if args.top > 1 else [])],
+                  [[r["image"], r["label"], f"{r['probability']:.3f}",
+                    *([", ".join(f"{lab} {p:.2f}" for lab, p in r["top"])] if args.top > 1 else [])]
+                   for r in records])
+    return 0
+
+
+def _cmd_adapt(args, console) -> int:
+    from edgetl.runtime.cli import adapt, adapt_summary
+
+    r = adapt(args)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        console.log(adapt_summary(r))
+    return 0 if r.get("committed", True) else 1
 
 
 def _cmd_targets(args, console) -> int:
@@ -331,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints
     console = Console(quiet=quiet)
     handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train,
-                "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile}
+                "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile,
+                "predict": _cmd_predict, "adapt": _cmd_adapt}
     try:
         if args.command == "data":
             if args.data_command is None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import DataError
+from edgetl.runtime.images import IMAGE_SUFFIXES, fit
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
 LAYOUT_HINT = "expected DIR/<class>/*.png|jpg|ppm|bmp, one folder per class"
 
 
@@ -92,17 +92,12 @@ def scan(root: str | Path, classes: Sequence[str] | None = None, *, what: str = 
 
 
 def decode_image(path: Path, size: tuple[int, int], resize: str):
-    """Read one image as RGB uint8 HWC at `size` (height, width); raises on a bad file."""
-    from PIL import Image, ImageOps
+    """Read one image as RGB uint8 HWC at `size` (height, width); raises on a bad file.
+    The device runtime's decoder, so training and the device resize alike."""
+    from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        h, w = size
-        if resize == "crop":
-            im = ImageOps.fit(im, (w, h), method=Image.Resampling.BILINEAR)
-        else:
-            im = im.resize((w, h), Image.Resampling.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+        return np.asarray(fit(im.convert("RGB"), size, resize), dtype=np.uint8)
 
 
 def load_images(

@@ -1,1 +1,5 @@
-"""On-device code. Imports numpy (and, later, one inference engine) only: never torch."""
+"""On-device code: a verified bundle run by its engine (numpy + that engine only, never torch)."""
+
+from edgetl.runtime.model import Head, Model, Prediction
+
+__all__ = ["Head", "Model", "Prediction"]

@@ -100,6 +100,31 @@ def load(path: str | Path, *, threads: int | None = None) -> Engine:
     return LiteRTEngine(path, threads=threads)
 
 
+EXTRAS = {"onnxruntime": "runtime-ort", "litert": "runtime-litert", "edgetpu": "runtime-edgetpu",
+          "tensorrt": "runtime-tensorrt"}
+
+
+def open_engine(name: str, path: str | Path, *, threads: int | None = None) -> Engine:
+    """The engine a bundle's manifest names, on its model file."""
+    path = Path(path)
+    if name == "onnxruntime":
+        from edgetl.runtime.engines.ort import OrtEngine
+
+        return OrtEngine(path, threads=threads)
+    if name == "litert":
+        from edgetl.runtime.engines.litert import LiteRTEngine
+
+        return LiteRTEngine(path, threads=threads)
+    if name == "edgetpu":
+        from edgetl.runtime.engines.edgetpu import EdgeTPUEngine
+
+        return EdgeTPUEngine(path, threads=threads)
+    if name == "tensorrt":
+        raise ConfigError("running TensorRT bundles is not in this edgetl version yet",
+                          "compile for the Jetson's onnxruntime fallback: --target with engines = ['onnxruntime']")
+    raise ConfigError(f"unknown engine {name!r} in the bundle", f"one of: {', '.join(EXTRAS)}; upgrade edgetl")
+
+
 def missing_engine(module: str, extra: str) -> ConfigError:
     return ConfigError(f"the {module} engine is not installed", f"pip install 'edgetl[{extra}]'")
 

@@ -1,0 +1,158 @@
+"""`Model`: a verified bundle, its engine and its head, as an application on the device uses it.
+
+    from edgetl.runtime import Model
+    model = Model.load("bundles/rpi4")
+    for p in model.predict(["frame.png"]):
+        print(p.label, p.probability)
+
+Loading verifies the bundle first (hashes, schema, signature when a key is given or the bundle
+requires one, this machine's architecture, the engine installed), then opens the engine the
+manifest names. Images are preprocessed in numpy by the bundle's own spec; quantized input and
+output are converted in one place (the engine's `run`). numpy and the engine only.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import ConfigError
+from edgetl.runtime.bundle import Bundle, open_bundle
+from edgetl.runtime.engines import EXTRAS, Engine, open_engine
+from edgetl.runtime.images import as_batch
+from edgetl.runtime.preprocess import PreprocessSpec
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+    index: int
+    top: tuple[tuple[str, float], ...] = field(default=())  # the k best (label, probability), best first
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "probability": round(self.probability, 6), "index": self.index,
+                "top": [[label, round(p, 6)] for label, p in self.top]}
+
+
+@dataclass(frozen=True)
+class Head:
+    """The classifier on the device: logits = embedding @ W.T + b."""
+
+    W: np.ndarray  # (classes, embedding_dim) float32
+    b: np.ndarray  # (classes,) float32
+    labels: tuple[str, ...]
+    version: int = 0
+
+    @classmethod
+    def read(cls, path: Path, labels: tuple[str, ...] | None = None) -> Head:
+        """A head from an .npz (W, b, optional labels and version); a clear error when it is damaged."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                W, b = np.asarray(data["W"], np.float32), np.asarray(data["b"], np.float32)
+                stored = tuple(str(x) for x in data["labels"]) if "labels" in data else None
+                version = int(data["version"]) if "version" in data else 0
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise ConfigError(f"head file {path} is damaged ({type(exc).__name__})",
+                              "roll back to the previous head (edgetl adapt --rollback) or reinstall the bundle"
+                              ) from None
+        names = stored or labels
+        if W.ndim != 2 or b.shape != (W.shape[0],) or names is None or len(names) != W.shape[0]:
+            raise ConfigError(f"head file {path} does not fit: W {W.shape}, b {b.shape}, "
+                              f"{0 if names is None else len(names)} labels",
+                              "roll back to the previous head or reinstall the bundle")
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise ConfigError(f"head file {path} holds NaN or inf", "roll back to the previous head")
+        return cls(W, b, tuple(names), version)
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        return embeddings @ self.W.T + self.b
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Model:
+    """A bundle's backbone on its engine plus its head."""
+
+    def __init__(self, bundle: Bundle, engine: Engine, head: Head, spec: PreprocessSpec, batch_size: int = 32,
+                 heads=None):
+        self.bundle, self.engine, self.head, self.spec = bundle, engine, head, spec
+        self.batch_size = batch_size
+        self.heads = heads  # the HeadStore beside a bundle dir (None for an unpacked archive)
+
+    @classmethod
+    def load(cls, path: str | Path, *, key: str | Path | None = None, threads: int | None = None,
+             machine: str | None = None, unpack_to: Path | None = None) -> Model:
+        """Verify the bundle (dir or .tar.gz) and open its engine; `machine="any"` skips the arch check."""
+        bundle = open_bundle(path, key=key, machine=machine, unpack_to=unpack_to)
+        m = bundle.manifest
+        raw = dict(m["preprocess"])
+        raw.update(size=tuple(raw["size"]), mean=tuple(raw["mean"]), std=tuple(raw["std"]))
+        spec = PreprocessSpec(**raw)
+        engine = open_engine(m["engine"], bundle.model, threads=threads)
+        expected = tuple(m["inputs"][0]["shape"])
+        if tuple(engine.input.shape) != expected:
+            raise ConfigError(f"the {m['engine']} engine sees input {engine.input.shape}, the manifest says "
+                              f"{list(expected)}", "the bundle and its model disagree: compile it again")
+        base = Head.read(bundle.path / m["head"], tuple(m["labels"]))
+        from edgetl.runtime.heads import HeadStore
+
+        heads = HeadStore.beside(bundle.path, base) if Path(path).is_dir() else None
+        return cls(bundle, engine, heads.current() if heads else base, spec, heads=heads)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.head.labels
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.spec.size)
+
+    def pixels(self, images) -> np.ndarray:
+        """`images` as uint8 NHWC at the model's size (see `edgetl.runtime.images.as_batch`)."""
+        return as_batch(images, self.input_size, self.spec.resize)
+
+    def embed(self, images) -> np.ndarray:
+        """Embeddings (N, D) float32 of `images`: paths, PIL images or uint8 HxWx3 arrays."""
+        pixels = self.pixels(images)
+        out = [self.engine.run(self.spec.normalize(pixels[i : i + self.batch_size]))
+               for i in range(0, len(pixels), self.batch_size)]
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    def probabilities(self, images) -> np.ndarray:
+        return softmax(self.head.logits(self.embed(images)))
+
+    def predict(self, images, *, top_k: int = 1) -> list[Prediction]:
+        """The best label and its probability per image, with the `top_k` best."""
+        probs = self.probabilities(images)
+        out = []
+        for row in probs:
+            order = np.argsort(-row)[: max(1, top_k)]
+            out.append(Prediction(self.labels[order[0]], float(row[order[0]]), int(order[0]),
+                                  tuple((self.labels[i], float(row[i])) for i in order)))
+        return out
+
+
+    def adapt(self, images, labels, *, config=None, unguarded: bool = False):
+        """Learn the head from `images` and their `labels` (new labels add classes); commit it to the
+        head store if the guard allows. Returns an `AdaptResult` saying what happened and why."""
+        from edgetl.runtime.adapt import AdaptConfig, adapt_head
+
+        result = adapt_head(self.head, self.embed(images), labels, config or AdaptConfig(), unguarded=unguarded)
+        if result.committed:
+            if self.heads is None:
+                raise ConfigError("this model has no head store (it was loaded from an archive)",
+                                  "unpack the bundle and load its dir to adapt it")
+            result.version = self.heads.commit(result.head, result.to_dict())
+            self.head = self.heads.current()
+        return result
+
+
+__all__ = ["EXTRAS", "Head", "Model", "Prediction"]

@@ -1,0 +1,171 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edgetl.compile import compile_bundle
+from edgetl.errors import ConfigError
+from edgetl.runtime import Head, Model
+from edgetl.runtime.adapt import AdaptConfig, adapt_head
+from edgetl.runtime.heads import HeadStore
+from edgetl.runtime.images import labelled_folder
+
+
+@pytest.fixture
+def bundle(compiled_run, tmp_path):
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "host")
+    return tmp_path / "host"
+
+
+def _labelled(root, n_per_class=None):
+    paths, labels = labelled_folder(root)
+    if n_per_class is None:
+        return paths, labels
+    keep = [i for i, lab in enumerate(labels) if labels[: i + 1].count(lab) <= n_per_class]
+    return [paths[i] for i in keep], [labels[i] for i in keep]
+
+
+def _new_class(signs):
+    """A sign class the bundle has never seen, and unlike the four it knows (the catalogue's last)."""
+    all_classes = sorted((signs["train"].parent / "train-all").iterdir())
+    folder = all_classes[-1]
+    return folder.name, sorted(folder.iterdir())
+
+
+def _clusters(n_classes, per_class, seed, dim=16, names=None):
+    """Embeddings in well-separated clusters (what a good backbone gives), with their labels."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(0, 3, (26, dim))[: n_classes] if names is None else None
+    names = names or [chr(ord("a") + i) for i in range(n_classes)]
+    idx = [ord(n) - ord("a") for n in names]
+    centres = np.random.default_rng(99).normal(0, 3, (26, dim))[idx]
+    x = np.concatenate([c + rng.normal(0, 1, (per_class, dim)) for c in centres]).astype(np.float32)
+    return x, [n for n in names for _ in range(per_class)]
+
+
+def _trained_head():
+    x, y = _clusters(3, 40, 0)
+    empty = Head(np.zeros((3, 16), np.float32), np.zeros(3, np.float32), ("a", "b", "c"))
+    return adapt_head(empty, x, y, unguarded=True).head
+
+
+def _accuracy(head, x, labels):
+    return float(np.mean([head.labels[i] == lab for i, lab in zip(head.logits(x).argmax(1), labels, strict=True)]))
+
+
+def test_a_new_class_is_imprinted_from_three_examples_without_touching_the_others():
+    head = _trained_head()
+    new_x, new_y = _clusters(1, 3, 1, names=["d"])
+    result = adapt_head(head, new_x, new_y, unguarded=True)
+    assert result.committed and result.imprinted == ("d",) and result.epochs == 0
+    np.testing.assert_array_equal(result.head.W[:3], head.W)  # the old rows exactly as they were
+    np.testing.assert_array_equal(result.head.b[:3], head.b)
+    test_x, test_y = _clusters(1, 50, 2, names=["d"])
+    assert _accuracy(result.head, test_x, test_y) >= 0.9
+
+
+def test_regression_adds_classes_and_keeps_the_old_ones():
+    head = _trained_head()
+    x, y = _clusters(5, 20, 3, names=["a", "b", "c", "d", "e"])
+    result = adapt_head(head, x, y)
+    assert result.committed and result.head.labels == ("a", "b", "c", "d", "e") and result.epochs > 0
+    test_x, test_y = _clusters(5, 50, 4, names=["a", "b", "c", "d", "e"])
+    assert _accuracy(result.head, test_x, test_y) >= 0.95
+
+
+def test_the_guard_refuses_a_head_that_forgets_the_old_classes():
+    head = _trained_head()
+    x, y = _clusters(3, 20, 5)
+    lookalike, _ = _clusters(1, 80, 6, names=["a"])  # a "new" sign the camera cannot tell from class a
+    result = adapt_head(head, np.concatenate([x, lookalike]), y + ["d"] * 80)
+    assert not result.committed and "would drop" in result.reason, result.reason
+    assert result.old_top1_after < result.old_top1_before - AdaptConfig().margin
+    assert adapt_head(head, x, y).committed  # the old classes alone pass
+
+
+def test_without_old_class_images_the_guard_cannot_judge():
+    new_x, new_y = _clusters(1, 20, 6, names=["d"])
+    result = adapt_head(_trained_head(), new_x, new_y)
+    assert not result.committed and "guard cannot check" in result.reason
+
+
+def test_regression_is_deterministic_for_a_seed():
+    x, y = _clusters(4, 20, 7, names=["a", "b", "c", "d"])
+    a = adapt_head(_trained_head(), x, y, AdaptConfig(seed=3))
+    b = adapt_head(_trained_head(), x, y, AdaptConfig(seed=3))
+    np.testing.assert_array_equal(a.head.W, b.head.W)
+    assert a.epochs == b.epochs > 0
+
+
+def _imprint_new_sign(model, signs):
+    name, images = _new_class(signs)
+    result = model.adapt(images[:3], [name] * 3, unguarded=True)
+    assert result.committed and result.version == model.heads.current_version() > 0
+    return name
+
+
+def test_a_committed_head_is_in_force_on_the_next_load_and_the_bundle_still_verifies(bundle, signs):
+    model = Model.load(bundle)
+    name = _imprint_new_sign(model, signs)
+    again = Model.load(bundle)
+    assert again.labels[-1] == name and again.head.version == 1
+    assert len(again.predict(_labelled(signs["test"], 1)[0])) == 4
+
+
+def test_rollback_restores_the_previous_head_and_the_cli_says_so(bundle, signs, capsys):
+    from edgetl.cli import main
+
+    name = _imprint_new_sign(Model.load(bundle), signs)
+    assert main(["adapt", str(bundle), "--rollback"]) == 0
+    assert "head version 0 in force" in capsys.readouterr().err
+    assert name not in Model.load(bundle).labels
+    assert main(["adapt", str(bundle), "--rollback"]) == 2  # nothing left to roll back
+    assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_a_corrupt_head_file_is_a_clear_error_and_rollback_recovers(bundle, signs):
+    model = Model.load(bundle)
+    _imprint_new_sign(model, signs)
+    (bundle.with_name("host.heads") / "head-000001.npz").write_bytes(b"PK\x03\x04 damaged")
+    with pytest.raises(ConfigError, match="head file .*head-000001.npz is damaged.*--rollback"):
+        Model.load(bundle)
+    assert model.heads.rollback() == 0
+    again = Model.load(bundle)
+    assert again.heads.current_version() == 0 and again.labels == tuple(model.bundle.manifest["labels"])
+
+
+WRITER = """
+import sys, numpy as np
+from edgetl.runtime import Head
+from edgetl.runtime.heads import HeadStore
+base = Head(np.zeros((3, 64), np.float32), np.zeros(3, np.float32), ("a", "b", "c"))
+store = HeadStore(sys.argv[1], base, keep=3)
+print("ready", flush=True)
+while True:
+    v = max([0, *store.versions()]) + 1  # the version commit will give it
+    W = np.full((3, 64), float(v), np.float32)  # each head's values name its version
+    store.commit(Head(W, np.full(3, float(v), np.float32), base.labels), {})
+"""
+
+
+def test_a_process_killed_while_writing_leaves_a_whole_head_in_force(tmp_path):
+    base = Head(np.zeros((3, 64), np.float32), np.zeros(3, np.float32), ("a", "b", "c"))
+    root = tmp_path / "heads"
+    rng = np.random.default_rng(0)
+    last = 0
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(root)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(float(rng.uniform(0.05, 0.3)))
+        os.kill(proc.pid, signal.SIGKILL)  # mid-write, somewhere: no cleanup runs
+        proc.wait()
+        store = HeadStore(root, base, keep=3)
+        head = store.current()  # must load: never a torn file, never a missing one
+        version = store.current_version()
+        assert version >= last and np.all(head.W == float(head.version)) and head.version == version
+        last = version
+    assert last > 0

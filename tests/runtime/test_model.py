@@ -1,0 +1,91 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgetl.compile import compile_bundle
+from edgetl.data.imagefolder import scan
+from edgetl.errors import ConfigError
+from edgetl.runtime import Model
+from edgetl.runtime.bundle import BundleError
+from edgetl.runtime.images import InputError
+
+
+@pytest.fixture
+def bundles(compiled_run, tmp_path):
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "host")
+    compile_bundle(compiled_run, "rpi4", tmp_path / "rpi4")
+    return {"host": tmp_path / "host", "rpi4": tmp_path / "rpi4"}
+
+
+def _images(signs, n=6):
+    return [p for p, _ in scan(signs["test"]).samples][:n]
+
+
+def test_paths_pil_images_and_arrays_predict_alike(bundles, signs):
+    model = Model.load(bundles["host"])
+    paths = _images(signs)
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    by_path = model.predict(paths, top_k=3)
+    assert [p.label for p in by_path] == [p.label for p in model.predict([Image.open(p) for p in paths])]
+    assert [p.label for p in by_path] == [p.label for p in model.predict(arrays)]
+    assert all(p.label in model.labels and 0 < p.probability <= 1 and len(p.top) == 3 for p in by_path)
+    assert model.embed(paths).shape == (len(paths), model.head.W.shape[1])
+
+
+def test_int8_litert_bundle_matches_its_engine_run_once_dequantized(bundles, signs):
+    model = Model.load(bundles["rpi4"], machine="any")
+    assert model.engine.input.dtype == "int8"  # quantize input and dequantize output: once, in the engine's run
+    pixels = model.pixels(_images(signs))
+    raw = model.engine.invoke(np.clip(np.round(model.spec.normalize(pixels[:1]) / model.engine.input.scale)
+                                      + model.engine.input.zero_point, -128, 127).astype(np.int8))
+    expected = (raw.astype(np.float32) - model.engine.output.zero_point) * model.engine.output.scale
+    np.testing.assert_allclose(model.embed(pixels[:1]), expected, rtol=0, atol=1e-6)
+
+
+def test_wrong_inputs_are_converted_or_refused_clearly(bundles):
+    model = Model.load(bundles["host"])
+    h, w = model.input_size
+    big = np.zeros((h * 3, w * 2, 3), np.uint8)
+    gray = np.zeros((h, w), np.uint8)
+    rgba = np.zeros((h, w, 4), np.uint8)
+    assert len(model.predict([big, gray, rgba])) == 3  # resized as training resized; gray and RGBA to RGB
+    with pytest.raises(InputError, match="float32; the model takes uint8"):
+        model.predict(np.zeros((h, w, 3), np.float32))
+    with pytest.raises(InputError, match=r"shape \(2, 3, 8, 8, 3\)|shape \(3, 8, 8, 3\)"):
+        model.predict([np.zeros((2, 3, 8, 8, 3), np.uint8)])
+    with pytest.raises(InputError, match="cannot read image"):
+        model.predict(["/nonexistent.png"])
+
+
+def test_a_tampered_bundle_is_refused_before_the_engine_opens(bundles):
+    model_file = bundles["host"] / json.loads((bundles["host"] / "manifest.json").read_text())["model"]
+    model_file.write_bytes(model_file.read_bytes()[:-1] + b"\0")
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        Model.load(bundles["host"])
+
+
+def test_a_missing_engine_names_the_pip_extra(bundles, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ConfigError, match=r"pip install 'edgetl\[runtime-ort\]'"):
+        Model.load(bundles["host"])
+
+
+def test_a_bundle_for_another_cpu_is_refused_on_load(bundles):
+    with pytest.raises(BundleError, match="this machine is"):
+        Model.load(bundles["rpi4"])
+
+
+def test_device_cli_runs_where_torch_cannot_be_imported(bundles, signs):
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['torchvision'] = None; "
+            "from edgetl.runtime.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]; raise SystemExit(rc)")
+    paths = [str(p) for p in _images(signs, 2)]
+    out = subprocess.run([sys.executable, "-c", code, "predict", str(bundles["host"]), *paths, "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["image"] for r in records] == paths and all("probability" in r for r in records)
