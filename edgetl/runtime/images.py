@@ -73,6 +73,8 @@ def _array(a: np.ndarray, size: tuple[int, int], resize: str, what: str) -> np.n
 def as_batch(images, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
     """`images` (one or a sequence of: path, PIL image, uint8 HxWxC array; or an NxHxWx3 uint8
     array) -> uint8 NHWC at `size`."""
+    if isinstance(images, np.ndarray) and images.shape == (*size, 3) and images.dtype == np.uint8:
+        return images[None]  # one frame already at the model's size: a view, no copy
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return np.stack([_array(a, size, resize, f"image {i}") for i, a in enumerate(images)])
     if isinstance(images, str | Path | np.ndarray) or hasattr(images, "convert"):

@@ -122,6 +122,8 @@ class Model:
     def embed(self, images) -> np.ndarray:
         """Embeddings (N, D) float32 of `images`: paths, PIL images or uint8 HxWx3 arrays."""
         pixels = self.pixels(images)
+        if len(pixels) <= self.batch_size:
+            return self.engine.run(self.spec.normalize(pixels)).astype(np.float32, copy=False)
         out = [self.engine.run(self.spec.normalize(pixels[i : i + self.batch_size]))
                for i in range(0, len(pixels), self.batch_size)]
         return np.concatenate(out).astype(np.float32, copy=False)
@@ -134,7 +136,7 @@ class Model:
         probs = self.probabilities(images)
         out = []
         for row in probs:
-            order = np.argsort(-row)[: max(1, top_k)]
+            order = np.argsort(-row)[: top_k] if top_k > 1 else (int(row.argmax()),)
             out.append(Prediction(self.labels[order[0]], float(row[order[0]]), int(order[0]),
                                   tuple((self.labels[i], float(row[i])) for i in order)))
         return out
