@@ -5,14 +5,15 @@
     for p in model.predict(["frame.png"]):
         print(p.label, p.probability)
 
-Loading verifies the bundle first (hashes, schema, signature when a key is given or the bundle
-requires one, this machine's architecture, the engine installed), then opens the engine the
+Loading verifies the bundle first (hashes, schema, the signature of a signed bundle, this
+machine's architecture, the engine installed), then opens the engine the
 manifest names. Images are preprocessed in numpy by the bundle's own spec; quantized input and
 output are converted in one place (the engine's `run`). numpy and the engine only.
 """
 
 from __future__ import annotations
 
+import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import ConfigError
-from edgetl.runtime.bundle import Bundle, open_bundle
+from edgetl.runtime.bundle import Bundle, BundleError, open_bundle
 from edgetl.runtime.engines import EXTRAS, Engine, open_engine
 from edgetl.runtime.images import as_batch
 from edgetl.runtime.preprocess import PreprocessSpec
@@ -90,13 +91,20 @@ class Model:
     @classmethod
     def load(cls, path: str | Path, *, key: str | Path | None = None, threads: int | None = None,
              machine: str | None = None, unpack_to: Path | None = None) -> Model:
-        """Verify the bundle (dir or .tar.gz) and open its engine; `machine="any"` skips the arch check."""
+        """Verify the bundle (dir or .tar.gz) and open its engine; `machine="any"` skips the arch check.
+        A signed bundle is only run once its signature is checked: with `key`, or the public key
+        file named by $EDGETL_BUNDLE_KEY (the device's trusted key)."""
+        key = key or os.environ.get("EDGETL_BUNDLE_KEY") or None
         bundle = open_bundle(path, key=key, machine=machine, unpack_to=unpack_to)
+        if bundle.signed and not bundle.signature_checked:
+            raise BundleError(f"{path} is signed, and no public key was given to check it",
+                              "pass key=PUB.pem (CLI: --key) or set EDGETL_BUNDLE_KEY on the device")
         m = bundle.manifest
         raw = dict(m["preprocess"])
         raw.update(size=tuple(raw["size"]), mean=tuple(raw["mean"]), std=tuple(raw["std"]))
         spec = PreprocessSpec(**raw)
-        engine = open_engine(m["engine"], bundle.model, threads=threads)
+        engine = open_engine(m["engine"], bundle.model, threads=threads, precision=m["precision"],
+                             bundle_dir=bundle.path)
         expected = tuple(m["inputs"][0]["shape"])
         if tuple(engine.input.shape) != expected:
             raise ConfigError(f"the {m['engine']} engine sees input {engine.input.shape}, the manifest says "

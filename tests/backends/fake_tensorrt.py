@@ -2,16 +2,22 @@
 
 It implements only the calls edgetl makes, records them in `CALLS`, and "builds" an engine
 whose bytes name the ONNX hash, precision flags and version, so tests can tell a fresh build
-from a cached one. It is a fake, named as one: nothing here proves TensorRT itself works.
+from a cached one. Its "engine" executes by running the parsed ONNX with onnxruntime, and
+`FakeCudart` keeps "device" buffers in host memory, so the runtime's buffers, copies and shapes
+are exercised end to end. It is a fake, named as one: nothing here proves TensorRT itself works.
 """
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import hashlib
 import types
 
+import numpy as np
+
 CALLS: list[tuple] = []
+PARSED: dict[str, bytes] = {}  # ONNX bytes by their hash prefix, as the "engine" names them
 __version__ = "10.3.0"
 
 
@@ -57,6 +63,7 @@ class OnnxParser:
 
     def parse(self, data: bytes) -> bool:
         CALLS.append(("parse", hashlib.sha256(data).hexdigest()[:16]))
+        PARSED[hashlib.sha256(data).hexdigest()[:16]] = data
         self.network.onnx = data
         self.errors = [_Error(n, d) for n, d in self.refuse.items()]
         return not self.errors
@@ -116,3 +123,103 @@ class Builder:
         CALLS.append(("build_serialized_network", tuple(sorted(config.flags))))
         digest = hashlib.sha256(network.onnx).hexdigest()[:16]
         return f"engine:{digest}:{','.join(sorted(config.flags))}:{__version__}".encode()
+
+
+class TensorIOMode(enum.IntEnum):
+    INPUT = 0
+    OUTPUT = 1
+
+
+class DataType(enum.IntEnum):
+    FLOAT = 0
+
+
+def nptype(dtype):
+    return np.float32
+
+
+class _ExecutionContext:
+    def __init__(self, engine):
+        self.engine, self.addresses = engine, {}
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+
+    def execute_async_v3(self, stream):
+        CALLS.append(("execute_async_v3", stream))
+        (i_name, i_shape), (o_name, o_shape) = self.engine.io
+        x = np.frombuffer(ctypes.string_at(self.addresses[i_name], int(np.prod(i_shape)) * 4), np.float32)
+        y = self.engine.session.run(None, {i_name: x.reshape(i_shape)})[0].astype(np.float32)
+        ctypes.memmove(self.addresses[o_name], y.ctypes.data, y.nbytes)
+        return True
+
+
+class _Engine:
+    def __init__(self, onnx_bytes: bytes):
+        import onnxruntime
+
+        self.session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+        i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self.io = [(i.name, tuple(i.shape)), (o.name, tuple(o.shape))]
+
+    @property
+    def num_io_tensors(self):
+        return 2
+
+    def get_tensor_name(self, i):
+        return self.io[i][0]
+
+    def get_tensor_shape(self, name):
+        return dict(self.io)[name]
+
+    def get_tensor_dtype(self, name):
+        return DataType.FLOAT
+
+    def get_tensor_mode(self, name):
+        return TensorIOMode.INPUT if name == self.io[0][0] else TensorIOMode.OUTPUT
+
+    def create_execution_context(self):
+        return _ExecutionContext(self)
+
+
+class Runtime:
+    def __init__(self, logger):
+        self.logger = logger
+
+    def deserialize_cuda_engine(self, data: bytes):
+        """The engine the bytes name, or None for bytes no build of this fake wrote (as TensorRT does)."""
+        CALLS.append(("deserialize_cuda_engine", len(data)))
+        parts = data.decode(errors="replace").split(":")
+        if len(parts) != 4 or parts[0] != "engine" or parts[1] not in PARSED or parts[3] != __version__:
+            return None
+        return _Engine(PARSED[parts[1]])
+
+
+class FakeCudart:
+    """cuda-python's runtime calls edgetl makes, with "device" memory in host buffers (a fake)."""
+
+    class cudaMemcpyKind(enum.IntEnum):  # noqa: N801 - cuda-python's own name
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self):
+        self.buffers = {}
+
+    def cudaStreamCreate(self):  # noqa: N802
+        return (0, 7)
+
+    def cudaMalloc(self, nbytes):  # noqa: N802
+        buf = ctypes.create_string_buffer(nbytes)
+        self.buffers[ctypes.addressof(buf)] = buf
+        return (0, ctypes.addressof(buf))
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):  # noqa: N802
+        ctypes.memmove(dst, src, nbytes)
+        return (0,)
+
+    def cudaStreamSynchronize(self, stream):  # noqa: N802
+        return (0,)
+
+    def cudaFree(self, ptr):  # noqa: N802
+        self.buffers.pop(ptr, None)
+        return (0,)

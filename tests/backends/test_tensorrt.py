@@ -3,6 +3,7 @@
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from edgetl.compile import check, compile_bundle
@@ -90,3 +91,45 @@ def test_compile_where_tensorrt_runs_builds_the_engine_into_the_bundle(fake_trt,
     assert any(n.endswith("engine.plan") for n in engines) and any(n.endswith("key.json") for n in engines)
     report = check(compiled_run, "jetson-orin-nano")
     assert report.fully_mapped and "TensorRT 10.3.0" in report.notes[1]
+
+
+def test_a_tensorrt_bundle_runs_through_the_runtime_with_its_engine_built_on_first_load(
+        fake_trt, compiled_run, tmp_path, monkeypatch, signs):
+    """Against the fakes (TensorRT and CUDA): the engine is built on first load and cached, the IO
+    buffers and copies carry real numbers, and predictions match the ONNX model on onnxruntime."""
+    from edgetl.data.imagefolder import scan
+    from edgetl.runtime import Model
+    from tests.backends.fake_tensorrt import FakeCudart
+
+    monkeypatch.setattr("edgetl.backends.tensorrt.tensorrt_available", lambda: False)
+    compile_bundle(compiled_run, "jetson-orin-nano", tmp_path / "orin")
+    monkeypatch.setattr(trt_engine, "compute_capability", lambda: "8.7")
+    monkeypatch.setattr(trt_engine, "import_cudart", FakeCudart)
+    monkeypatch.setenv("EDGETL_CACHE", str(tmp_path / "cache"))
+    images = [p for p, _ in scan(signs["test"]).samples][:4]
+    model = Model.load(tmp_path / "orin", machine="any")
+    assert model.engine.name == "tensorrt" and ("set_flag", "INT8") in fake_trt.CALLS
+    assert list((tmp_path / "cache" / "tensorrt").rglob("engine.plan"))
+    got = model.predict(images)
+    fake_trt.CALLS.clear()
+    again = Model.load(tmp_path / "orin", machine="any")  # second load: from the cache, no build
+    assert not any(c[0] == "build_serialized_network" for c in fake_trt.CALLS)
+    reference = Model.load(compile_and_return(compiled_run, tmp_path), machine="any")
+    assert [p.label for p in again.predict(images)] == [p.label for p in got] == [
+        p.label for p in reference.predict(images)]
+    np.testing.assert_allclose(again.embed(images), reference.embed(images), rtol=1e-5, atol=1e-5)
+
+
+def compile_and_return(run, tmp_path):
+    """The same QDQ ONNX on onnxruntime (host-cpu forced to int8) as the reference."""
+    import shutil
+
+    from edgetl.runtime.bundle import open_bundle
+
+    b = open_bundle(tmp_path / "orin", machine="any")
+    ref = tmp_path / "ref"
+    shutil.copytree(b.path, ref)
+    manifest = json.loads((ref / "manifest.json").read_text())
+    manifest.update(engine="onnxruntime")
+    (ref / "manifest.json").write_text(json.dumps(manifest))
+    return ref

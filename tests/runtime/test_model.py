@@ -89,3 +89,15 @@ def test_device_cli_runs_where_torch_cannot_be_imported(bundles, signs):
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["image"] for r in records] == paths and all("probability" in r for r in records)
+
+
+def test_a_signed_bundle_runs_only_once_its_signature_is_checked(compiled_run, tmp_path, monkeypatch):
+    from edgetl.bundle import keygen
+
+    key, pub = keygen(tmp_path / "fleet")
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "signed", sign=key)
+    with pytest.raises(BundleError, match="is signed, and no public key"):
+        Model.load(tmp_path / "signed")
+    assert Model.load(tmp_path / "signed", key=pub).bundle.signature_checked
+    monkeypatch.setenv("EDGETL_BUNDLE_KEY", str(pub))
+    assert Model.load(tmp_path / "signed").bundle.signature_checked

@@ -107,8 +107,10 @@ EXTRAS = {"onnxruntime": "runtime-ort", "litert": "runtime-litert", "edgetpu": "
           "tensorrt": "runtime-tensorrt"}
 
 
-def open_engine(name: str, path: str | Path, *, threads: int | None = None) -> Engine:
-    """The engine a bundle's manifest names, on its model file."""
+def open_engine(name: str, path: str | Path, *, threads: int | None = None, precision: str = "fp32",
+                bundle_dir: Path | None = None) -> Engine:
+    """The engine a bundle's manifest names, on its model file (TensorRT: built or taken from the
+    bundle or the cache for this machine, at the manifest's precision)."""
     path = Path(path)
     if name == "onnxruntime":
         from edgetl.runtime.engines.ort import OrtEngine
@@ -123,8 +125,9 @@ def open_engine(name: str, path: str | Path, *, threads: int | None = None) -> E
 
         return EdgeTPUEngine(path, threads=threads)
     if name == "tensorrt":
-        raise ConfigError("running TensorRT bundles is not in this edgetl version yet",
-                          "compile for the Jetson's onnxruntime fallback: --target with engines = ['onnxruntime']")
+        from edgetl.runtime.engines.tensorrt import TensorRTEngine
+
+        return TensorRTEngine(path, precision, bundle_dir=bundle_dir)
     raise ConfigError(f"unknown engine {name!r} in the bundle", f"one of: {', '.join(EXTRAS)}; upgrade edgetl")
 
 

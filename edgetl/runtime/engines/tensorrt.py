@@ -17,8 +17,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edgetl.errors import ConfigError
-from edgetl.runtime.engines import missing_engine
+from edgetl.runtime.engines import Engine, TensorSpec, missing_engine
 
 WORKSPACE_BYTES = 1 << 30  # 1 GiB: TensorRT's tactic scratch; Jetsons share it with the CPU
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -153,3 +155,89 @@ def cached_engine(onnx_path: Path, precision: str, *, cache: Path | None = None,
     _atomic_write(engine, data)
     _atomic_write(meta, json.dumps(asdict(key), indent=2).encode())
     return engine, True
+
+
+def import_cudart():
+    """The CUDA runtime through cuda-python (what TensorRT's own Python samples use)."""
+    try:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            from cuda import cudart
+    except ImportError:
+        raise missing_engine("CUDA runtime (cuda-python)", "runtime-tensorrt") from None
+    return cudart
+
+
+def _check(result):
+    """cuda-python returns (error, *values); an error is raised, the values returned."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise ConfigError(f"CUDA call failed with error {int(err)}", "check the GPU with `tegrastats` / nvidia-smi")
+    return values[0] if len(values) == 1 else values
+
+
+def bundled_engine(bundle_dir: Path | None, onnx_path: Path, precision: str, trt, capability: str) -> Path | None:
+    """An engine built at compile time and shipped in the bundle, if its key is exactly this machine's."""
+    if bundle_dir is None:
+        return None
+    key = key_for(onnx_path, precision, trt, capability)
+    folder = Path(bundle_dir) / "engine" / key.folder
+    try:
+        shipped = EngineKey(**json.loads((folder / "key.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    return folder / "engine.plan" if shipped == key and (folder / "engine.plan").is_file() else None
+
+
+class TensorRTEngine(Engine):
+    """A TensorRT engine behind edgetl's engine interface (`input`, `output`, `invoke`): built from the
+    bundle's ONNX on first load (or taken from the bundle or cache when its key matches), with one
+    device buffer per IO tensor and one CUDA stream (TensorRT 8.5+/10 tensor-address API)."""
+
+    name = "tensorrt"
+
+    def __init__(self, onnx_path: Path, precision: str, *, bundle_dir: Path | None = None, cache: Path | None = None,
+                 trt=None, cudart=None):
+        self.trt = trt or import_tensorrt()
+        self.cudart = cudart or import_cudart()
+        capability = compute_capability()
+        plan = bundled_engine(bundle_dir, onnx_path, precision, self.trt, capability)
+        if plan is None:
+            plan, _ = cached_engine(onnx_path, precision, cache=cache, trt=self.trt, capability=capability)
+        runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
+        if self.engine is None:  # a key that matched but an engine TensorRT refuses: rebuild, never guess
+            Path(plan).unlink(missing_ok=True)
+            plan, _ = cached_engine(onnx_path, precision, cache=cache, trt=self.trt, capability=capability)
+            self.engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
+        self.context = self.engine.create_execution_context()
+        self.stream = _check(self.cudart.cudaStreamCreate())
+        specs, self.buffers = {}, {}
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(int(d) for d in self.engine.get_tensor_shape(name))
+            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+            mode = "input" if self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT else "output"
+            self.buffers[name] = _check(self.cudart.cudaMalloc(int(np.prod(shape)) * dtype.itemsize))
+            self.context.set_tensor_address(name, int(self.buffers[name]))
+            specs.setdefault(mode, TensorSpec(name, shape, dtype.name))
+        self.input, self.output = specs["input"], specs["output"]
+
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=self.input.dtype)
+        out = np.empty(self.output.shape, self.output.dtype)
+        kind = self.cudart.cudaMemcpyKind
+        _check(self.cudart.cudaMemcpyAsync(self.buffers[self.input.name], x.ctypes.data, x.nbytes,
+                                           kind.cudaMemcpyHostToDevice, self.stream))
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise ConfigError("TensorRT could not run the engine", "check the device's log (dmesg, tegrastats)")
+        _check(self.cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[self.output.name], out.nbytes,
+                                           kind.cudaMemcpyDeviceToHost, self.stream))
+        _check(self.cudart.cudaStreamSynchronize(self.stream))
+        return out
+
+    def close(self) -> None:
+        for ptr in self.buffers.values():
+            self.cudart.cudaFree(ptr)
+        self.buffers = {}
