@@ -15,37 +15,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edgetl.errors import ConfigError
+from edgetl.runtime.files import atomic_write
 from edgetl.runtime.model import Head
 
 CURRENT = "CURRENT"
 NAME = re.compile(r"^head-(\d{6})\.npz$")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """`data` at `path`, all or nothing: temp file in the same dir, fsync, rename, fsync the dir."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut only once the dir is on disk
-    finally:
-        os.close(dir_fd)
 
 
 class HeadStore:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from edgetl.errors import ConfigError
 from edgetl.runtime.engines import Engine, TensorSpec, missing_engine
+from edgetl.runtime.files import atomic_write
 
 WORKSPACE_BYTES = 1 << 30  # 1 GiB: TensorRT's tactic scratch; Jetsons share it with the CPU
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -118,22 +118,8 @@ def build(onnx_path: Path, precision: str, *, trt=None, timing_cache: Path | Non
         raise ConfigError(f"TensorRT could not build an engine for {onnx_path} ({precision})",
                           "see TensorRT's log above; try --precision fp16 or a larger workspace")
     if timing_cache is not None:
-        _atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached_engine(onnx_path: Path, precision: str, *, cache: Path | None = None, trt=None,
@@ -152,8 +138,8 @@ def cached_engine(onnx_path: Path, precision: str, *, cache: Path | None = None,
             pass  # an unreadable key is a stale key
     data = build(onnx_path, precision, trt=trt, timing_cache=(cache or cache_dir()) / f"timing-{key.tensorrt}-"
                  f"sm{key.compute_capability}.cache")
-    _atomic_write(engine, data)
-    _atomic_write(meta, json.dumps(asdict(key), indent=2).encode())
+    atomic_write(engine, data)
+    atomic_write(meta, json.dumps(asdict(key), indent=2).encode())
     return engine, True
 
 
