@@ -22,7 +22,7 @@ import numpy as np
 
 from edgetl.errors import ConfigError
 from edgetl.runtime.bundle import Bundle, BundleError, open_bundle
-from edgetl.runtime.engines import EXTRAS, Engine, open_engine
+from edgetl.runtime.engines import Engine, open_engine
 from edgetl.runtime.images import as_batch
 from edgetl.runtime.preprocess import PreprocessSpec
 
@@ -165,4 +165,4 @@ class Model:
         return result
 
 
-__all__ = ["EXTRAS", "Head", "Model", "Prediction"]
+__all__ = ["Head", "Model", "Prediction"]

@@ -84,7 +84,7 @@ class Engine:
         return dequantize(y, self.output) if self.output.quantized else y.astype(np.float32, copy=False)
 
 
-ENGINES = {".onnx": ("onnxruntime", "runtime-ort"), ".tflite": ("litert", "runtime-litert")}
+ENGINES = {".onnx": "onnxruntime", ".tflite": "litert"}  # by model file type
 
 
 def load(path: str | Path, *, threads: int | None = None) -> Engine:
@@ -94,13 +94,7 @@ def load(path: str | Path, *, threads: int | None = None) -> Engine:
         raise ConfigError(f"no engine runs {path.name}", f"model files are one of: {', '.join(ENGINES)}")
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist", "export the run first: `edgetl export RUN`")
-    if path.suffix == ".onnx":
-        from edgetl.runtime.engines.ort import OrtEngine
-
-        return OrtEngine(path, threads=threads)
-    from edgetl.runtime.engines.litert import LiteRTEngine
-
-    return LiteRTEngine(path, threads=threads)
+    return open_engine(ENGINES[path.suffix], path, threads=threads)
 
 
 EXTRAS = {"onnxruntime": "runtime-ort", "litert": "runtime-litert", "edgetpu": "runtime-edgetpu",
