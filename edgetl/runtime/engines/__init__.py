@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ class TensorSpec:
     scale: float | None = None
     zero_point: int | None = None
 
-    @property
+    @cached_property  # asked on every frame
     def quantized(self) -> bool:
         return self.scale is not None and np.issubdtype(np.dtype(self.dtype), np.integer)
 
@@ -40,8 +41,11 @@ class TensorSpec:
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """float -> the tensor's integer type with its affine scale/zero-point (round half to even, clipped)."""
     info = np.iinfo(np.dtype(spec.dtype))
-    q = np.round(x / np.float32(spec.scale)) + spec.zero_point
-    return np.clip(q, info.min, info.max).astype(spec.dtype)
+    q = np.divide(x, np.float32(spec.scale), dtype=np.float32)  # one new array, then in place: per frame
+    np.rint(q, out=q)
+    q += np.float32(spec.zero_point)
+    np.clip(q, info.min, info.max, out=q)
+    return q.astype(spec.dtype)
 
 
 def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
