@@ -1,9 +1,9 @@
 """Head-only adaptation on the device against full fine-tuning on the server, side by side.
 
-1. Synthetic, new conditions: efficientnet_lite0 pretrained on city-a (60/class) is bundled for
-   host-cpu; the device adapts only the head on 20 labelled city-b images per class
-   (`Model.adapt`). Baseline: the server fine-tunes the whole city-a model on the same images.
-   Both scored on city-b test.
+1. Synthetic, new conditions: efficientnet_lite0 pretrained on the server on city-a (200/class:
+   the server has the whole catalogue of its own city) is bundled for host-cpu; the device
+   adapts only the head on 20 labelled city-b images per class (`Model.adapt`). Baseline: the
+   server fine-tunes the whole city-a model on the same images. Both scored on city-b test.
 2. Real, new classes: lite0 fine-tuned on the server on gtsrb-mini classes 00-21 only (all their
    train images); the device learns classes 22-42 from 20 images each, with 20 images of each old
    class for the regression and its guard. Baseline: the server fine-tunes ImageNet lite0 on the
@@ -81,11 +81,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         # 1. synthetic: new conditions, same classes
-        synth.synthesize(tmp / "city-a", "city-a", 60, size=PX, seed=1)
+        synth.synthesize(tmp / "city-a", "city-a", 200, size=PX, seed=1)
         synth.synthesize(tmp / "city-b", "city-b", 20, size=PX, seed=2)
         synth.synthesize(tmp / "city-b-test", "city-b", 25, size=PX, seed=3)
         finetune(FinetuneConfig(data=tmp / "city-a", test=tmp / "city-b-test", out=tmp / "runs/city-a",
-                                img_size=PX, epochs=8, stage="pretrain"), console)
+                                img_size=PX, epochs=args.epochs, patience=6, stage="pretrain"), console)
         device = _device(tmp / "runs/city-a", tmp / "city-b", tmp / "city-b-test", tmp / "bundles/city-a",
                          AdaptConfig())
         server = _server(str(tmp / "runs/city-a"), tmp / "city-b", tmp / "city-b-test", tmp / "runs/city-b",

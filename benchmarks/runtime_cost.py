@@ -4,8 +4,9 @@ side by side in one run on one core.
 - Overhead: `Model.predict` on one uint8 image at the model's size (preprocessing, quantize,
   invoke, dequantize, head, softmax) vs the raw engine's own invoke on the prepared input, for
   the host-cpu bundle (onnxruntime) and the rpi4 bundle run here (LiteRT), of
-  efficientnet_lite0 fine-tuned on gtsrb-mini at 64 px (int8, the pipeline's own model), and of
-  efficientnet_lite0 at its native 224 px (fp32, ImageNet backbone with a gtsrb-mini head): the
+  efficientnet_lite0 fine-tuned on gtsrb-mini at 64 px (the pipeline's own model, at the precision
+  compile chose), and of efficientnet_lite0 at its native 224 px (fp32, not quantized: the
+  ImageNet backbone with a gtsrb-mini head): the
   runtime's cost is per frame, so the ratio depends on how long the engine takes.
 - Adaptation: softmax regression over 1,000 cached embeddings (43 classes), imprinting one class
   from 5 embeddings, and the peak memory both allocate (tracemalloc sees numpy's buffers).
@@ -65,7 +66,8 @@ def _overhead(bundle: Path, image: np.ndarray) -> dict:
         x = q(x, model.engine.input)
     x = x.astype(model.engine.input.dtype)
     e, extra = _paired(lambda: model.engine.invoke(x), lambda: model.predict(image))
-    return {"engine": model.engine.name, "input": model.engine.input.dtype, "size": list(model.input_size),
+    return {"engine": model.engine.name, "precision": model.bundle.manifest["precision"],
+            "input": model.engine.input.dtype, "size": list(model.input_size),
             "engine_invoke_p50_ms": round(e, 4), "predict_extra_ms": round(extra, 4),
             "ratio": round((e + extra) / e, 4)}
 
@@ -115,7 +117,7 @@ def main() -> None:
         record = {"benchmark": "runtime_cost", "threads": 1, "overhead": {}}
         for target in ("host-cpu", "rpi4"):
             compile_bundle(run, target, tmp / target)
-            record["overhead"][f"{target} 64px int8"] = _overhead(tmp / target, images.images[0])
+            record["overhead"][f"{target} 64px"] = _overhead(tmp / target, images.images[0])
         native = (args.runs or tmp) / "efficientnet_lite0-224"
         if not (native / "finetune.json").is_file():  # the head on the frozen ImageNet backbone: minutes, not hours
             finetune(FinetuneConfig(data=data / "train", out=native, backbone="efficientnet_lite0", img_size=224,
@@ -123,7 +125,7 @@ def main() -> None:
         big = load_images(samples[:1], (224, 224), "stretch").images[0]
         for target in ("host-cpu", "rpi4"):
             compile_bundle(native, target, tmp / f"{target}-224")
-            record["overhead"][f"{target} 224px fp32"] = _overhead(tmp / f"{target}-224", big)
+            record["overhead"][f"{target} 224px"] = _overhead(tmp / f"{target}-224", big)
         model = Model.load(tmp / "host-cpu", threads=1)
         pick = np.random.default_rng(0).choice(len(images.labels), 1000, replace=False)
         x = model.embed(images.images[pick])
