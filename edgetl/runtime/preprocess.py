@@ -66,11 +66,9 @@ class PreprocessSpec:
         multiply converts, lays out and scales at once, then the offset is added in place."""
         scale, offset = self._affine
         src = images.transpose(0, 3, 1, 2) if self.layout == "NCHW" else images
-        if src.shape[1:] != scale.shape:  # not at the spec's size: per-channel constants
-            index = (slice(None), 0, 0) if self.layout == "NCHW" else (0, 0, slice(None))
-            scale, offset = scale[index], offset[index]
-            if self.layout == "NCHW":
-                scale, offset = scale[:, None, None], offset[:, None, None]
+        if src.shape[1:] != scale.shape:  # not at the spec's size: one constant per channel
+            corner = np.s_[:, :1, :1] if self.layout == "NCHW" else np.s_[:1, :1, :]
+            scale, offset = scale[corner], offset[corner]
         x = np.empty(src.shape, np.float32)  # C-contiguous in the model's layout
         np.multiply(src, scale, out=x)
         x += offset

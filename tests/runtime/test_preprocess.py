@@ -6,12 +6,17 @@ from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.features import nchw, to_input
 
 
-def test_numpy_and_torch_normalisation_agree():
-    spec = PreprocessSpec(size=(24, 24), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    images = np.random.default_rng(0).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+@pytest.mark.parametrize("hw", [(24, 24), (20, 28)], ids=["spec size", "other size"])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_numpy_and_torch_normalisation_agree(layout, hw):
+    spec = PreprocessSpec(size=(24, 24), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), layout=layout)
+    images = np.random.default_rng(0).integers(0, 256, (3, *hw, 3), dtype=np.uint8)
     on_device = spec.normalize(images)
-    in_training = to_input(nchw(images), spec).numpy()
-    assert on_device.shape == (3, 3, 24, 24) and on_device.dtype == np.float32
+    in_training = to_input(nchw(images), spec).numpy()  # NCHW
+    if layout == "NHWC":
+        in_training = in_training.transpose(0, 2, 3, 1)
+    assert on_device.dtype == np.float32 and on_device.flags.c_contiguous  # what the engine is handed
+    assert on_device.shape == in_training.shape
     assert np.abs(on_device - in_training).max() <= 1e-5
 
 
