@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     tshow = tg_sub.add_parser("show", parents=[common], help="explain one target")
     tshow.add_argument("name", help="target name (see `edgetl targets`) or path to a target .toml")
 
+    dv = sub.add_parser("devices", parents=[common], help="list the devices and whether each answers",
+                        description="Devices are TOML files (devices/, $EDGETL_DEVICES, or --devices DIR): a target, "
+                                    "a transport (local, ssh, emulated), budget overrides and tags. Each is asked for "
+                                    "its Python's architecture and version, all at once.")
+    dv.add_argument("--devices", type=Path, help="a directory of device files (default: the search path)")
+    dv.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each device (default 30)")
+    dv.add_argument("--json", action="store_true", help="one JSON record per device")
+
     cp = sub.add_parser("compile", parents=[common], help="compile a run for a target into a verifiable bundle",
                         description="Writes the bundle dir (manifest with sha256 of every file) and a reproducible "
                                     ".tar.gz; --dry-run prints the target's compatibility report alone, also for a "
@@ -209,6 +217,25 @@ def _print_report(report, console) -> None:
     console.log(f"{report.target} ({report.engine}, {report.source}): {report.summary()}")
     for note in report.notes:
         console.log(f"  {note}")
+
+
+def _cmd_devices(args, console) -> int:
+    """Exit 0 when every device answers, 3 when one does not (like `check`: infrastructure, not a budget)."""
+    from edgetl import devices
+
+    fleet = devices.fleet(args.devices)
+    probes = devices.probe_all(fleet, args.timeout)
+    if args.json:
+        for d, p in zip(fleet, probes, strict=True):
+            print(json.dumps({"name": d.name, "target": d.target.name, "transport": d.transport, "address": d.address,
+                              "tags": list(d.tags), "file": str(d.file), "reachable": p.reachable, "arch": p.arch,
+                              "python": p.python, "reason": p.reason}))
+    else:
+        rows = [[d.name, d.target.name, d.transport, d.address, ", ".join(d.tags) or "-",
+                 f"yes ({p.arch}, Python {p.python})" if p.reachable else f"no: {p.reason}"]
+                for d, p in zip(fleet, probes, strict=True)]
+        console.table("devices", ["name", "target", "transport", "address", "tags", "reachable"], rows)
+    return 0 if all(p.reachable for p in probes) else 3
 
 
 def _cmd_compile(args, console) -> int:
@@ -368,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(quiet=quiet)
     handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train,
                 "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile,
-                "predict": _cmd_predict, "adapt": _cmd_adapt}
+                "devices": _cmd_devices, "predict": _cmd_predict, "adapt": _cmd_adapt}
     try:
         if args.command == "data":
             if args.data_command is None:

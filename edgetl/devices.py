@@ -1,0 +1,293 @@
+"""Devices as data: one TOML file per board on the shelf, and how to reach it.
+
+A device names its target (from `targets/`), its transport and, optionally, budgets that
+override the target's and tags to pick it by:
+
+    name = "lab-pi"
+    target = "rpi5"
+    transport = "ssh"          # local | ssh | emulated
+    tags = ["lab", "arm64"]
+
+    [ssh]
+    host = "10.0.0.12"
+    user = "pi"
+    identity = "~/.ssh/edgetl_ed25519"
+
+    [budgets]
+    latency_p95_ms = 30
+
+`local` is this machine (`devices/local.toml`, shipped). `ssh` runs the system OpenSSH client
+in batch mode, host keys checked strictly unless the file says otherwise. `emulated` runs an
+aarch64 Python under qemu-user from a directory holding its files. Every transport runs a
+command the same way (`Device.run`), which is all that deploy and check build on. Any bad
+file is an error naming the file, the key and the values allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from edgetl import targets
+from edgetl.errors import ConfigError
+from edgetl.targets import Budgets, Target
+
+TRANSPORTS = ("local", "ssh", "emulated")
+KEYS = {"name", "description", "target", "transport", "tags", "budgets", "ssh", "emulated"}
+SSH_KEYS = {"host": str, "port": int, "user": str, "identity": str, "python": str, "workdir": str,
+            "strict_host_key_checking": bool, "known_hosts": str, "connect_timeout_s": int}
+EMULATED_KEYS = {"root": str, "qemu": str, "cpu": str, "python": str, "site": str, "workdir": str}
+# Where device files are looked for, after an explicit path: $EDGETL_DEVICES, ./devices, the ones shipped.
+SHIPPED = Path(__file__).resolve().parent.parent / "devices"
+PROBE = "import platform, sys; print(platform.machine(), '%d.%d.%d' % sys.version_info[:3])"
+
+
+@dataclass(frozen=True)
+class Ssh:
+    host: str
+    port: int = 22
+    user: str | None = None
+    identity: str | None = None  # private key file; None: the client's own defaults and agent
+    python: str = "python3"
+    workdir: str = ".edgetl"  # relative to the login's home
+    strict_host_key_checking: bool = True
+    known_hosts: str | None = None  # a known_hosts file of the lab's boards; None: the user's own
+    connect_timeout_s: int = 10
+
+    def argv(self, command: list[str]) -> list[str]:
+        """The ssh command line that runs `command` on the board (no password prompts: batch mode)."""
+        argv = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout_s}",
+                "-o", f"StrictHostKeyChecking={'yes' if self.strict_host_key_checking else 'accept-new'}"]
+        if self.identity:
+            argv += ["-i", str(Path(self.identity).expanduser()), "-o", "IdentitiesOnly=yes"]
+        if self.known_hosts:
+            argv += ["-o", f"UserKnownHostsFile={Path(self.known_hosts).expanduser()}"]
+        return [*argv, f"{self.user}@{self.host}" if self.user else self.host, "--", shlex.join(command)]
+
+
+@dataclass(frozen=True)
+class Emulated:
+    """An aarch64 board emulated by qemu-user: `root` holds its Python (and its libraries) as
+    unpacked from arm64 packages, `site` its pip packages."""
+
+    root: str
+    qemu: str = "qemu-aarch64-static"
+    cpu: str = "cortex-a72"  # a Raspberry Pi 4
+    python: str = "usr/bin/python3"  # inside root
+    site: str = "opt/site"  # inside root, on PYTHONPATH
+    workdir: str = "work"  # inside root
+
+    def argv(self, command: list[str]) -> list[str]:
+        root = Path(self.root).expanduser()
+        program = command[0]
+        if program in ("python", "python3"):
+            program = str(root / self.python)
+        return [self.qemu, "-L", str(root), program, *command[1:]]
+
+    def env(self) -> dict[str, str]:
+        root = Path(self.root).expanduser()
+        return {**os.environ, "QEMU_CPU": self.cpu, "PYTHONPATH": str(root / self.site)}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What asking the device for its Python said: reachable or not, and why."""
+
+    reachable: bool
+    arch: str | None = None
+    python: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    target: Target
+    transport: str
+    file: Path
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    overrides: dict = field(default_factory=dict)  # [budgets] of the device file: they win over the target's
+    ssh: Ssh | None = None
+    emulated: Emulated | None = None
+
+    @property
+    def budgets(self) -> Budgets:
+        return self.target.budgets.merged(self.overrides)
+
+    @property
+    def address(self) -> str:
+        if self.ssh:
+            user = f"{self.ssh.user}@" if self.ssh.user else ""
+            return f"{user}{self.ssh.host}:{self.ssh.port}"
+        if self.emulated:
+            return f"{self.emulated.qemu} -L {self.emulated.root}"
+        return "this machine"
+
+    def argv(self, command: list[str]) -> list[str]:
+        """`command` (program first; `python3` is the device's Python) as run on this device."""
+        if self.ssh:
+            if command[0] in ("python", "python3"):
+                command = [self.ssh.python, *command[1:]]
+            return self.ssh.argv(command)
+        if self.emulated:
+            return self.emulated.argv(command)
+        if command[0] in ("python", "python3"):
+            command = [sys.executable, *command[1:]]
+        return command
+
+    def run(self, command: list[str], *, timeout: float, input: bytes | None = None) -> subprocess.CompletedProcess:
+        """Run `command` on the device and wait; raises subprocess.TimeoutExpired or OSError when
+        it cannot even start (a missing ssh or qemu binary)."""
+        env = self.emulated.env() if self.emulated else None
+        return subprocess.run(self.argv(command), input=input, capture_output=True, timeout=timeout, env=env)
+
+    def probe(self, timeout: float = 30.0) -> Probe:
+        """Ask the device's Python for its architecture and version."""
+        try:
+            done = self.run(["python3", "-c", PROBE], timeout=timeout)
+        except FileNotFoundError as exc:
+            return Probe(False, reason=f"{Path(exc.filename or '?').name} not found on this machine")
+        except subprocess.TimeoutExpired:
+            return Probe(False, reason=f"no answer in {timeout:g} s")
+        except OSError as exc:
+            return Probe(False, reason=f"cannot start: {exc.strerror or exc}")
+        if done.returncode != 0:
+            err = done.stderr.decode(errors="replace").strip().splitlines()
+            return Probe(False, reason=(err[-1] if err else f"exit status {done.returncode}")[:200])
+        words = done.stdout.decode(errors="replace").split()
+        if len(words) != 2:
+            return Probe(False, reason=f"unexpected answer {done.stdout[:80]!r}")
+        arch, version = words
+        if arch not in self.target.arch:
+            return Probe(False, arch, version, f"is {arch}, target {self.target.name} is {'/'.join(self.target.arch)}")
+        return Probe(True, arch, version)
+
+
+def _bad(file: Path, key: str, got, allowed) -> ConfigError:
+    allowed = ", ".join(map(str, allowed)) if isinstance(allowed, tuple | list | set | dict) else allowed
+    return ConfigError(f"{file}: {key} = {got!r} is not allowed", f"allowed: {allowed}")
+
+
+def _table(file: Path, name: str, raw, keys: dict[str, type], required: tuple[str, ...]) -> dict:
+    if not isinstance(raw, dict):
+        raise _bad(file, name, raw, f"a [{name}] table")
+    for key, value in raw.items():
+        kind = keys.get(key)
+        if kind is None:
+            raise _bad(file, f"{name}.{key}", value, sorted(keys))
+        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+            raise _bad(file, f"{name}.{key}", value, f"a {kind.__name__}")
+    for key in required:
+        if key not in raw:
+            raise ConfigError(f"{file}: [{name}] lacks {key!r}", f"a [{name}] table sets: {', '.join(keys)}")
+    return raw
+
+
+def parse(file: Path, raw: dict) -> Device:
+    """A device from its TOML table; every key and value checked, the target loaded."""
+    for key in raw:
+        if key not in KEYS:
+            raise _bad(file, key, raw[key], sorted(KEYS))
+    for key in ("name", "target", "transport"):
+        if key not in raw:
+            raise ConfigError(f"{file}: missing key {key!r}",
+                              'a minimal device is: name = "lab-pi", target = "rpi5", transport = "local"')
+    if not isinstance(raw["name"], str) or not raw["name"] or any(c in raw["name"] for c in "/\\ "):
+        raise _bad(file, "name", raw["name"], "a name without spaces or slashes")
+    transport = raw["transport"]
+    if transport not in TRANSPORTS:
+        raise _bad(file, "transport", transport, TRANSPORTS)
+    for other in set(TRANSPORTS[1:]) - {transport}:
+        if other in raw:
+            raise _bad(file, f"[{other}]", "table", f"only the [{transport}] table for transport {transport!r}")
+    ssh = emulated = None
+    if transport == "ssh":
+        ssh = Ssh(**_table(file, "ssh", raw.get("ssh", {}), SSH_KEYS, ("host",)))
+        if not 0 < ssh.port < 65536:
+            raise _bad(file, "ssh.port", ssh.port, "1-65535")
+    if transport == "emulated":
+        emulated = Emulated(**_table(file, "emulated", raw.get("emulated", {}), EMULATED_KEYS, ("root",)))
+    tags = raw.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise _bad(file, "tags", tags, "a list of strings")
+    overrides = raw.get("budgets", {})
+    if not isinstance(overrides, dict):
+        raise _bad(file, "budgets", overrides, "a [budgets] table")
+    try:
+        target = targets.load(raw["target"])
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc.message}", exc.hint) from None
+    device = Device(name=raw["name"], target=target, transport=transport, file=file,
+                    description=str(raw.get("description", "")), tags=tuple(tags), overrides=dict(overrides),
+                    ssh=ssh, emulated=emulated)
+    try:
+        target.budgets.merged(device.overrides)  # the overrides: same keys and checks as a target's
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc.message}", exc.hint) from None
+    return device
+
+
+def read(file: Path) -> Device:
+    try:
+        raw = tomllib.loads(Path(file).read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML ({exc})", "see devices/README.md for the layout") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read device file {file}: {exc.strerror}", "check the path") from None
+    return parse(Path(file), raw)
+
+
+def search_path() -> list[Path]:
+    dirs = [Path(d) for d in os.environ.get("EDGETL_DEVICES", "").split(os.pathsep) if d]
+    return dirs + [Path("devices"), SHIPPED]
+
+
+def load(name: str | Path) -> Device:
+    """A device by the path of its TOML file, or by name (looked up in the search path)."""
+    path = Path(name)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ConfigError(f"device file {path} does not exist", "edgetl devices lists the known devices")
+        return read(path)
+    for folder in search_path():
+        candidate = folder / f"{name}.toml"
+        if candidate.is_file():
+            return read(candidate)
+    known = sorted({f.stem for d in search_path() if d.is_dir() for f in d.glob("*.toml")})
+    raise ConfigError(f"unknown device {str(name)!r}", f"pass a device .toml; known: {', '.join(known) or 'none'}")
+
+
+def fleet(folder: Path | None = None) -> list[Device]:
+    """Every device file in `folder` (default: the search path, first found wins by name); names must be unique."""
+    files = sorted(Path(folder).glob("*.toml")) if folder else [
+        f for d in search_path() if d.is_dir() for f in sorted(d.glob("*.toml"))]
+    if folder and not Path(folder).is_dir():
+        raise ConfigError(f"{folder} is not a directory", "pass a directory of device .toml files")
+    devices: dict[str, Device] = {}
+    for file in files:
+        device = read(file)
+        if device.name in devices:
+            if folder:
+                raise ConfigError(f"{file}: device name {device.name!r} is also used by {devices[device.name].file}",
+                                  "give every device in a fleet its own name")
+            continue  # an earlier directory in the search path shadows it
+        devices[device.name] = device
+    if not devices:
+        raise ConfigError(f"no device files in {folder or 'the search path'}", "see devices/local.toml")
+    return list(devices.values())
+
+
+def probe_all(devices: list[Device], timeout: float = 30.0) -> list[Probe]:
+    """Probe every device at once (each waits on its own transport), in the order given."""
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(devices)))) as pool:
+        return list(pool.map(lambda d: d.probe(timeout), devices))
+
+

@@ -1,0 +1,117 @@
+import json
+import platform
+import shlex
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgetl import devices, targets
+from edgetl.cli import main
+from edgetl.errors import ConfigError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "devices" / "examples"
+SSH = """name = "lab-pi"
+target = "rpi5"
+transport = "ssh"
+[ssh]
+host = "10.0.0.12"
+"""
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.toml").write_text(text)
+    return folder / f"{name}.toml"
+
+
+def test_the_local_device_is_this_machine_and_answers():
+    local = devices.load("local")
+    assert local.transport == "local" and local.target.name == "host-cpu"
+    assert local.budgets == local.target.budgets  # no overrides
+    probe = local.probe()
+    assert probe.reachable and probe.arch == platform.machine()
+    assert probe.python == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_a_minimal_file_and_the_shipped_examples_load(tmp_path):
+    minimal = devices.read(_write(tmp_path, "lab-pi", 'name = "lab-pi"\ntarget = "rpi5"\ntransport = "local"\n'))
+    assert minimal.name == "lab-pi" and minimal.budgets == targets.load("rpi5").budgets
+    pi = devices.read(EXAMPLES / "lab-pi5.toml")
+    assert pi.ssh.host == "10.0.0.12" and pi.ssh.strict_host_key_checking and pi.tags == ("lab", "arm64", "pi")
+    # the device's budgets win over the target's; the ones it does not set stay the target's
+    assert pi.budgets.latency_p95_ms == 30 and pi.budgets.max_rss_mb == 300
+    assert pi.budgets.min_top1 == targets.load("rpi5").budgets.min_top1
+    assert devices.read(EXAMPLES / "emulated-pi4.toml").emulated.cpu == "cortex-a72"
+
+
+@pytest.mark.parametrize("text, message", [
+    (SSH.replace('target = "rpi5"\n', ""), "missing key 'target'"),
+    (SSH.replace('"ssh"', '"telnet"'), "transport = 'telnet'.*allowed: local, ssh, emulated"),
+    (SSH.replace('host = "10.0.0.12"', 'port = 2222'), r"\[ssh\] lacks 'host'"),
+    (SSH + "port = 70000\n", "ssh.port = 70000.*1-65535"),
+    (SSH + 'port = "22"\n', "ssh.port = '22'.*a int"),
+    (SSH + "strict_host_key_checking = 1\n", "ssh.strict_host_key_checking = 1.*a bool"),
+    (SSH + 'password = "raspberry"\n', "ssh.password.*allowed: connect_timeout_s"),
+    (SSH + '[emulated]\nroot = "/x"\n', r"\[emulated\].*only the \[ssh\] table"),
+    (SSH + "[budgets]\nlatency_p99_ms = 3\n", "budgets.latency_p99_ms"),
+    (SSH + "[budgets]\nmin_top1 = -1\n", "budgets.min_top1 = -1"),
+    (SSH.replace('"rpi5"', '"rpi9"'), "unknown target 'rpi9'"),
+    ('tags = "lab"\n' + SSH, "tags = 'lab'.*a list of strings"),
+    ('name = "a b"\n' + SSH.split("\n", 1)[1], "name = 'a b'"),
+    ('colour = "red"\n' + SSH, "colour = 'red'.*allowed: budgets, description"),
+    ("name = [", "not valid TOML"),
+])
+def test_a_bad_device_file_names_the_file_and_the_key(tmp_path, text, message):
+    file = _write(tmp_path, "bad", text)
+    with pytest.raises(ConfigError, match=message) as info:
+        devices.read(file)
+    assert str(file) in info.value.message
+
+
+def test_ssh_runs_in_batch_mode_with_host_keys_checked_unless_told_otherwise(tmp_path):
+    strict = devices.read(_write(tmp_path, "a", SSH + 'user = "pi"\nidentity = "~/.ssh/k"\nport = 2222\n'))
+    argv = strict.argv(["python3", "-c", "print('a b')"])
+    assert argv[0] == "ssh" and "BatchMode=yes" in argv and "StrictHostKeyChecking=yes" in argv
+    assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-i") + 1] == str(Path("~/.ssh/k").expanduser())
+    assert argv[-3:-1] == ["pi@10.0.0.12", "--"]
+    assert shlex.split(argv[-1]) == ["python3", "-c", "print('a b')"]  # quoted once, for the remote shell
+    lax = devices.read(_write(tmp_path, "b", SSH + "strict_host_key_checking = false\n"))
+    assert "StrictHostKeyChecking=accept-new" in lax.argv(["true"])
+
+
+def test_unreachable_devices_say_why(tmp_path):
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    refused = devices.read(_write(tmp_path, "refused", SSH.replace("10.0.0.12", "127.0.0.1") + f"port = {port}\n"))
+    no_qemu = devices.read(_write(tmp_path, "emu", 'name = "emu"\ntarget = "rpi4"\ntransport = "emulated"\n'
+                                  '[emulated]\nroot = "/nonexistent"\nqemu = "qemu-aarch64-not-installed"\n'))
+    wrong_arch = devices.read(_write(tmp_path, "pi", 'name = "pi"\ntarget = "rpi4"\ntransport = "local"\n'))
+    probes = devices.probe_all([refused, no_qemu, wrong_arch], timeout=20)
+    assert not any(p.reachable for p in probes)
+    assert "refused" in probes[0].reason.lower()
+    assert probes[1].reason == "qemu-aarch64-not-installed not found on this machine"
+    assert probes[2].reason == f"is {platform.machine()}, target rpi4 is aarch64"
+
+
+def test_edgetl_devices_lists_the_fleet_and_exits_3_when_one_does_not_answer(tmp_path, capsys):
+    fleet = tmp_path / "fleet"
+    _write(fleet, "here", 'name = "here"\ntarget = "host-cpu"\ntransport = "local"\ntags = ["ci"]\n')
+    assert main(["devices", "--devices", str(fleet), "--json"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert record["name"] == "here" and record["reachable"] and record["tags"] == ["ci"]
+    _write(fleet, "away", 'name = "away"\ntarget = "rpi4"\ntransport = "emulated"\n'
+                          '[emulated]\nroot = "/nonexistent"\nqemu = "qemu-aarch64-not-installed"\n')
+    assert main(["devices", "--devices", str(fleet)]) == 3
+    out = capsys.readouterr().out
+    assert "here" in out and "away" in out and "not found" in out
+
+
+def test_a_fleet_with_two_devices_of_one_name_is_refused(tmp_path, capsys):
+    _write(tmp_path, "a", 'name = "pi"\ntarget = "rpi4"\ntransport = "local"\n')
+    _write(tmp_path, "b", 'name = "pi"\ntarget = "rpi5"\ntransport = "local"\n')
+    assert main(["devices", "--devices", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "device name 'pi' is also used by" in err and len(err.strip().splitlines()) == 1
