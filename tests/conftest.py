@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgetl.data import synth
+from tests.standins import SSHD, LoopbackSshd, need
 
 # Four classes that differ in shape and colour keep the tests' runs small and fast.
 FEW = 4
@@ -79,3 +80,12 @@ def quantized_run(trained_run, signs, tmp_path_factory) -> Path:
 def compiled_run(quantized_run, tmp_path) -> Path:
     """A private copy of the quantized run (tests write bundles into it)."""
     return Path(shutil.copytree(quantized_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory) -> LoopbackSshd:
+    """A real OpenSSH server on loopback for the session, with its own host and user keys."""
+    need(SSHD, "openssh-server is not installed (`make test` installs it with apt where it can)")
+    server = LoopbackSshd(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()

@@ -2,6 +2,7 @@ import json
 import platform
 import shlex
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,3 +116,21 @@ def test_a_fleet_with_two_devices_of_one_name_is_refused(tmp_path, capsys):
     assert main(["devices", "--devices", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "device name 'pi' is also used by" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_board_over_real_ssh_answers_and_runs_commands(sshd, tmp_path):
+    board = devices.read(_write(tmp_path, "loopback", sshd.device_toml()))
+    probe = board.probe()
+    assert probe.reachable, probe.reason
+    assert probe.arch == platform.machine()
+    done = board.run(["python3", "-c", "import sys; print(sys.argv[1:])", "two words", "it's"], timeout=30)
+    assert done.returncode == 0 and done.stdout.decode().strip() == "['two words', \"it's\"]"  # quoted once
+
+
+def test_a_board_whose_host_key_is_not_the_known_one_is_not_trusted(sshd, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "impostor")], check=True)
+    kind, key = (tmp_path / "impostor.pub").read_text().split()[:2]
+    (tmp_path / "known_hosts").write_text(f"[127.0.0.1]:{sshd.port} {kind} {key}\n")
+    board = devices.read(_write(tmp_path, "spoofed", sshd.device_toml(known_hosts=str(tmp_path / "known_hosts"))))
+    probe = board.probe()
+    assert not probe.reachable and "host key verification failed" in probe.reason.lower()
