@@ -214,7 +214,10 @@ def parse(file: Path, raw: dict) -> Device:
         if not 0 < ssh.port < 65536:
             raise _bad(file, "ssh.port", ssh.port, "1-65535")
     if transport == "emulated":
-        emulated = Emulated(**_table(file, "emulated", raw.get("emulated", {}), EMULATED_KEYS, ("root",)))
+        table = dict(_table(file, "emulated", raw.get("emulated", {}), EMULATED_KEYS, ("root",)))
+        root = Path(table["root"]).expanduser()
+        table["root"] = os.path.normpath(root if root.is_absolute() else file.parent.absolute() / root)  # beside it
+        emulated = Emulated(**table)
     tags = raw.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise _bad(file, "tags", tags, "a list of strings")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgetl.data import synth
-from tests.standins import SSHD, LoopbackSshd, need
+from tests.standins import ARM64_ROOT, QEMU, SSHD, LoopbackSshd, need
 
 # Four classes that differ in shape and colour keep the tests' runs small and fast.
 FEW = 4
@@ -89,3 +89,12 @@ def sshd(tmp_path_factory) -> LoopbackSshd:
     server = LoopbackSshd(tmp_path_factory.mktemp("sshd")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def arm64_root() -> Path:
+    """The emulated Raspberry Pi 4's files: an arm64 Python with numpy, onnxruntime and LiteRT."""
+    need(QEMU, "qemu-user-static is not installed (`make test` installs it with apt where it can)")
+    need(ARM64_ROOT if (ARM64_ROOT / ".complete").is_file() else None,
+         f"no emulated aarch64 device at {ARM64_ROOT} (`make test` builds it with tools/arm64-root.sh)")
+    return ARM64_ROOT

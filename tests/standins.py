@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.access("/usr/sbin/sshd", os.X_OK) else None)
+QEMU = shutil.which("qemu-aarch64-static")
+# The emulated Raspberry Pi 4 `make test` builds (tools/arm64-root.sh), or one named by $EDGETL_ARM64_ROOT.
+ARM64_ROOT = Path(os.environ.get("EDGETL_ARM64_ROOT", Path(__file__).resolve().parent.parent / ".hil" / "arm64-root"))
 
 
 def need(tool: str | None, why: str) -> None:

@@ -134,3 +134,16 @@ def test_a_board_whose_host_key_is_not_the_known_one_is_not_trusted(sshd, tmp_pa
     board = devices.read(_write(tmp_path, "spoofed", sshd.device_toml(known_hosts=str(tmp_path / "known_hosts"))))
     probe = board.probe()
     assert not probe.reachable and "host key verification failed" in probe.reason.lower()
+
+
+def test_an_emulated_raspberry_pi_answers_as_aarch64_with_its_engines(arm64_root, tmp_path):
+    pi = devices.read(_write(tmp_path, "pi", f'name = "pi"\ntarget = "rpi4"\ntransport = "emulated"\n'
+                                             f'[emulated]\nroot = "{arm64_root}"\n'))
+    probe = pi.probe(timeout=120)
+    assert probe.reachable and probe.arch == "aarch64" and probe.python.startswith("3.11"), probe.reason
+    done = pi.run(["python3", "-c", "import numpy, onnxruntime, ai_edge_litert.interpreter, platform; "
+                   "print(platform.machine())"], timeout=120)
+    assert done.returncode == 0 and done.stdout.decode().strip() == "aarch64"
+    # a relative root is taken from the device file's folder, as the shipped example does it
+    example = devices.read(EXAMPLES / "emulated-pi4.toml")
+    assert Path(example.emulated.root) == (EXAMPLES.parent.parent / ".hil" / "arm64-root").absolute()
