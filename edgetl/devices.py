@@ -33,11 +33,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
-from edgetl import targets
+from edgetl import targets, tomlfiles
 from edgetl.errors import ConfigError
 from edgetl.targets import Budgets, Target
+from edgetl.tomlfiles import bad as _bad
 
 TRANSPORTS = ("local", "ssh", "emulated")
 KEYS = {"name", "description", "target", "transport", "tags", "budgets", "ssh", "emulated"}
@@ -171,11 +170,6 @@ class Device:
         return Probe(True, arch, version)
 
 
-def _bad(file: Path, key: str, got, allowed) -> ConfigError:
-    allowed = ", ".join(map(str, allowed)) if isinstance(allowed, tuple | list | set | dict) else allowed
-    return ConfigError(f"{file}: {key} = {got!r} is not allowed", f"allowed: {allowed}")
-
-
 def _table(file: Path, name: str, raw, keys: dict[str, type], required: tuple[str, ...]) -> dict:
     if not isinstance(raw, dict):
         raise _bad(file, name, raw, f"a [{name}] table")
@@ -239,33 +233,16 @@ def parse(file: Path, raw: dict) -> Device:
 
 
 def read(file: Path) -> Device:
-    try:
-        raw = tomllib.loads(Path(file).read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: not valid TOML ({exc})", "see devices/README.md for the layout") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read device file {file}: {exc.strerror}", "check the path") from None
-    return parse(Path(file), raw)
+    return parse(Path(file), tomlfiles.read(file, "devices/README.md"))
 
 
 def search_path() -> list[Path]:
-    dirs = [Path(d) for d in os.environ.get("EDGETL_DEVICES", "").split(os.pathsep) if d]
-    return dirs + [Path("devices"), SHIPPED]
+    return tomlfiles.search_path("EDGETL_DEVICES", "devices", SHIPPED)
 
 
 def load(name: str | Path) -> Device:
     """A device by the path of its TOML file, or by name (looked up in the search path)."""
-    path = Path(name)
-    if path.suffix == ".toml":
-        if not path.is_file():
-            raise ConfigError(f"device file {path} does not exist", "edgetl devices lists the known devices")
-        return read(path)
-    for folder in search_path():
-        candidate = folder / f"{name}.toml"
-        if candidate.is_file():
-            return read(candidate)
-    known = sorted({f.stem for d in search_path() if d.is_dir() for f in d.glob("*.toml")})
-    raise ConfigError(f"unknown device {str(name)!r}", f"pass a device .toml; known: {', '.join(known) or 'none'}")
+    return read(tomlfiles.find(name, search_path(), "device"))
 
 
 def fleet(folder: Path | None = None) -> list[Device]:

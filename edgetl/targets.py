@@ -8,13 +8,12 @@ the key and the values allowed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
+from edgetl import tomlfiles
 from edgetl.errors import ConfigError
+from edgetl.tomlfiles import bad as _bad
 
 ARCHES = ("x86_64", "aarch64", "armv7l")
 ENGINES = ("onnxruntime", "litert", "edgetpu", "tensorrt")
@@ -66,11 +65,6 @@ class Target:
     @property
     def engine(self) -> str:
         return self.engines[0]
-
-
-def _bad(file: Path, key: str, got, allowed) -> ConfigError:
-    allowed = ", ".join(map(str, allowed)) if isinstance(allowed, tuple | list | set | dict) else allowed
-    return ConfigError(f"{file}: {key} = {got!r} is not allowed", f"allowed: {allowed}")
 
 
 def _budgets(raw: dict, where, *, partial: bool = False) -> dict:
@@ -127,35 +121,20 @@ def parse(file: Path, raw: dict) -> Target:
 
 
 def read(file: Path) -> Target:
-    try:
-        raw = tomllib.loads(Path(file).read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: not valid TOML ({exc})", "see targets/rpi4.toml for the layout") from None
-    return parse(Path(file), raw)
+    return parse(Path(file), tomlfiles.read(file, "targets/rpi4.toml"))
 
 
 def search_path() -> list[Path]:
-    dirs = [Path(d) for d in os.environ.get("EDGETL_TARGETS", "").split(os.pathsep) if d]
-    return dirs + [Path("targets"), SHIPPED]
+    return tomlfiles.search_path("EDGETL_TARGETS", "targets", SHIPPED)
 
 
 def names() -> list[str]:
-    found = {f.stem for d in search_path() if d.is_dir() for f in d.glob("*.toml")}
-    return sorted(found)
+    return tomlfiles.names(search_path())
 
 
 def load(name: str | Path) -> Target:
     """A target by name (looked up in the search path) or by the path of its TOML file."""
-    path = Path(name)
-    if path.suffix == ".toml":
-        if not path.is_file():
-            raise ConfigError(f"target file {path} does not exist", "edgetl targets lists the known targets")
-        return read(path)
-    for folder in search_path():
-        candidate = folder / f"{name}.toml"
-        if candidate.is_file():
-            return read(candidate)
-    raise ConfigError(f"unknown target {str(name)!r}", f"available: {', '.join(names()) or 'none found'}")
+    return read(tomlfiles.find(name, search_path(), "target"))
 
 
 def all_targets() -> list[Target]:

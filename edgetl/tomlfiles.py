@@ -1,0 +1,50 @@
+"""One TOML file per thing (a target, a device): found by path or by name along a search path,
+read with errors that name the file, the key and what is allowed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import tomllib
+
+from edgetl.errors import ConfigError
+
+
+def bad(file: Path, key: str, got, allowed) -> ConfigError:
+    allowed = ", ".join(map(str, allowed)) if isinstance(allowed, tuple | list | set | dict) else allowed
+    return ConfigError(f"{file}: {key} = {got!r} is not allowed", f"allowed: {allowed}")
+
+
+def read(file: Path, example: str) -> dict:
+    """The file's table; a one-line error when it cannot be read or is not TOML."""
+    try:
+        return tomllib.loads(Path(file).read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML ({exc})", f"see {example} for the layout") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}", "check the path") from None
+
+
+def search_path(variable: str, folder: str, shipped: Path) -> list[Path]:
+    """$VARIABLE's directories, then ./FOLDER, then the ones shipped with edgetl."""
+    dirs = [Path(d) for d in os.environ.get(variable, "").split(os.pathsep) if d]
+    return dirs + [Path(folder), shipped]
+
+
+def names(path: list[Path]) -> list[str]:
+    return sorted({f.stem for d in path if d.is_dir() for f in d.glob("*.toml")})
+
+
+def find(name: str | Path, path: list[Path], kind: str) -> Path:
+    """The file `name` is (a .toml path), or the first NAME.toml along `path`."""
+    given = Path(name)
+    if given.suffix == ".toml":
+        if not given.is_file():
+            raise ConfigError(f"{kind} file {given} does not exist", f"edgetl {kind}s lists the known {kind}s")
+        return given
+    for folder in path:
+        candidate = folder / f"{name}.toml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"unknown {kind} {str(name)!r}", f"available: {', '.join(names(path)) or 'none found'}")
