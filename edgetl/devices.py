@@ -84,11 +84,7 @@ class Emulated:
     workdir: str = "work"  # inside root
 
     def argv(self, command: list[str]) -> list[str]:
-        root = Path(self.root).expanduser()
-        program = command[0]
-        if program in ("python", "python3"):
-            program = str(root / self.python)
-        return [self.qemu, "-L", str(root), program, *command[1:]]
+        return [self.qemu, "-L", str(Path(self.root).expanduser()), *command]
 
     def env(self) -> dict[str, str]:
         root = Path(self.root).expanduser()
@@ -130,16 +126,23 @@ class Device:
             return f"{self.emulated.qemu} -L {self.emulated.root}"
         return "this machine"
 
+    @property
+    def python(self) -> str:
+        """The device's Python, as its transport starts it."""
+        if self.ssh:
+            return self.ssh.python
+        if self.emulated:
+            return str(Path(self.emulated.root).expanduser() / self.emulated.python)
+        return sys.executable
+
     def argv(self, command: list[str]) -> list[str]:
         """`command` (program first; `python3` is the device's Python) as run on this device."""
+        if command[0] in ("python", "python3"):
+            command = [self.python, *command[1:]]
         if self.ssh:
-            if command[0] in ("python", "python3"):
-                command = [self.ssh.python, *command[1:]]
             return self.ssh.argv(command)
         if self.emulated:
             return self.emulated.argv(command)
-        if command[0] in ("python", "python3"):
-            command = [sys.executable, *command[1:]]
         return command
 
     def run(self, command: list[str], *, timeout: float, input: bytes | None = None) -> subprocess.CompletedProcess:
