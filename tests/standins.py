@@ -7,6 +7,7 @@ the reason; under CI=true they fail instead, because CI must run them.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -62,14 +63,13 @@ class LoopbackSshd:
 
     @property
     def user(self) -> str:
-        import getpass
-
         return getpass.getuser()
 
     def start(self) -> LoopbackSshd:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation dir sshd insists on
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=open(self.root / "sshd.log", "wb"))  # noqa: SIM115 (the child keeps it)
+        with open(self.root / "sshd.log", "wb") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=subprocess.DEVNULL,
+                                            stderr=log)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
