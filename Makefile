@@ -40,6 +40,7 @@ demo: setup
 	$(BIN)/edgetl quantize $(DEMO)/runs/city-b --calib calibration/demo-city-b.toml --format onnx --split test
 	$(BIN)/edgetl quantize $(DEMO)/runs/city-b --calib calibration/demo-city-b.toml --format tflite --split test
 	$(BIN)/edgetl targets
+	$(BIN)/edgetl devices
 	$(BIN)/edgetl compile $(DEMO)/runs/city-b --target coral-usb --dry-run
 	$(BIN)/edgetl compile $(DEMO)/runs/city-b --target host-cpu --out $(DEMO)/bundles/host-cpu
 	$(BIN)/edgetl compile $(DEMO)/runs/city-b --target rpi4 --out $(DEMO)/bundles/rpi4
