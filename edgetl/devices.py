@@ -250,10 +250,10 @@ def load(name: str | Path) -> Device:
 
 def fleet(folder: Path | None = None) -> list[Device]:
     """Every device file in `folder` (default: the search path, first found wins by name); names must be unique."""
-    files = sorted(Path(folder).glob("*.toml")) if folder else [
-        f for d in search_path() if d.is_dir() for f in sorted(d.glob("*.toml"))]
     if folder and not Path(folder).is_dir():
         raise ConfigError(f"{folder} is not a directory", "pass a directory of device .toml files")
+    files = sorted(Path(folder).glob("*.toml")) if folder else [
+        f for d in search_path() if d.is_dir() for f in sorted(d.glob("*.toml"))]
     devices: dict[str, Device] = {}
     for file in files:
         device = read(file)

@@ -149,7 +149,6 @@ class Model:
                                   tuple((self.labels[i], float(row[i])) for i in order)))
         return out
 
-
     def adapt(self, images, labels, *, config=None, unguarded: bool = False):
         """Learn the head from `images` and their `labels` (new labels add classes); commit it to the
         head store if the guard allows. Returns an `AdaptResult` saying what happened and why."""
