@@ -14,6 +14,9 @@ output are converted in one place (the engine's `run`). numpy and the engine onl
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +98,21 @@ class Model:
         A signed bundle is only run once its signature is checked: with `key`, or the public key
         file named by $EDGETL_BUNDLE_KEY (the device's trusted key)."""
         key = key or os.environ.get("EDGETL_BUNDLE_KEY") or None
+        owned = None
+        if unpack_to is None and not Path(path).is_dir():
+            owned = unpack_to = Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
+        try:
+            model = cls._load(path, key, threads, machine, unpack_to)
+        except BaseException:
+            if owned:
+                shutil.rmtree(owned, ignore_errors=True)
+            raise
+        if owned:  # an archive unpacked for this model alone goes when the model does
+            weakref.finalize(model, shutil.rmtree, owned, ignore_errors=True)
+        return model
+
+    @classmethod
+    def _load(cls, path, key, threads, machine, unpack_to) -> Model:
         bundle = open_bundle(path, key=key, machine=machine, unpack_to=unpack_to)
         if bundle.signed and not bundle.signature_checked:
             raise BundleError(f"{path} is signed, and no public key was given to check it",

@@ -1,6 +1,8 @@
+import gc
 import json
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -59,6 +61,17 @@ def test_wrong_inputs_are_converted_or_refused_clearly(bundles):
         model.predict([np.zeros((2, 3, 8, 8, 3), np.uint8)])
     with pytest.raises(InputError, match="cannot read image"):
         model.predict(["/nonexistent.png"])
+
+
+def test_a_model_loaded_from_an_archive_leaves_no_unpacked_copy_behind(bundles, monkeypatch, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    model = Model.load(bundles["host"].with_name("host.tar.gz"))
+    assert len(list(scratch.iterdir())) == 1 and model.predict(np.zeros((8, 8, 3), np.uint8))
+    del model
+    gc.collect()
+    assert list(scratch.iterdir()) == []  # a device predicting from archives all day must not fill /tmp
 
 
 def test_a_tampered_bundle_is_refused_before_the_engine_opens(bundles):
