@@ -17,6 +17,8 @@ from pathlib import Path
 
 from edgetl import __version__
 from edgetl.backends import Artifacts, Source
+from edgetl.checkset import FILE as CHECKSET
+from edgetl.checkset import build as build_checkset
 from edgetl.errors import ConfigError
 from edgetl.fsutil import staged_dir
 from edgetl.runtime.bundle import MANIFEST, SIGNATURE, sha256
@@ -61,7 +63,8 @@ def _preprocess(source: Source, model: Path, inputs: list[dict]) -> dict:
     return asdict(spec)
 
 
-def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, files: dict[str, Path]) -> dict:
+def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, files: dict[str, Path],
+             checkset: dict | None = None) -> dict:
     """The manifest of DESIGN.md: everything the device checks and needs, and nothing that varies
     between two builds of the same inputs (no timestamps, no temp paths)."""
     inputs, outputs = tensor_specs(artifacts.model)
@@ -85,6 +88,7 @@ def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, fi
         "head": "head.npz",
         "files": {n: {"sha256": sha256(p), "bytes": p.stat().st_size} for n, p in sorted(files.items())},
         "budgets": asdict(target.budgets),
+        "checkset": checkset,
         "accuracy": artifacts.accuracy,
         "choice": artifacts.choice,
         "deferred": artifacts.deferred,
@@ -164,7 +168,10 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, tmp / name)
         placed = {name: tmp / name for name in files}
-        record = manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed)
+        checks = build_checkset(source.path, tmp / CHECKSET)  # what `edgetl check` scores on the device
+        if checks:
+            placed[CHECKSET] = tmp / CHECKSET
+        record = manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed, checks)
         text = json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
         (tmp / MANIFEST).write_bytes(text)
         if signer is not None:

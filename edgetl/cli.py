@@ -126,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each device (default 30)")
     dv.add_argument("--json", action="store_true", help="one JSON record per device")
 
+    dp = sub.add_parser("deploy", parents=[common], help="put a bundle on a device, active once complete and verified",
+                        description="Copies the bundle (and, when the device lacks this build, edgetl's runtime as a "
+                                    "wheel of this checkout, pip-installed into a private dir) over the device's "
+                                    "transport; the device verifies the bundle and makes it active only once it is "
+                                    "complete. Exit 3 when the device cannot be reached.")
+    dp.add_argument("bundle", type=Path, help="bundle dir or .tar.gz")
+    dp.add_argument("--device", required=True, help="device file or name (see `edgetl devices`)")
+    dp.add_argument("--device-key", help="signed bundles: the trusted public key's path on the device")
+    dp.add_argument("--timeout", type=float, default=600.0, help="seconds for each step on the device (default 600)")
+    dp.add_argument("--json", action="store_true", help="the result as one JSON object")
+
     cp = sub.add_parser("compile", parents=[common], help="compile a run for a target into a verifiable bundle",
                         description="Writes the bundle dir (manifest with sha256 of every file) and a reproducible "
                                     ".tar.gz; --dry-run prints the target's compatibility report alone, also for a "
@@ -217,6 +228,18 @@ def _print_report(report, console) -> None:
     console.log(f"{report.target} ({report.engine}, {report.source}): {report.summary()}")
     for note in report.notes:
         console.log(f"  {note}")
+
+
+def _cmd_deploy(args, console) -> int:
+    from edgetl import devices
+    from edgetl.deploy import deploy, deploy_summary
+
+    r = deploy(args.bundle, devices.load(args.device), timeout=args.timeout, key=args.device_key)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        console.log(deploy_summary(r))
+    return 0
 
 
 def _cmd_devices(args, console) -> int:
@@ -395,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(quiet=quiet)
     handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train,
                 "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile,
-                "devices": _cmd_devices, "predict": _cmd_predict, "adapt": _cmd_adapt}
+                "devices": _cmd_devices, "deploy": _cmd_deploy, "predict": _cmd_predict, "adapt": _cmd_adapt}
     try:
         if args.command == "data":
             if args.data_command is None:
@@ -418,10 +441,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return handlers[args.command](args, console)
     except EdgetlError as exc:
+        from edgetl.deploy import DeviceError
+
         if args.verbose:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(exc, DeviceError) else 2  # 3: the device, not the input
     except OSError as exc:  # the file system said no: a path the user gave, not a bug
         if args.verbose:
             traceback.print_exc()

@@ -39,13 +39,19 @@ from edgetl.targets import Budgets, Target
 from edgetl.tomlfiles import bad as _bad
 
 TRANSPORTS = ("local", "ssh", "emulated")
-KEYS = {"name", "description", "target", "transport", "tags", "budgets", "ssh", "emulated"}
+KEYS = {"name", "description", "target", "transport", "tags", "budgets", "local", "ssh", "emulated"}
+LOCAL_KEYS = {"workdir": str}
 SSH_KEYS = {"host": str, "port": int, "user": str, "identity": str, "python": str, "workdir": str,
             "strict_host_key_checking": bool, "known_hosts": str, "connect_timeout_s": int}
 EMULATED_KEYS = {"root": str, "qemu": str, "cpu": str, "python": str, "site": str, "workdir": str}
 # Where device files are looked for, after an explicit path: $EDGETL_DEVICES, ./devices, the ones shipped.
 SHIPPED = Path(__file__).resolve().parent.parent / "devices"
 PROBE = "import platform, sys; print(platform.machine(), '%d.%d.%d' % sys.version_info[:3])"
+
+
+@dataclass(frozen=True)
+class Local:
+    workdir: str = "~/.edgetl"  # where deploy puts the runtime and bundles
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,21 @@ class Device:
     overrides: dict = field(default_factory=dict)  # [budgets] of the device file: they win over the target's
     ssh: Ssh | None = None
     emulated: Emulated | None = None
+    local: Local = field(default_factory=Local)
+
+    @property
+    def emulation(self) -> bool:
+        """An emulated device answers correctly but slowly: its timings are never judged."""
+        return self.emulated is not None
+
+    @property
+    def workdir(self) -> str:
+        """Where deploy keeps the runtime and bundles, as a path on the device (`~` is the device's home)."""
+        if self.ssh:
+            return self.ssh.workdir
+        if self.emulated:
+            return str(Path(self.emulated.root) / self.emulated.workdir)
+        return self.local.workdir
 
     @property
     def budgets(self) -> Budgets:
@@ -202,10 +223,13 @@ def parse(file: Path, raw: dict) -> Device:
     transport = raw["transport"]
     if transport not in TRANSPORTS:
         raise _bad(file, "transport", transport, TRANSPORTS)
-    for other in set(TRANSPORTS[1:]) - {transport}:
+    for other in set(TRANSPORTS) - {transport}:
         if other in raw:
             raise _bad(file, f"[{other}]", "table", f"only the [{transport}] table for transport {transport!r}")
     ssh = emulated = None
+    local = Local(**_table(file, "local", raw.get("local", {}), LOCAL_KEYS, ()))
+    if not local.workdir.startswith("~") and not Path(local.workdir).is_absolute():
+        local = Local(os.path.normpath(file.parent.absolute() / local.workdir))  # beside the file, as a root is
     if transport == "ssh":
         ssh = Ssh(**_table(file, "ssh", raw.get("ssh", {}), SSH_KEYS, ("host",)))
         if not 0 < ssh.port < 65536:
@@ -227,7 +251,7 @@ def parse(file: Path, raw: dict) -> Device:
         raise ConfigError(f"{file}: {exc.message}", exc.hint) from None
     device = Device(name=raw["name"], target=target, transport=transport, file=file,
                     description=str(raw.get("description", "")), tags=tuple(tags), overrides=dict(overrides),
-                    ssh=ssh, emulated=emulated)
+                    ssh=ssh, emulated=emulated, local=local)
     try:
         target.budgets.merged(device.overrides)  # the overrides: same keys and checks as a target's
     except ConfigError as exc:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # An emulated Raspberry Pi 4 for the device tests: an arm64 Python 3.11 unpacked from Debian's
-# arm64 packages into ROOT (no full rootfs, no chroot), numpy + onnxruntime + ai-edge-litert
+# arm64 packages into ROOT (no full rootfs, no chroot) with its pip (deploy installs the runtime
+# with it, as on a board), numpy + onnxruntime + ai-edge-litert
 # aarch64 wheels in ROOT/opt/site, and a Pi 4 /proc/cpuinfo (onnxruntime reads it, and the
 # host's x86 one crashes it under qemu). Run with:
 #   QEMU_CPU=cortex-a72 PYTHONPATH=ROOT/opt/site qemu-aarch64-static -L ROOT ROOT/usr/bin/python3
@@ -19,7 +20,7 @@ mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$tmp/debs"
 APT=(-o APT::Architecture=arm64 -o APT::Architectures::=arm64 -o Dir::State::Lists="$tmp/lists"
      -o Dir::Cache="$tmp/cache" -o Dir::State::status="$tmp/status" -o Debug::NoLocking=1)
 apt-get "${APT[@]}" update -qq
-apt-get "${APT[@]}" install -y -qq --download-only python3.11 libstdc++6 >/dev/null
+apt-get "${APT[@]}" install -y -qq --no-install-recommends --download-only python3.11 python3-pip libstdc++6 >/dev/null
 rm -rf "$ROOT.partial" && mkdir -p "$ROOT.partial"
 for deb in "$tmp"/cache/archives/*.deb; do dpkg -x "$deb" "$ROOT.partial"; done
 ln -sf python3.11 "$ROOT.partial/usr/bin/python3"

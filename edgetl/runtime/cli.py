@@ -1,6 +1,7 @@
-"""`python -m edgetl.runtime predict|adapt ...` on a device without the host CLI's dependencies
-(plain text or JSON out, standard library + numpy + the engine). `edgetl predict|adapt` on the
-workstation runs the same functions and prints tables.
+"""`python -m edgetl.runtime predict|adapt|verify|check|receive ...` on a device without the host
+CLI's dependencies (plain text or JSON out, standard library + numpy + the engine). `edgetl
+predict|adapt` on the workstation runs the same functions and prints tables; `edgetl deploy` and
+`edgetl check` run `receive` and `check` on the device over its transport.
 """
 
 from __future__ import annotations
@@ -71,11 +72,50 @@ def adapt_summary(r: dict) -> str:
         f"; head version {r['version']}" if r["committed"] else "")
 
 
+def add_device_args(sub) -> None:
+    p = sub.add_parser("verify", help="check a bundle as Model.load does (hashes, signature, CPU, engine)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
+    p = sub.add_parser("check", help="time and score a bundle on this device (JSON out)")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--runs", type=int, default=200, help="timed frames (default 200)")
+    p.add_argument("--duration", type=float, help="time frames for this many seconds instead of a count")
+    p.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
+    p.add_argument("--data", type=Path, help="labelled images DIR/<label>/*.png instead of the checkset")
+    p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
+    p = sub.add_parser("receive", help="take a bundle archive in on stdin; active once complete and verified")
+    p.add_argument("bundles", type=Path, help="the device's bundles dir")
+    p.add_argument("name", help="the bundle's name (its archive's top dir)")
+    p.add_argument("--bytes", type=int, required=True, help="the archive's size, to tell a dropped transfer")
+    p.add_argument("--sha256", required=True, help="the archive's sha256")
+    p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
+
+
+def device_command(args) -> dict:
+    if args.command == "verify":
+        from edgetl.runtime.model import Model
+
+        m = Model.load(args.bundle, key=args.key).bundle.manifest
+        return {"bundle": m["name"], "target": m["target"], "engine": m["engine"], "precision": m["precision"],
+                "files": len(m["files"]), "verified": True}
+    if args.command == "check":
+        from edgetl.runtime.measure import measure
+
+        if (args.runs or 0) < 1 and args.duration is None:
+            raise EdgetlError(f"--runs {args.runs}: at least one timed frame", "pass --runs N (N >= 1)")
+        return measure(args.bundle, runs=None if args.duration else args.runs, duration_s=args.duration,
+                       warmup=max(0, args.warmup), data=args.data, key=args.key)
+    from edgetl.runtime.receive import receive
+
+    return receive(args.bundles, args.name, args.bytes, args.sha256, key=args.key)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgetl.runtime", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_predict_args(sub.add_parser("predict", help="labels and probabilities of images"))
     add_adapt_args(sub.add_parser("adapt", help="learn the head from labelled images, guarded; or roll back"))
+    add_device_args(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "predict":
@@ -87,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             r = adapt(args)
             print(json.dumps(r) if args.json else adapt_summary(r))
             return 0 if r.get("committed", True) else 1
+        if args.command in ("verify", "check", "receive"):
+            print(json.dumps(device_command(args)))
+            return 0
         parser.print_help()
         return 2
     except EdgetlError as exc:

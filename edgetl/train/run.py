@@ -82,16 +82,21 @@ SPLITS = ("val", "test", "train")
 def split_samples(run: Run, split: str) -> list[tuple[Path, int]]:
     """The run's own labelled images of one split, in its class order. Val is re-derived from the
     recorded data dir, fraction and seed (the same hash-keyed split fine-tuning used)."""
-    data, config = run.record.get("data", {}), run.record.get("config", {})
+    return recorded_split(run.path, run.record, run.classes, split)
+
+
+def recorded_split(path: Path, record: dict, classes: tuple[str, ...], split: str) -> list[tuple[Path, int]]:
+    """`split_samples` from a run's record alone (no weights loaded)."""
+    data, config = record.get("data", {}), record.get("config", {})
     if split == "test":
         if not data.get("test_dir"):
-            raise RunError(f"{run.path} was trained without a test set", "pass --data DIR with labelled images")
-        return list(scan(data["test_dir"], run.classes, what="test").samples)
+            raise RunError(f"{path} was trained without a test set", "pass --data DIR with labelled images")
+        return list(scan(data["test_dir"], classes, what="test").samples)
     if split == "val" and data.get("val_dir"):
-        return list(scan(data["val_dir"], run.classes, what="val").samples)
+        return list(scan(data["val_dir"], classes, what="val").samples)
     if split not in SPLITS:
         raise RunError(f"unknown split {split!r}", f"one of: {', '.join(SPLITS)}")
-    folder = scan(data.get("train_dir") or config["data"], run.classes, what="training")
+    folder = scan(data.get("train_dir") or config["data"], classes, what="training")
     train, val = split_train_val(folder, config.get("val_fraction", 0.2), config.get("seed", 0))
     return val if split == "val" else train
 

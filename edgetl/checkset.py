@@ -1,0 +1,66 @@
+"""A bundle's checkset: a few labelled images per class that travel with the bundle, so that
+`edgetl check` can score the model on the device itself, where the engine and its kernels
+are the device's own.
+
+Stored as uint8 pixels already at the model's input size (`checkset.npz`: `pixels` NHWC and
+`labels`), so the device needs no image decoder, and written byte-for-byte the same for the
+same inputs (fixed zip times), so the bundle stays reproducible. Taken from the run's test
+split, or its val split when it has no test set; a run whose images are gone gets none.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+
+FILE = "checkset.npz"
+PER_CLASS = 4
+MAX_MB = 16  # raw pixels: about 100 images at 224 px, all of them at the usual small sizes
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, member.getvalue())
+    return out.getvalue()
+
+
+def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) -> dict | None:
+    """Write `out` (checkset.npz) from the run's own held-out images; returns its manifest entry,
+    or None when the run's test and val images cannot be found any more."""
+    from edgetl.data.imagefolder import load_images
+    from edgetl.runtime.preprocess import PreprocessSpec
+    from edgetl.train.run import recorded_split, stratified
+
+    record = json.loads((run / "finetune.json").read_text())
+    classes = tuple(json.loads((run / "labels.json").read_text()))
+    spec = PreprocessSpec.from_json((run / "preprocess.json").read_text())
+    for split in ("test", "val"):
+        try:
+            samples = recorded_split(run, record, classes, split)
+        except (EdgetlError, OSError, KeyError):
+            continue
+        if samples:
+            break
+    else:
+        return None
+    h, w = spec.size
+    cap = max(len(classes), int(MAX_MB * 2**20 // (h * w * 3)))
+    chosen = stratified(samples, min(per_class * len(classes), cap), seed)
+    loaded = load_images(chosen, spec.size, spec.resize)
+    if len(loaded.labels) == 0:
+        return None
+    labels = np.array([classes[i] for i in loaded.labels])
+    out.write_bytes(_npz({"pixels": loaded.images, "labels": labels}))
+    return {"file": out.name, "images": int(len(labels)), "from": f"run {split} split", "per_class": per_class}

@@ -1,0 +1,224 @@
+"""`edgetl deploy`: a bundle onto a device, and edgetl's runtime with it when the device lacks it.
+
+On the device, under its work dir (see `devices`):
+
+    runtime -> .runtime-<hash>   edgetl's runtime, pip-installed (--target) from a wheel of this checkout
+    bundles/NAME -> .NAME-<sha>  the active bundle (see `edgetl.runtime.receive`)
+
+The runtime is a wheel built from this checkout (cached by the hash of its sources) and installed
+with the device's own pip into that private dir, never into the device's Python: only when the
+device has none or another build. The device needs numpy and the bundle's engine already (the
+runtime-* extras); a missing one is named when the bundle is verified there. The bundle travels
+as its reproducible archive through the device's transport into `python -m edgetl.runtime receive`,
+which verifies it on the device and makes it active only once it is complete.
+
+Failures are of two kinds: the device refused something (`EdgetlError`: a bundle for another CPU,
+a missing engine) and the device could not be reached or broke (`DeviceError`: retried by check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import edgetl
+from edgetl.devices import Device
+from edgetl.errors import ConfigError, EdgetlError
+
+SOURCE = Path(edgetl.__file__).resolve().parent.parent  # the checkout the runtime wheel is built from
+WHEELS = Path(os.environ.get("EDGETL_CACHE", "~/.cache/edgetl")).expanduser() / "wheels"
+
+# Run by the device's Python before edgetl is there: standard library only. `status` says what the
+# device has; `put` takes the wheel in on stdin; `activate` swaps the pip-installed copy in.
+BOOTSTRAP = r"""
+import hashlib, importlib.util, json, os, platform, shutil, sys
+mode, work = sys.argv[1], os.path.abspath(os.path.expanduser(sys.argv[2]))
+runtime = os.path.join(work, "runtime")
+if mode == "status":
+    stamp = os.path.basename(os.readlink(runtime))[len(".runtime-"):] if os.path.islink(runtime) else None
+    print(json.dumps({"arch": platform.machine(), "python": platform.python_version(), "runtime": stamp,
+                      "work": work, "pip": importlib.util.find_spec("pip") is not None}))
+    sys.exit(0)
+stamp = sys.argv[3]
+staging = os.path.join(work, ".install-" + stamp)
+if mode == "put":
+    size, sha, name = int(sys.argv[4]), sys.argv[5], sys.argv[6]
+    data = sys.stdin.buffer.read()
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+        print(f"error: the runtime wheel arrived damaged ({len(data)} of {size} bytes) (hint: deploy again)",
+              file=sys.stderr)
+        sys.exit(2)
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    with open(os.path.join(staging, name), "wb") as f:
+        f.write(data)
+    print(json.dumps({"wheel": os.path.join(staging, name), "site": os.path.join(staging, "site")}))
+    sys.exit(0)
+final = os.path.join(work, ".runtime-" + stamp)
+shutil.rmtree(final, ignore_errors=True)
+os.replace(os.path.join(staging, "site"), final)
+link = os.path.join(staging, "link")
+os.symlink(os.path.basename(final), link)
+os.replace(link, runtime)
+for name in os.listdir(work):
+    if (name.startswith(".runtime-") and name != os.path.basename(final)) or name.startswith(".install-"):
+        shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+print(json.dumps({"runtime": stamp}))
+"""
+
+# Runs edgetl's runtime CLI from the private dir deploy installed it into.
+RUNTIME = ("import os, sys; sys.path.insert(0, os.path.expanduser({dir!r})); "
+           "from edgetl.runtime.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+class DeviceError(EdgetlError):
+    """The device could not be reached, or the command broke there: infrastructure, not a verdict."""
+
+
+def source_hash(root: Path = SOURCE) -> str:
+    """What the runtime wheel is built from: pyproject.toml and every module of the package."""
+    h = hashlib.sha256()
+    for path in [root / "pyproject.toml", *sorted((root / "edgetl").rglob("*.py"))]:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def runtime_wheel(root: Path = SOURCE) -> tuple[Path, str]:
+    """(wheel, hash): a wheel of this checkout, built once per source hash (in a copy, so the
+    checkout gets no build/ dir)."""
+    if not (root / "pyproject.toml").is_file():
+        raise ConfigError(f"edgetl at {root} is not a source checkout, and deploy builds the runtime from one",
+                          "deploy from a git clone of edgetl with `pip install -e .`")
+    stamp = source_hash(root)
+    cached = WHEELS / stamp
+    found = sorted(cached.glob("edgetl-*.whl")) if cached.is_dir() else []
+    if found:
+        return found[0], stamp
+    with tempfile.TemporaryDirectory(prefix="edgetl-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        shutil.copytree(root / "edgetl", src / "edgetl", ignore=shutil.ignore_patterns("__pycache__"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copyfile(root / name, src / name)
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                               "--disable-pip-version-check", "-w", str(Path(tmp) / "out"), str(src)],
+                              capture_output=True, text=True)
+        wheels = sorted((Path(tmp) / "out").glob("edgetl-*.whl"))
+        if done.returncode != 0 or not wheels:
+            last = (done.stderr.strip().splitlines() or ["no wheel written"])[-1]
+            raise ConfigError(f"could not build the runtime wheel: {last}", "pip install -e '.[host]' in this venv")
+        cached.mkdir(parents=True, exist_ok=True)
+        os.replace(wheels[0], cached / wheels[0].name)
+    return cached / wheels[0].name, stamp
+
+
+def call(device: Device, command: list[str], *, timeout: float, input: bytes | None = None,
+         expect_json: bool = True) -> dict:
+    """Run `command` on the device and read its one JSON line. A refusal by edgetl there (exit 2,
+    `error: ...`) is an EdgetlError; anything else that goes wrong is a DeviceError."""
+    try:
+        done = device.run(command, timeout=timeout, input=input)
+    except FileNotFoundError as exc:
+        raise DeviceError(f"{device.name}: {Path(exc.filename or '?').name} not found on this machine",
+                          "install the transport's client (openssh-client, qemu-user-static)") from None
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"{device.name}: no answer in {timeout:g} s", "is the device up? edgetl devices") from None
+    except OSError as exc:
+        raise DeviceError(f"{device.name}: cannot start the transport: {exc.strerror or exc}") from None
+    err = done.stderr.decode(errors="replace").strip().splitlines()
+    said = next((line for line in reversed(err) if line.startswith("error: ")), None)
+    if done.returncode == 2 and said:
+        message, _, hint = said[len("error: "):].partition(" (hint: ")
+        raise EdgetlError(f"{device.name}: {message}", hint.rstrip(")") or None)
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    if done.returncode == 0 and not expect_json:
+        return {}
+    if done.returncode != 0 or not lines:
+        why = err[-1] if err else f"exit status {done.returncode}"
+        raise DeviceError(f"{device.name}: {why[:300]}", f"the device is at {device.address}")
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        raise DeviceError(f"{device.name}: unexpected answer {lines[-1][:120]!r}") from None
+
+
+def runtime_argv(device: Device, args: list[str]) -> list[str]:
+    """`python -m edgetl.runtime ARGS` on the device, from the runtime deploy installed there."""
+    return ["python3", "-c", RUNTIME.format(dir=f"{device.workdir}/runtime"), *args]
+
+
+def bundles_dir(device: Device) -> str:
+    return f"{device.workdir}/bundles"
+
+
+def ensure_runtime(device: Device, timeout: float) -> dict:
+    """Install this checkout's runtime on the device unless it has this very build; returns the status.
+    Three steps through the transport (take the wheel in, the device's pip, swap), so that nothing on
+    the device has to start a program itself (qemu-user cannot)."""
+    status = call(device, ["python3", "-c", BOOTSTRAP, "status", device.workdir], timeout=timeout)
+    if status["arch"] not in device.target.arch:
+        raise ConfigError(f"{device.name} is {status['arch']}, and its target {device.target.name} is "
+                          f"{'/'.join(device.target.arch)}", f"fix target in {device.file}")
+    wheel, stamp = runtime_wheel()
+    if status.get("runtime") == stamp:
+        return {**status, "installed": False}
+    if not status["pip"]:
+        raise EdgetlError(f"{device.name}: its Python ({device.python}) has no pip to install the runtime with",
+                          "on the device: sudo apt install python3-pip (or python3 -m ensurepip)")
+    data = wheel.read_bytes()
+    put = call(device, ["python3", "-c", BOOTSTRAP, "put", device.workdir, stamp, str(len(data)),
+                        hashlib.sha256(data).hexdigest(), wheel.name], timeout=timeout, input=data)
+    call(device, ["python3", "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
+                  "--disable-pip-version-check", "--target", put["site"], put["wheel"]], timeout=timeout,
+         expect_json=False)
+    call(device, ["python3", "-c", BOOTSTRAP, "activate", device.workdir, stamp], timeout=timeout)
+    return {**status, "runtime": stamp, "installed": True}
+
+
+def archive_of(bundle: Path, tmp: Path) -> tuple[Path, dict]:
+    """(the bundle's .tar.gz, its manifest), verified here first; a dir is packed reproducibly."""
+    from edgetl.bundle import archive
+    from edgetl.runtime.bundle import open_bundle
+
+    opened = open_bundle(bundle, machine="any", unpack_to=tmp / "check")
+    if Path(bundle).is_dir():
+        return archive(Path(bundle), tmp / f"{opened.path.name}.tar.gz"), opened.manifest
+    return Path(bundle), opened.manifest
+
+
+def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: str | Path | None = None) -> dict:
+    """Put `bundle` (dir or .tar.gz) on `device` and make it active there; returns what happened.
+    `key` is the trusted public key's path on the device, for signed bundles."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="edgetl-deploy-") as tmp:
+        archive, manifest = archive_of(Path(bundle), Path(tmp))
+        if not set(manifest["arch"]) & set(device.target.arch):
+            raise ConfigError(f"bundle {manifest['name']} is for {manifest['target']} "
+                              f"({'/'.join(manifest['arch'])}); {device.name} is {'/'.join(device.target.arch)}",
+                              f"compile for the device's target: edgetl compile RUN --target {device.target.name}")
+        status = ensure_runtime(device, timeout)
+        data = archive.read_bytes()
+        name = manifest["name"]
+        args = ["receive", bundles_dir(device), name, "--bytes", str(len(data)),
+                "--sha256", hashlib.sha256(data).hexdigest()]
+        if key:
+            args += ["--key", str(key)]
+        received = call(device, runtime_argv(device, args), timeout=timeout, input=data)
+    return {"device": device.name, "bundle": name, "target": manifest["target"], "engine": manifest["engine"],
+            "precision": manifest["precision"], "runtime": status["runtime"],
+            "runtime_installed": status["installed"], **received, "bytes": len(data),
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def deploy_summary(r: dict) -> str:
+    what = "deployed" if r["changed"] else "already active"
+    runtime = "runtime installed" if r["runtime_installed"] else "runtime up to date"
+    aside = f"; adapted heads set aside in {r['heads_set_aside']}" if r.get("heads_set_aside") else ""
+    return (f"{r['device']}: {r['bundle']} ({r['engine']} {r['precision']}) {what} at {r['active']}; "
+            f"{runtime} ({r['runtime']}); {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s{aside}")

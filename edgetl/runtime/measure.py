@@ -1,0 +1,128 @@
+"""What `edgetl check` measures on the device: per-frame latency, memory, thermals and accuracy.
+
+Latency is what the application sees: `Model.predict` of one frame already at the model's size,
+after a warm-up, timed frame by frame for a count or a duration. Peak RSS is the process's
+high-water mark with the model loaded and run. Temperature and CPU frequency are read before the
+warm-up and after the timed runs where the board exposes them (/sys/class/thermal, cpufreq, and
+`vcgencmd get_throttled` on a Raspberry Pi); a board that slowed itself down during the run is
+flagged, because its figures are then the thermals' and not the model's. Accuracy is top-1 on
+the bundle's checkset (uint8 pixels in `checkset.npz`, so no image decoder is needed) or on a
+labelled folder on the device. Standard library and numpy only, plus the bundle's engine.
+"""
+
+from __future__ import annotations
+
+import glob
+import resource
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.errors import EdgetlError
+
+SAMPLES_KEPT = 5000  # latency samples returned for the report's histogram
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def thermals() -> dict:
+    """CPU temperature (max over thermal zones, C), current and max frequency (MHz), and the
+    firmware's throttling bits where `vcgencmd` exists; None for what the board does not expose."""
+    temps = [int(t) / 1000 for t in (_read(z) for z in glob.glob("/sys/class/thermal/thermal_zone*/temp"))
+             if t and t.lstrip("-").isdigit()]
+    cur = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    top = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    out = {"temp_c": max(temps) if temps else None,
+           "freq_mhz": int(cur) / 1000 if cur and cur.isdigit() else None,
+           "max_freq_mhz": int(top) / 1000 if top and top.isdigit() else None,
+           "throttled_bits": None}
+    if shutil.which("vcgencmd"):
+        try:
+            said = subprocess.run(["vcgencmd", "get_throttled"], capture_output=True, text=True, timeout=5).stdout
+            out["throttled_bits"] = int(said.strip().split("=")[1], 16)
+        except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+            pass
+    return out
+
+
+def throttling(before: dict, after: dict) -> tuple[bool | None, str]:
+    """Whether the board slowed itself during the run, and the evidence; None when it cannot tell."""
+    bits = after.get("throttled_bits")
+    if bits is not None:
+        # Raspberry Pi firmware: bit 2 throttled now, bit 1 frequency capped now, bit 3 soft temp limit
+        now = bits & 0b1110
+        return bool(now), f"vcgencmd get_throttled=0x{bits:x}"
+    freq, top = after.get("freq_mhz"), after.get("max_freq_mhz")
+    if freq and top:
+        slowed = freq < 0.9 * top and (after.get("temp_c") or 0) >= 80
+        return slowed, f"{freq:.0f} of {top:.0f} MHz at {after.get('temp_c')} C after the run"
+    return None, "the board exposes no frequency or throttling state"
+
+
+def percentile(ms: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(ms, q)), 4)
+
+
+def checkset(bundle_dir: Path, manifest: dict) -> tuple[np.ndarray, list[str]]:
+    entry = manifest.get("checkset")
+    if not entry:
+        raise EdgetlError("this bundle has no checkset", "pass --data DIR with labelled images on the device")
+    with np.load(bundle_dir / entry["file"], allow_pickle=False) as f:
+        return f["pixels"], [str(s) for s in f["labels"]]
+
+
+def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, warmup: int = 20,
+            data: str | Path | None = None, key=None, machine: str | None = None) -> dict:
+    """Load `bundle`, time `runs` frames (or for `duration_s`) after `warmup`, and score it."""
+    from edgetl.runtime.images import labelled_folder
+    from edgetl.runtime.model import Model
+
+    t0 = time.perf_counter()
+    model = Model.load(bundle, key=key, machine=machine)
+    load_s = time.perf_counter() - t0
+    if data is not None:
+        paths, labels = labelled_folder(data)
+        frames = model.pixels(paths)
+        source = str(data)
+    else:
+        frames, labels = checkset(model.bundle.path, model.bundle.manifest)
+        frames = model.pixels(frames)
+        source = "checkset"
+    before = thermals()
+    for i in range(warmup):
+        model.predict(frames[i % len(frames)])
+    samples, start = [], time.perf_counter()
+    i = 0
+    while (runs is None or i < runs) and (duration_s is None or time.perf_counter() - start < duration_s):
+        frame = frames[i % len(frames)]
+        t = time.perf_counter()
+        model.predict(frame)
+        samples.append(time.perf_counter() - t)
+        i += 1
+    wall = time.perf_counter() - start
+    after = thermals()
+    predicted = [p.label for p in model.predict(frames)]
+    hits = [p == t for p, t in zip(predicted, labels, strict=True)]
+    ms = np.asarray(samples) * 1000
+    throttled, evidence = throttling(before, after)
+    m = model.bundle.manifest
+    return {
+        "bundle": m["name"], "engine": m["engine"], "precision": m["precision"], "target": m["target"],
+        "load_s": round(load_s, 3),
+        "latency_ms": {"runs": len(ms), "warmup": warmup, "p50": percentile(ms, 50), "p90": percentile(ms, 90),
+                       "p95": percentile(ms, 95), "p99": percentile(ms, 99), "max": round(float(ms.max()), 4),
+                       "mean": round(float(ms.mean()), 4), "samples": [round(float(x), 4) for x in ms[:SAMPLES_KEPT]]},
+        "throughput_fps": round(len(ms) / wall, 2) if wall > 0 else None,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "thermals": {"before": before, "after": after, "throttled": throttled, "evidence": evidence},
+        "accuracy": {"source": source, "images": len(hits), "top1": round(100.0 * sum(hits) / len(hits), 2),
+                     "predictions": predicted, "labels": labels},
+    }

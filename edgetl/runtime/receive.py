@@ -1,0 +1,112 @@
+"""Taking a bundle in on the device: the new one becomes active only once it is complete and verified.
+
+    BUNDLES/NAME             symlink to the active version (what an application loads)
+    BUNDLES/.NAME-<sha>      one version, unpacked and verified (the active one and the one before)
+    BUNDLES/NAME.heads       heads adapted on the device (see `heads`)
+
+The archive arrives on standard input with its size and sha256 given beforehand, so a dropped
+connection (a short stream, even one that ends on a tar block boundary) is told from a complete
+one. It is written to a temp file, checked, unpacked into a temp dir, verified as `Model.load`
+verifies it (hashes, signature, CPU, engine installed) and renamed; then a new symlink replaces
+NAME by rename, which is the commit. A process killed at any point before that rename leaves the
+previous version active and untouched; what it left half-done is removed by the next receive.
+Heads adapted on another backbone are set aside, never deleted. Standard library and numpy only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from edgetl.runtime.bundle import BundleError, _unpack
+
+PARTIAL = ".incoming-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_exactly(stream, into: Path, size: int, sha256: str) -> None:
+    h, got = hashlib.sha256(), 0
+    with open(into, "wb") as f:
+        while got < size:
+            block = stream.read(min(1 << 20, size - got))
+            if not block:
+                break
+            f.write(block)
+            h.update(block)
+            got += len(block)
+        f.flush()
+        os.fsync(f.fileno())
+    if got != size:
+        raise BundleError(f"the transfer ended after {got} of {size} bytes", "deploy again: the old bundle is active")
+    if h.hexdigest() != sha256:
+        raise BundleError("the archive received does not match the sha256 sent with it",
+                          "deploy again: the old bundle is active")
+
+
+def _model_sha(bundle_dir: Path) -> str | None:
+    try:
+        manifest = json.loads((bundle_dir / "manifest.json").read_text())
+        return manifest["files"][manifest["model"]]["sha256"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None, *, key=None) -> dict:
+    """Take the bundle archive on `stream` (default stdin) in as BUNDLES/NAME; returns what happened."""
+    from edgetl.runtime.model import Model
+
+    stream = stream or sys.stdin.buffer
+    bundles = Path(bundles).expanduser()
+    bundles.mkdir(parents=True, exist_ok=True)
+    active = bundles / name
+    if active.exists() and not active.is_symlink():
+        raise BundleError(f"{active} is a directory edgetl deploy did not make",
+                          "move it away: deploy keeps NAME as a link to the active version")
+    with open(bundles / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one deploy at a time per bundles dir
+        for stale in bundles.glob(f"{PARTIAL}*"):  # left by an interrupted receive
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        work = bundles / f"{PARTIAL}{os.getpid()}"
+        work.mkdir()
+        try:
+            archive = work / "bundle.tar.gz"
+            _read_exactly(stream, archive, size, sha256)
+            unpacked = _unpack(archive, work / "unpacked")
+            if unpacked.name != name:
+                raise BundleError(f"the archive holds bundle {unpacked.name!r}, not {name!r}", "deploy it by its name")
+            model = Model.load(unpacked, key=key)  # hashes, signature, this CPU, the engine: as the app will
+            del model
+            version = bundles / f".{name}-{sha256[:16]}"
+            previous = os.readlink(active) if active.is_symlink() else None
+            if not version.is_dir():
+                os.replace(unpacked, version)
+            link = work / "link"
+            os.symlink(version.name, link)
+            _fsync_dir(bundles)
+            old_model = _model_sha(active) if previous else None
+            os.replace(link, active)  # the commit
+            _fsync_dir(bundles)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        set_aside = None
+        heads = bundles / f"{name}.heads"
+        if old_model and old_model != _model_sha(version) and heads.is_dir():
+            set_aside = bundles / f".{name}.heads-{old_model[:16]}"
+            os.replace(heads, set_aside)  # learned on the old backbone: wrong on this one, kept all the same
+        for old in bundles.glob(f".{name}-*"):  # the active version and the one before it stay
+            if old.name not in (version.name, previous):
+                shutil.rmtree(old, ignore_errors=True)
+    return {"active": str(active), "version": version.name, "previous": previous,
+            "changed": previous != version.name, "heads_set_aside": str(set_aside) if set_aside else None}

@@ -1,0 +1,132 @@
+"""Deploy through the real transports: this machine, a real sshd on loopback, an emulated Pi 4."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl import devices
+from edgetl.cli import main
+from edgetl.compile import compile_bundle
+from edgetl.deploy import bundles_dir, deploy, runtime_argv
+from edgetl.runtime import Model
+
+pytestmark = pytest.mark.hil
+
+
+def _device(folder: Path, name: str, text: str) -> devices.Device:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.toml").write_text(text)
+    return devices.read(folder / f"{name}.toml")
+
+
+@pytest.fixture
+def bundle(compiled_run, tmp_path) -> Path:
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "signs")
+    return tmp_path / "signs"
+
+
+@pytest.fixture
+def local(tmp_path) -> devices.Device:
+    return _device(tmp_path / "fleet", "bench", 'name = "bench"\ntarget = "host-cpu"\ntransport = "local"\n'
+                                                '[local]\nworkdir = "../board"\n')
+
+
+def _active(device) -> Path:
+    return Path(os.path.expanduser(bundles_dir(device))) / "signs"
+
+
+def _other_model(bundle: Path, compiled_run: Path, out: Path) -> Path:
+    """The same bundle with another backbone file (the run's int8 ONNX), its manifest updated."""
+    shutil.copytree(bundle, out)
+    int8 = json.loads((compiled_run / "quantize" / "onnx" / "quantize.json").read_text())["file"]
+    shutil.copyfile(compiled_run / "quantize" / "onnx" / int8, out / "backbone.onnx")
+    manifest = json.loads((out / "manifest.json").read_text())
+    data = (out / "backbone.onnx").read_bytes()
+    manifest["files"]["backbone.onnx"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def test_deploy_to_this_machine_installs_the_runtime_once_and_activates_the_bundle(bundle, local, capsys):
+    assert main(["deploy", str(bundle), "--device", str(local.file)]) == 0
+    assert "signs (onnxruntime fp32) deployed" in capsys.readouterr().err
+    active = _active(local)
+    assert active.is_symlink() and (active / "manifest.json").is_file()
+    assert (Path(local.workdir) / "runtime" / "edgetl" / "runtime" / "cli.py").is_file()  # the private runtime
+    again = deploy(bundle, local)
+    assert not again["changed"] and not again["runtime_installed"]  # same bundle, same build: nothing copied over
+    model = Model.load(active)
+    assert model.predict(np.zeros((*model.input_size, 3), np.uint8))[0].label in model.labels
+
+
+def test_a_new_backbone_replaces_the_old_and_sets_its_adapted_heads_aside(bundle, local, compiled_run, tmp_path):
+    deploy(bundle, local)
+    heads = Path(f"{_active(local)}.heads")
+    heads.mkdir()
+    (heads / "CURRENT").write_text("head-000001.npz\n")
+    first = os.readlink(_active(local))
+    r = deploy(_other_model(bundle, compiled_run, tmp_path / "v2" / "signs"), local)
+    assert r["changed"] and r["previous"] == first and os.readlink(_active(local)) != first
+    assert not heads.exists() and (Path(r["heads_set_aside"]) / "CURRENT").is_file()  # moved, never deleted
+
+
+def test_a_bundle_for_another_cpu_is_refused_before_anything_is_copied(compiled_run, local, tmp_path, capsys):
+    compile_bundle(compiled_run, "rpi4", tmp_path / "pi")
+    assert main(["deploy", str(tmp_path / "pi"), "--device", str(local.file)]) == 2
+    assert "bundle pi is for rpi4 (aarch64)" in capsys.readouterr().err
+    assert not Path(local.workdir).exists()
+
+
+def test_over_real_ssh_a_killed_transfer_leaves_the_previous_bundle_active(sshd, bundle, compiled_run, tmp_path):
+    device = _device(tmp_path / "fleet", "loopback", sshd.device_toml())
+    deploy(bundle, device)
+    before = os.readlink(_active(device))
+    v2 = _other_model(bundle, compiled_run, tmp_path / "v2" / "signs")
+    archive = tmp_path / "v2.tar.gz"
+    from edgetl.bundle import archive as pack
+
+    data = pack(v2, archive).read_bytes()
+    argv = device.argv(runtime_argv(device, ["receive", bundles_dir(device), "signs", "--bytes", str(len(data)),
+                                             "--sha256", hashlib.sha256(data).hexdigest()]))
+    for cut in (len(data) // 2, 512 * (len(data) // 1024)):  # mid-stream, and on a tar block boundary
+        ssh = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        ssh.stdin.write(data[:cut])
+        ssh.stdin.flush()
+        time.sleep(0.5)
+        ssh.send_signal(signal.SIGKILL)  # the connection drops mid-copy
+        ssh.communicate()
+        assert os.readlink(_active(device)) == before
+        assert Model.load(_active(device)).bundle.manifest["name"] == "signs"  # intact: every hash still checks
+    r = deploy(v2, device)  # the next deploy cleans up what the dropped ones left and goes through
+    assert r["changed"] and os.readlink(_active(device)) != before
+    assert not list(Path(bundles_dir(device)).glob(".incoming-*"))
+
+
+def test_a_stopped_sshd_is_an_unreachable_device_exit_3(tmp_path, bundle, capsys):
+    from tests.standins import free_port
+
+    device = _device(tmp_path / "fleet", "gone", f'name = "gone"\ntarget = "host-cpu"\ntransport = "ssh"\n'
+                                                 f'[ssh]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+                                                 'connect_timeout_s = 2\n')
+    assert main(["deploy", str(bundle), "--device", str(device.file)]) == 3
+    assert "gone: " in capsys.readouterr().err
+
+
+def test_the_emulated_pi_gets_the_runtime_from_its_own_pip_and_verifies_the_bundle(arm64_root, compiled_run,
+                                                                                    tmp_path):
+    work = tmp_path / "pi-work"  # qemu-user sees this machine's files: the board's work dir, kept private
+    device = _device(tmp_path / "fleet", "pi", f'name = "pi"\ntarget = "rpi4"\ntransport = "emulated"\n'
+                                               f'[emulated]\nroot = "{arm64_root}"\nworkdir = "{work}"\n')
+    compile_bundle(compiled_run, "rpi4", tmp_path / "pi4")
+    r = deploy(tmp_path / "pi4", device, timeout=300)
+    assert r["runtime_installed"] and r["changed"] and r["engine"] == "litert"
+    assert (work / "runtime" / "edgetl" / "runtime" / "receive.py").is_file()
+    assert (work / "bundles" / "pi4" / "backbone.tflite").is_file()
