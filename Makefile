@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo
 
-.PHONY: setup devices-deps demo test bench lint clean
+.PHONY: setup hil-deps demo test hil bench lint clean
 
 setup: $(VENV)/.installed
 
@@ -53,16 +53,19 @@ demo: setup
 	$(BIN)/edgetl compile $(DEMO)/runs/city-a --target host-cpu --out $(DEMO)/bundles/city-a-host
 	$(BIN)/python -m edgetl.runtime adapt $(DEMO)/bundles/city-a-host --data $(DEMO)/city-b/train; test $$? -le 1
 
-# What the device tests start for real: an sshd on loopback. Installed when missing, with apt as
-# root (or sudo); where neither works the tests that need it skip and say why (CI=true fails them).
-devices-deps:
-	@command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || { \
+# What the hardware-in-the-loop tests start for real: an sshd on loopback (openssh-server) and
+# headless Chromium to render check's HTML report. Installed when missing, with apt as root (or
+# sudo); where neither works the tests that need them skip and say why (CI=true fails them).
+hil-deps:
+	@need=""; command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need="openssh-server"; \
+	command -v chromium >/dev/null || need="$$need chromium"; \
+	[ -z "$$need" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null && echo sudo; } || echo none ); \
 	  if [ "$$SUDO" = none ] || ! command -v apt-get >/dev/null; then \
-	    echo "openssh-server missing and no root/apt to install it: the SSH device tests will skip"; \
-	  else echo "installing openssh-server for the SSH device tests"; \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends openssh-server >/dev/null \
-	      || echo "could not install openssh-server: the SSH device tests will skip"; fi; }
+	    echo "missing:$$need, and no root/apt to install them: the tests that need them will skip"; \
+	  else echo "installing$$need for the device and report tests"; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$need >/dev/null \
+	      || echo "could not install$$need: the tests that need them will skip"; fi; }
 
 # ... and an emulated Raspberry Pi 4: an arm64 Python with numpy, onnxruntime and LiteRT under
 # qemu-user (tools/arm64-root.sh; about 30 s and 350 MB, once). Where it cannot be built, the
@@ -72,8 +75,13 @@ $(HIL_ROOT)/.complete: tools/arm64-root.sh
 	@PYTHON=$(BIN)/python tools/arm64-root.sh $(HIL_ROOT) \
 	  || echo "could not build the emulated aarch64 device: its tests will skip"
 
-test: setup devices-deps $(HIL_ROOT)/.complete
+test: setup hil-deps $(HIL_ROOT)/.complete
 	$(BIN)/python -m pytest -q
+
+# Hardware in the loop alone: deploy, check and adapt through a real sshd on loopback and an
+# emulated Raspberry Pi 4 (and this machine); `make test` runs these too.
+hil: setup hil-deps $(HIL_ROOT)/.complete
+	$(BIN)/python -m pytest -q -m hil
 
 bench: setup
 	@for b in benchmarks/[!_]*.py; do echo "# $$b" >&2; $(BIN)/python $$b || exit $$?; done

@@ -137,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--timeout", type=float, default=600.0, help="seconds for each step on the device (default 600)")
     dp.add_argument("--json", action="store_true", help="the result as one JSON object")
 
+    ck = sub.add_parser("check", parents=[common], help="measure bundles on devices and hold them to their budgets",
+                        description="Deploys each bundle to each device built for its CPU, times frames after a "
+                                    "warm-up (p50/p90/p95/p99/max, frames/s), reads peak RSS and the board's "
+                                    "thermals, scores the bundle's checkset (or --data on the device), and judges "
+                                    "the budgets (device file over target). Exit 0: every budget holds; 1: a budget "
+                                    "failed; 3: a device could not be reached or its run broke (retried once); "
+                                    "a budget failure anywhere wins over an unreachable device.")
+    ck.add_argument("bundles", nargs="+", type=Path, help="bundle dirs or .tar.gz files")
+    where = ck.add_mutually_exclusive_group()
+    where.add_argument("--device", help="device file or name (default: local, this machine)")
+    where.add_argument("--devices", type=Path, help="a directory of device files: the whole fleet, in parallel")
+    how_long = ck.add_mutually_exclusive_group()
+    how_long.add_argument("--runs", type=int, default=200, help="timed frames per bundle (default 200)")
+    how_long.add_argument("--duration", type=float, help="time frames for this many seconds instead")
+    ck.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
+    ck.add_argument("--data", help="labelled images DIR/<label>/*.png on the device, instead of the checkset")
+    ck.add_argument("--report", type=Path, help="write report.json and report.html into this dir")
+    ck.add_argument("--junit", type=Path, help="write JUnit XML here (a testcase per budget)")
+    ck.add_argument("--timeout", type=float, default=600.0, help="seconds for each step on a device (default 600)")
+    ck.add_argument("--json", action="store_true", help="one JSON record per bundle and device")
+
     cp = sub.add_parser("compile", parents=[common], help="compile a run for a target into a verifiable bundle",
                         description="Writes the bundle dir (manifest with sha256 of every file) and a reproducible "
                                     ".tar.gz; --dry-run prints the target's compatibility report alone, also for a "
@@ -240,6 +261,47 @@ def _cmd_deploy(args, console) -> int:
     else:
         console.log(deploy_summary(r))
     return 0
+
+
+def _cmd_check(args, console) -> int:
+    import tempfile
+
+    from edgetl import devices, report
+    from edgetl.check import Plan, check_fleet, exit_code, pairs
+    from edgetl.runtime.bundle import open_bundle
+
+    if args.runs < 1 or args.warmup < 0 or (args.duration is not None and args.duration <= 0):
+        raise EdgetlError("--runs must be >= 1, --warmup >= 0 and --duration > 0", "edgetl check B --runs 200")
+    fleet = devices.fleet(args.devices) if args.devices else [devices.load(args.device or "local")]
+    bundles = []
+    with tempfile.TemporaryDirectory(prefix="edgetl-check-") as tmp:
+        for i, path in enumerate(args.bundles):
+            bundles.append((path, open_bundle(path, machine="any", unpack_to=Path(tmp) / str(i)).manifest))
+    if not pairs(bundles, fleet):
+        raise EdgetlError(f"no device among {', '.join(d.name for d in fleet)} runs "
+                          f"{'/'.join(sorted({a for _, m in bundles for a in m['arch']}))} bundles",
+                          "compile for the devices' targets, or pick devices with --device/--devices")
+    results = check_fleet(bundles, fleet, Plan(runs=args.runs, duration_s=args.duration, warmup=args.warmup,
+                                               data=args.data, timeout_s=args.timeout))
+    if args.json:
+        for r in results:
+            print(json.dumps({k: v for k, v in r.to_dict().items() if k != "measured"} | {
+                "latency_ms": {k: v for k, v in (r.measured or {}).get("latency_ms", {}).items() if k != "samples"},
+                "top1": (r.measured or {}).get("accuracy", {}).get("top1")}))
+    else:
+        rows = []
+        for r in results:
+            m = r.measured or {}
+            lat = m.get("latency_ms", {})
+            fails = [v.why for v in r.verdicts if v.status == "fail"]
+            rows.append([r.device, f"{r.bundle} ({r.engine} {r.precision})", r.status,
+                         f"{lat['p50']:.2f}/{lat['p95']:.2f}/{lat['p99']:.2f}" if lat else "-",
+                         f"{m['peak_rss_mb']:.0f}" if m else "-", f"{m['accuracy']['top1']:.1f}" if m else "-",
+                         "; ".join(fails) or r.error or ("timings not judged (emulated)" if r.emulated else "-")])
+        console.table("check", ["device", "bundle", "status", "p50/p95/p99 ms", "RSS MB", "top-1 %", "why"], rows)
+    for path in report.write(results, args.report, args.junit):
+        console.log(f"wrote {path}")
+    return exit_code(results)
 
 
 def _cmd_devices(args, console) -> int:
@@ -418,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(quiet=quiet)
     handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train,
                 "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile,
-                "devices": _cmd_devices, "deploy": _cmd_deploy, "predict": _cmd_predict, "adapt": _cmd_adapt}
+                "devices": _cmd_devices, "deploy": _cmd_deploy, "check": _cmd_check, "predict": _cmd_predict,
+                "adapt": _cmd_adapt}
     try:
         if args.command == "data":
             if args.data_command is None:

@@ -130,3 +130,28 @@ def test_the_emulated_pi_gets_the_runtime_from_its_own_pip_and_verifies_the_bund
     assert r["runtime_installed"] and r["changed"] and r["engine"] == "litert"
     assert (work / "runtime" / "edgetl" / "runtime" / "receive.py").is_file()
     assert (work / "bundles" / "pi4" / "backbone.tflite").is_file()
+
+
+@pytest.mark.parametrize("transport", ["ssh", "emulated"])
+def test_the_head_adapts_on_the_device_and_survives_a_redeploy(transport, request, compiled_run, signs, tmp_path):
+    if transport == "ssh":
+        device = _device(tmp_path / "fleet", "lab", request.getfixturevalue("sshd").device_toml("lab"))
+        compile_bundle(compiled_run, "host-cpu", tmp_path / "b" / "signs")
+    else:
+        root = request.getfixturevalue("arm64_root")
+        device = _device(tmp_path / "fleet", "pi", f'name = "pi"\ntarget = "rpi4"\ntransport = "emulated"\n'
+                                                   f'[emulated]\nroot = "{root}"\nworkdir = "{tmp_path / "w"}"\n')
+        compile_bundle(compiled_run, "rpi4", tmp_path / "b" / "signs")
+    deploy(tmp_path / "b" / "signs", device, timeout=300)
+    active = str(_active(device))
+    # on the device, as its application would: city-b images, margin wide open so the commit is certain
+    done = device.run(runtime_argv(device, ["adapt", active, "--data", str(signs["city_b"]), "--margin", "100",
+                                            "--json"]), timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-500:]
+    result = json.loads(done.stdout.decode().splitlines()[-1])
+    assert result["committed"] and result["version"] == 1 and result["images"] == 24
+    heads = Path(f"{active}.heads")
+    assert (heads / "CURRENT").read_text().strip() == "head-000001.npz"
+    again = deploy(tmp_path / "b" / "signs", device, timeout=300)
+    assert not again["changed"] and again["heads_set_aside"] is None
+    assert (heads / "CURRENT").read_text().strip() == "head-000001.npz"  # the device's learning stays in force

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # An emulated Raspberry Pi 4 for the device tests: an arm64 Python 3.11 unpacked from Debian's
 # arm64 packages into ROOT (no full rootfs, no chroot) with its pip (deploy installs the runtime
-# with it, as on a board), numpy + onnxruntime + ai-edge-litert
+# with it, as on a board), numpy + onnxruntime + ai-edge-litert + Pillow (images for adapt)
 # aarch64 wheels in ROOT/opt/site, and a Pi 4 /proc/cpuinfo (onnxruntime reads it, and the
 # host's x86 one crashes it under qemu). Run with:
 #   QEMU_CPU=cortex-a72 PYTHONPATH=ROOT/opt/site qemu-aarch64-static -L ROOT ROOT/usr/bin/python3
@@ -40,8 +40,8 @@ Model		: Raspberry Pi 4 Model B Rev 1.4
 CPU
 WHEELS=(--only-binary=:all: --python-version 3.11 --implementation cp --platform manylinux_2_28_aarch64
         --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64)
-"$PY" -m pip download -q "${WHEELS[@]}" -d "$tmp/wheels" numpy onnxruntime ai-edge-litert
+"$PY" -m pip download -q "${WHEELS[@]}" -d "$tmp/wheels" numpy onnxruntime ai-edge-litert pillow
 "$PY" -m pip install -q --no-warn-conflicts --no-index --find-links "$tmp/wheels" "${WHEELS[@]}" --target "$ROOT.partial/opt/site" \
-  numpy onnxruntime ai-edge-litert
+  numpy onnxruntime ai-edge-litert pillow
 touch "$ROOT.partial/.complete"
 rm -rf "$ROOT" && mv "$ROOT.partial" "$ROOT"

@@ -1,0 +1,166 @@
+"""`edgetl check`: a bundle measured on each device and held to that device's budgets.
+
+For every (bundle, device) pair whose CPUs match: deploy (a no-op when the device already has
+this bundle and this runtime), then `python -m edgetl.runtime check` on the device (see
+`edgetl.runtime.measure`), then each budget judged: p95 latency, top-1 on the checkset, peak
+RSS, with the device file's budgets over its target's. An emulated device answers correctly but
+hundreds of times slower, so there only accuracy is judged; latency and memory are reported as
+not judged, never as passing.
+
+A device that cannot be reached, or a run that breaks, is infrastructure: retried once, then
+reported as an error, never as a budget failure. Devices are checked in parallel, the bundles
+on one device one after another (two models timed at once on one board time each other), and
+the devices that run on this machine (local, emulated) one after another for the same reason.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgetl.deploy import DeviceError, call, deploy, runtime_argv
+from edgetl.devices import Device
+from edgetl.errors import EdgetlError
+
+PASS, FAIL, ERROR, SKIPPED = "pass", "fail", "error", "skipped"
+NOT_JUDGED = "not judged"
+EMULATED_RUNS, EMULATED_WARMUP = 3, 1  # enough to see the engine answer; its timings mean nothing
+
+
+@dataclass
+class Verdict:
+    budget: str  # latency_p95_ms | min_top1 | max_rss_mb
+    limit: float
+    measured: float | None
+    status: str  # pass | fail | not judged
+    why: str = ""
+
+
+@dataclass
+class Result:
+    """One bundle on one device."""
+
+    device: str
+    target: str
+    transport: str
+    emulated: bool
+    bundle: str
+    status: str = ERROR  # pass | fail | error | skipped
+    engine: str | None = None
+    precision: str | None = None
+    verdicts: list[Verdict] = field(default_factory=list)
+    measured: dict | None = None  # what the device said (`edgetl.runtime.measure`)
+    error: str | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def verdict(self, budget: str) -> Verdict | None:
+        return next((v for v in self.verdicts if v.budget == budget), None)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long to time and what to score on."""
+
+    runs: int | None = 200
+    duration_s: float | None = None
+    warmup: int = 20
+    data: str | None = None  # a labelled folder on the device instead of the checkset
+    timeout_s: float = 600.0
+
+    def args(self, device: Device) -> list[str]:
+        if device.emulation:
+            args = ["--runs", str(EMULATED_RUNS), "--warmup", str(EMULATED_WARMUP)]
+        elif self.duration_s is not None:
+            args = ["--duration", str(self.duration_s), "--warmup", str(self.warmup)]
+        else:
+            args = ["--runs", str(self.runs), "--warmup", str(self.warmup)]
+        return args + (["--data", self.data] if self.data else [])
+
+
+def judge(device: Device, measured: dict) -> list[Verdict]:
+    """Each budget against what the device measured; timings on an emulated device are not judged."""
+    b = device.budgets
+    lat, rss, top1 = measured["latency_ms"]["p95"], measured["peak_rss_mb"], measured["accuracy"]["top1"]
+    throttled = measured["thermals"]["throttled"]
+    note = " (the board throttled during the run)" if throttled else ""
+    out = []
+    if device.emulation:
+        out.append(Verdict("latency_p95_ms", b.latency_p95_ms, lat, NOT_JUDGED, "emulated: timings are qemu's"))
+        out.append(Verdict("max_rss_mb", b.max_rss_mb, rss, NOT_JUDGED, "emulated: memory is qemu's"))
+    else:
+        ok = lat <= b.latency_p95_ms
+        out.append(Verdict("latency_p95_ms", b.latency_p95_ms, lat, PASS if ok else FAIL,
+                           f"p95 {lat:g} ms {'<=' if ok else '>'} {b.latency_p95_ms:g} ms{note}"))
+        ok = rss <= b.max_rss_mb
+        out.append(Verdict("max_rss_mb", b.max_rss_mb, rss, PASS if ok else FAIL,
+                           f"peak RSS {rss:g} MB {'<=' if ok else '>'} {b.max_rss_mb:g} MB"))
+    ok = top1 >= b.min_top1
+    images = measured["accuracy"]["images"]
+    out.append(Verdict("min_top1", b.min_top1, top1, PASS if ok else FAIL,
+                       f"top-1 {top1:g}% {'>=' if ok else '<'} {b.min_top1:g}% on {images} images "
+                       f"({measured['accuracy']['source']})"))
+    return out
+
+
+def check_one(bundle: Path, device: Device, plan: Plan, manifest: dict) -> Result:
+    """`bundle` on `device`: deployed, measured, judged; infrastructure failures retried once."""
+    result = Result(device.name, device.target.name, device.transport, device.emulation, manifest["name"],
+                    engine=manifest["engine"], precision=manifest["precision"])
+    started = time.monotonic()
+    for attempt in (1, 2):
+        result.attempts = attempt
+        try:
+            deployed = deploy(bundle, device, timeout=plan.timeout_s)
+            measured = call(device, runtime_argv(device, ["check", deployed["active"], *plan.args(device)]),
+                            timeout=plan.timeout_s)
+        except DeviceError as exc:
+            result.error = str(exc)
+            continue  # the device or the transport: once more
+        except EdgetlError as exc:  # the device refused (a missing engine, a bad data dir): a retry won't help
+            result.error = str(exc)
+            break
+        result.measured, result.error = measured, None
+        result.verdicts = judge(device, measured)
+        result.status = FAIL if any(v.status == FAIL for v in result.verdicts) else PASS
+        break
+    result.seconds = round(time.monotonic() - started, 2)
+    return result
+
+
+def pairs(bundles: list[tuple[Path, dict]], fleet: list[Device]) -> list[tuple[Path, dict, Device]]:
+    """Every bundle with every device whose CPU it is built for."""
+    return [(path, m, d) for d in fleet for path, m in bundles if set(m["arch"]) & set(d.target.arch)]
+
+
+def check_fleet(bundles: list[tuple[Path, dict]], fleet: list[Device], plan: Plan) -> list[Result]:
+    """All pairs; devices in parallel, one bundle at a time per device. Bundles no device can run
+    are reported as skipped."""
+    work = pairs(bundles, fleet)
+    queues: dict[str, list] = {}
+    for path, manifest, device in work:  # local and emulated devices share this machine's CPUs: one queue
+        queues.setdefault(device.name if device.ssh else "this machine", []).append((path, manifest, device))
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(queues)))) as pool:
+        done = pool.map(lambda jobs: [check_one(p, d, plan, m) for p, m, d in jobs], queues.values())
+        results = [r for rs in done for r in rs]
+    for path, manifest in bundles:
+        if not any(p == path for p, _, _ in work):
+            results.append(Result("-", manifest["target"], "-", False, manifest["name"], SKIPPED,
+                                  manifest["engine"], manifest["precision"],
+                                  error=f"no device in the fleet is {'/'.join(manifest['arch'])}"))
+    return results
+
+
+def exit_code(results: list[Result]) -> int:
+    """1 when a budget failed anywhere (a finding about the model), else 3 when a device could not
+    be reached or its run broke (about the lab), else 0."""
+    if any(r.status == FAIL for r in results):
+        return 1
+    if any(r.status == ERROR for r in results):
+        return 3
+    return 0
