@@ -10,6 +10,8 @@ import pytest
 from edgetl.data import synth
 from tests.standins import ARM64_ROOT, QEMU, SSHD, LoopbackSshd, need
 
+pytest_plugins = ["pytester"]  # the edgetl pytest plugin is tested by running pytest on test files
+
 # Four classes that differ in shape and colour keep the tests' runs small and fast.
 FEW = 4
 

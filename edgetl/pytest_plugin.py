@@ -1,0 +1,156 @@
+"""pytest plugin (entry point `pytest11`): the same tests on every board of a fleet, in CI.
+
+    pytest --edgetl-devices devices/ --edgetl-bundle dist/host-cpu --edgetl-bundle dist/rpi5
+
+    def test_meets_its_budgets(edgetl_device):
+        edgetl_device.assert_budgets()            # p95 latency, top-1, peak RSS: device over target
+
+    def test_fast_enough_for_30_fps(edgetl_device):
+        edgetl_device.assert_latency(p95_ms=33)   # skipped on emulated devices: their timings are qemu's
+
+    def test_knows_stop_signs(edgetl_device):
+        assert edgetl_device.check().measured["accuracy"]["top1"] > 80
+
+A test taking `edgetl_device` runs once per device (the test id names it). A device that does
+not answer is skipped with the reason, or fails the test under `--edgetl-require-all`; a device
+no given bundle is built for is skipped. The check (deploy, time, score) runs when the fixture is
+set up, once per device and bundle per session, so a device whose run broke makes the test an
+error while a budget miss is a test failure: CI systems tell the two apart. Without these
+options the plugin does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_PROBES = pytest.StashKey[dict]()
+_CHECKS = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("edgetl", "hardware-in-the-loop checks of edgetl bundles")
+    group.addoption("--edgetl-devices", type=Path, help="a directory of device files: tests run on each")
+    group.addoption("--edgetl-bundle", type=Path, action="append", default=[],
+                    help="a bundle dir or .tar.gz (repeat for several targets; each device gets its CPU's)")
+    group.addoption("--edgetl-require-all", action="store_true",
+                    help="fail, instead of skip, the tests of a device that does not answer")
+    group.addoption("--edgetl-runs", type=int, default=100, help="timed frames per check (default 100)")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "edgetl_device: runs once per device of --edgetl-devices")
+    config.stash[_PROBES] = {}
+    config.stash[_CHECKS] = {}
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "edgetl_device" not in metafunc.fixturenames:
+        return
+    from edgetl import devices
+    from edgetl.errors import EdgetlError
+
+    folder = metafunc.config.getoption("edgetl_devices")
+    try:
+        fleet = devices.fleet(folder) if folder else [devices.load("local")]
+    except EdgetlError as exc:
+        raise pytest.UsageError(f"--edgetl-devices: {exc}") from None
+    metafunc.parametrize("edgetl_device", fleet, ids=[d.name for d in fleet], indirect=True)
+
+
+class DeviceUnderTest:
+    """One device of the fleet as a test sees it: the check's result and assertions on it."""
+
+    def __init__(self, device, bundle: Path | None, config):
+        self.device, self.bundle, self._config = device, bundle, config
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+    @property
+    def emulated(self) -> bool:
+        return self.device.emulation
+
+    def check(self):
+        """The bundle deployed, timed and scored on this device: an `edgetl.check.Result`."""
+        if self.bundle is None:
+            pytest.skip("no --edgetl-bundle given")
+        key = (self.device.name, str(self.bundle))
+        cache = self._config.stash[_CHECKS]
+        if key not in cache:
+            from edgetl.check import Plan, check_one
+            from edgetl.runtime.bundle import open_bundle
+
+            with tempfile.TemporaryDirectory(prefix="edgetl-pytest-") as tmp:
+                manifest = open_bundle(self.bundle, machine="any", unpack_to=Path(tmp)).manifest
+            cache[key] = check_one(self.bundle, self.device, Plan(runs=self._config.getoption("edgetl_runs")), manifest)
+        result = cache[key]
+        if result.status == "error":
+            raise DeviceRunBroke(f"{self.name}: {result.error} (after {result.attempts} attempts)")
+        return result
+
+    def assert_budgets(self) -> None:
+        """Every budget the device is judged on holds (latency and memory are not judged under emulation)."""
+        failed = [v.why for v in self.check().verdicts if v.status == "fail"]
+        assert not failed, f"{self.name}: " + "; ".join(failed)
+
+    def assert_latency(self, p95_ms: float) -> None:
+        if self.emulated:
+            pytest.skip(f"{self.name} is emulated: its timings are qemu's")
+        p95 = self.check().measured["latency_ms"]["p95"]
+        assert p95 <= p95_ms, f"{self.name}: p95 {p95:g} ms > {p95_ms:g} ms"
+
+    def assert_top1(self, at_least: float) -> None:
+        top1 = self.check().measured["accuracy"]["top1"]
+        assert top1 >= at_least, f"{self.name}: top-1 {top1:g}% < {at_least:g}%"
+
+    def __repr__(self) -> str:
+        return f"<edgetl device {self.name} ({self.device.transport}, {self.device.target.name})>"
+
+
+class DeviceRunBroke(Exception):
+    """The device could not be reached during the check, or its run broke: infrastructure."""
+
+
+@pytest.fixture
+def edgetl_device(request) -> DeviceUnderTest:
+    """The device this test runs on (parametrized over --edgetl-devices; default: this machine)."""
+    device = request.param
+    config = request.config
+    probes = config.stash[_PROBES]
+    if device.name not in probes:
+        probes[device.name] = device.probe()
+    probe = probes[device.name]
+    if not probe.reachable:
+        message = f"device {device.name} ({device.address}) does not answer: {probe.reason}"
+        if config.getoption("edgetl_require_all"):
+            pytest.fail(f"{message} (--edgetl-require-all)", pytrace=False)
+        pytest.skip(message)
+    bundle = _bundle_for(device, config.getoption("edgetl_bundle"))
+    if config.getoption("edgetl_bundle") and bundle is None:
+        pytest.skip(f"no --edgetl-bundle is built for {device.name}'s {'/'.join(device.target.arch)}")
+    under_test = DeviceUnderTest(device, bundle, config)
+    if bundle is not None:
+        under_test.check()  # here, in set-up: a broken run is the test's error, not its failure
+    return under_test
+
+
+def _bundle_for(device, bundles: list[Path]) -> Path | None:
+    for path in bundles:
+        try:
+            if path.is_dir():
+                arch = json.loads((path / "manifest.json").read_text())["arch"]
+            else:
+                with tarfile.open(path) as tar:
+                    member = next(m for m in tar.getmembers() if m.name.endswith("/manifest.json"))
+                    arch = json.loads(tar.extractfile(member).read())["arch"]
+        except (OSError, ValueError, KeyError, StopIteration, tarfile.TarError):
+            raise pytest.UsageError(f"--edgetl-bundle {path}: not a bundle dir or .tar.gz") from None
+        if set(arch) & set(device.target.arch):
+            return path
+    return None

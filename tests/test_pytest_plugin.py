@@ -1,0 +1,79 @@
+"""The pytest plugin as a CI job uses it: pytest run on a test file against a fleet."""
+
+import pytest
+
+from tests.standins import LoopbackSshd
+
+pytestmark = pytest.mark.hil
+LOOSE = "[budgets]\nlatency_p95_ms = 1000\nmin_top1 = 0\nmax_rss_mb = 8000\n"
+TESTS = """
+def test_meets_its_budgets(edgetl_device):
+    edgetl_device.assert_budgets()
+
+def test_fast_enough(edgetl_device):
+    edgetl_device.assert_latency(p95_ms=1000)
+
+def test_scores_the_checkset(edgetl_device):
+    assert edgetl_device.check().measured["accuracy"]["images"] == 16
+"""
+
+
+@pytest.fixture(scope="module")
+def fleet(sshd, arm64_root, quantized_run, tmp_path_factory):
+    """bench (this machine, loose budgets), lab (real sshd, a budget no model meets), gone (sshd
+    stopped), pi (an emulated Pi 4 the bundle is not built for)."""
+    from edgetl.compile import compile_bundle
+
+    root = tmp_path_factory.mktemp("plugin")
+    folder = root / "fleet"
+    folder.mkdir()
+    (folder / "bench.toml").write_text(f'name = "bench"\ntarget = "host-cpu"\ntransport = "local"\n'
+                                       f'[local]\nworkdir = "{root / "bench"}"\n{LOOSE}')
+    (folder / "lab.toml").write_text(sshd.device_toml("lab") + LOOSE.replace("1000", "0.001"))
+    gone = LoopbackSshd(root / "gone-sshd").start()
+    (folder / "gone.toml").write_text(gone.device_toml("gone"))
+    gone.stop()
+    (folder / "pi.toml").write_text(f'name = "pi"\ntarget = "rpi4"\ntransport = "emulated"\n'
+                                    f'[emulated]\nroot = "{arm64_root}"\nworkdir = "{root / "pi"}"\n')
+    compile_bundle(quantized_run, "host-cpu", root / "signs")
+    return folder, root / "signs"
+
+
+def test_tests_run_per_device_failing_on_budgets_and_skipping_what_cannot_run(pytester, fleet):
+    folder, bundle = fleet
+    pytester.makepyfile(test_fleet=TESTS)
+    result = pytester.runpytest("--edgetl-devices", str(folder), "--edgetl-bundle", str(bundle),
+                                "--edgetl-runs", "20", "-rfs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5, failed=1, skipped=6)
+    result.stdout.fnmatch_lines(["*AssertionError: lab: p95 * ms > 0.001 ms*",
+                                 "FAILED test_fleet.py::test_meets_its_budgets?lab?*"])
+    result.stdout.fnmatch_lines(["*device gone (*) does not answer: *Connection refused*"])
+    result.stdout.fnmatch_lines(["*no --edgetl-bundle is built for pi's aarch64*"])
+
+
+def test_require_all_fails_an_unreachable_device(pytester, fleet):
+    folder, bundle = fleet
+    pytester.makepyfile(test_fleet=TESTS)
+    result = pytester.runpytest("--edgetl-devices", str(folder), "--edgetl-bundle", str(bundle),
+                                "--edgetl-runs", "20", "--edgetl-require-all", "-k", "gone", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=3)  # set-up fails: the device, not the test
+    result.stdout.fnmatch_lines(["*gone*does not answer*(--edgetl-require-all)*"])
+
+
+def test_a_run_that_breaks_is_an_error_not_a_failure(pytester, tmp_path, fleet):
+    _, bundle = fleet
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    (tmp_path / "ro").mkdir()
+    (folder / "ro.toml").write_text(f'name = "ro"\ntarget = "host-cpu"\ntransport = "local"\n'
+                                    f'[local]\nworkdir = "/proc/edgetl"\n')  # nothing can be written there
+    pytester.makepyfile(test_fleet=TESTS)
+    result = pytester.runpytest("--edgetl-devices", str(folder), "--edgetl-bundle", str(bundle), "-p",
+                                "no:cacheprovider")
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(["*DeviceRunBroke: ro: *after 2 attempts*"])
+
+
+def test_without_its_options_the_plugin_stays_out_of_the_way(pytester):
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
