@@ -27,7 +27,8 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 # then int8 for ONNX and TFLite calibrated on city-b images, held to 1 point on city-b test
 # (the run's val split, 60 images, cannot resolve one point); then the Edge TPU report and
 # verified bundles for the host, a Raspberry Pi 4 and a Jetson Orin Nano; predictions from the
-# host bundle, and head-only adaptation of the city-a bundle to city-b as a device would do it.
+# host bundle, which is deployed to this machine as a device and checked against its budgets;
+# and head-only adaptation of the city-a bundle to city-b as a device would do it.
 demo: setup
 	rm -rf $(DEMO)
 	$(BIN)/edgetl data synth --domain city-a --per-class 60 --seed 1 --out $(DEMO)/city-a/train
@@ -48,6 +49,9 @@ demo: setup
 	$(BIN)/edgetl bundle verify $(DEMO)/bundles/host-cpu --this-machine
 	$(BIN)/edgetl bundle verify $(DEMO)/bundles/rpi4.tar.gz
 	$(BIN)/edgetl predict $(DEMO)/bundles/host-cpu $$(ls $(DEMO)/city-b/test/*/*.png | sed -n '1p;30p;60p') --top 2
+	# this machine as a device (devices/local.toml; deployed under ~/.edgetl): timed, scored, judged
+	$(BIN)/edgetl deploy $(DEMO)/bundles/host-cpu --device local
+	$(BIN)/edgetl check $(DEMO)/bundles/host-cpu --device local --report $(DEMO)/check --junit $(DEMO)/check/junit.xml
 	# on the device: the city-a model's head learns city-b from the 20 labelled images per class
 	# (exit 1 would mean the guard kept the old head)
 	$(BIN)/edgetl compile $(DEMO)/runs/city-a --target host-cpu --out $(DEMO)/bundles/city-a-host

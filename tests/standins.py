@@ -92,7 +92,8 @@ class LoopbackSshd:
                 self.process.wait()
 
     def device_toml(self, name: str = "loopback", target: str = "host-cpu", **ssh) -> str:
-        """A device file for this server (the remote Python is this interpreter)."""
+        """A device file for this server (the remote Python is this interpreter). The server lives for
+        the session: a test that deploys gives its own `workdir`."""
         table = {"host": "127.0.0.1", "port": self.port, "user": self.user, "identity": str(self.root / "user_key"),
                  "known_hosts": str(self.known_hosts), "python": sys.executable, "workdir": str(self.root / "work"),
                  "connect_timeout_s": 5, **ssh}

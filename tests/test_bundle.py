@@ -25,7 +25,13 @@ def host_bundle(compiled_run, tmp_path):
 def test_a_bundle_holds_a_manifest_with_every_file_hashed_and_what_the_device_needs(host_bundle, compiled_run):
     m = json.loads((host_bundle / "manifest.json").read_text())
     assert m["schema_version"] == 1 and m["target"] == "host-cpu" and m["created_by"].startswith("edgetl ")
-    assert set(m["files"]) == {m["model"], "head.npz"} and all(len(f["sha256"]) == 64 for f in m["files"].values())
+    assert set(m["files"]) == {m["model"], "head.npz", "checkset.npz"}
+    assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+    # what `edgetl check` scores on the device: 4 test images per class, as pixels at the model's size
+    assert m["checkset"] == {"file": "checkset.npz", "images": 16, "from": "run test split", "per_class": 4}
+    with np.load(host_bundle / "checkset.npz") as checks:
+        assert checks["pixels"].shape == (16, *m["preprocess"]["size"], 3) and checks["pixels"].dtype == np.uint8
+        assert sorted(set(checks["labels"])) == m["labels"]
     assert m["labels"] == json.loads((compiled_run / "labels.json").read_text())
     assert m["preprocess"]["size"] and m["inputs"][0]["shape"] and m["budgets"]["latency_p95_ms"] == 50.0
     assert m["source_run"]["backbone"] == "efficientnet_lite0" and m["accuracy"]["top1"] > 0

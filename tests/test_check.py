@@ -133,7 +133,7 @@ def test_a_stopped_sshd_is_exit_3_retried_once_and_never_a_budget_failure(sshd, 
 def test_a_fleet_over_ssh_and_emulation_is_checked_in_parallel_with_the_same_predictions(
         sshd, arm64_root, quantized_run, host_bundle, tmp_path, capsys):
     fleet = tmp_path / "fleet"
-    _device(fleet, "lab", sshd.device_toml("lab") + LOOSE)
+    _device(fleet, "lab", sshd.device_toml("lab", workdir=str(tmp_path / "lab")) + LOOSE)
     _device(fleet, "pi", f'name = "pi"\ntarget = "rpi4"\ntransport = "emulated"\n'
                          f'[emulated]\nroot = "{arm64_root}"\nworkdir = "{tmp_path / "pi-work"}"\n{LOOSE}')
     compile_bundle(quantized_run, "rpi4", tmp_path / "pi4")
@@ -186,3 +186,12 @@ def test_a_bundle_without_a_checkset_points_to_data(host_bundle, tmp_path):
 
     with pytest.raises(EdgetlError, match="no checkset.*--data"):
         measure(bare, runs=1, warmup=0)
+
+
+def test_data_on_the_device_replaces_the_checkset(host_bundle, signs, tmp_path):
+    device = _local(tmp_path / "fleet")
+    assert main(["check", str(host_bundle), "--device", str(device), "--runs", "5", "--warmup", "0",
+                 "--data", str(signs["city_b"]), "--report", str(tmp_path / "report")]) == 0
+    (r,) = json.loads((tmp_path / "report" / "report.json").read_text())["results"]
+    assert r["measured"]["accuracy"]["source"] == str(signs["city_b"]) and r["measured"]["accuracy"]["images"] == 24
+    assert "on 24 images" in r["verdicts"][-1]["why"]

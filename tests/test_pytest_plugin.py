@@ -29,7 +29,8 @@ def fleet(sshd, arm64_root, quantized_run, tmp_path_factory):
     folder.mkdir()
     (folder / "bench.toml").write_text(f'name = "bench"\ntarget = "host-cpu"\ntransport = "local"\n'
                                        f'[local]\nworkdir = "{root / "bench"}"\n{LOOSE}')
-    (folder / "lab.toml").write_text(sshd.device_toml("lab") + LOOSE.replace("1000", "0.001"))
+    tight = LOOSE.replace("1000", "0.001")
+    (folder / "lab.toml").write_text(sshd.device_toml("lab", workdir=str(root / "lab")) + tight)
     gone = LoopbackSshd(root / "gone-sshd").start()
     (folder / "gone.toml").write_text(gone.device_toml("gone"))
     gone.stop()
@@ -64,9 +65,8 @@ def test_a_run_that_breaks_is_an_error_not_a_failure(pytester, tmp_path, fleet):
     _, bundle = fleet
     folder = tmp_path / "fleet"
     folder.mkdir()
-    (tmp_path / "ro").mkdir()
-    (folder / "ro.toml").write_text(f'name = "ro"\ntarget = "host-cpu"\ntransport = "local"\n'
-                                    f'[local]\nworkdir = "/proc/edgetl"\n')  # nothing can be written there
+    (folder / "ro.toml").write_text('name = "ro"\ntarget = "host-cpu"\ntransport = "local"\n'
+                                    '[local]\nworkdir = "/proc/edgetl"\n')  # nothing can be written there
     pytester.makepyfile(test_fleet=TESTS)
     result = pytester.runpytest("--edgetl-devices", str(folder), "--edgetl-bundle", str(bundle), "-p",
                                 "no:cacheprovider")
