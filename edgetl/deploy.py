@@ -181,15 +181,16 @@ def ensure_runtime(device: Device, timeout: float) -> dict:
     return {**status, "runtime": stamp, "installed": True}
 
 
-def archive_of(bundle: Path, tmp: Path) -> tuple[Path, dict]:
-    """(the bundle's .tar.gz, its manifest), verified here first; a dir is packed reproducibly."""
+def archive_of(bundle: Path, tmp: Path) -> tuple[Path, str, dict]:
+    """(the bundle's .tar.gz, its name on the device, its manifest), verified here first; a dir is
+    packed reproducibly. The name is the dir's (or the archive's top dir's): a renamed copy keeps its name."""
     from edgetl.bundle import archive
     from edgetl.runtime.bundle import open_bundle
 
     opened = open_bundle(bundle, machine="any", unpack_to=tmp / "check")
     if Path(bundle).is_dir():
-        return archive(Path(bundle), tmp / f"{opened.path.name}.tar.gz"), opened.manifest
-    return Path(bundle), opened.manifest
+        return archive(Path(bundle), tmp / f"{opened.path.name}.tar.gz"), opened.path.name, opened.manifest
+    return Path(bundle), opened.path.name, opened.manifest
 
 
 def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: str | Path | None = None) -> dict:
@@ -197,14 +198,13 @@ def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: s
     `key` is the trusted public key's path on the device, for signed bundles."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgetl-deploy-") as tmp:
-        archive, manifest = archive_of(Path(bundle), Path(tmp))
+        archive, name, manifest = archive_of(Path(bundle), Path(tmp))
         if not set(manifest["arch"]) & set(device.target.arch):
-            raise ConfigError(f"bundle {manifest['name']} is for {manifest['target']} "
+            raise ConfigError(f"bundle {name} is for {manifest['target']} "
                               f"({'/'.join(manifest['arch'])}); {device.name} is {'/'.join(device.target.arch)}",
                               f"compile for the device's target: edgetl compile RUN --target {device.target.name}")
         status = ensure_runtime(device, timeout)
         data = archive.read_bytes()
-        name = manifest["name"]
         args = ["receive", bundles_dir(device), name, "--bytes", str(len(data)),
                 "--sha256", hashlib.sha256(data).hexdigest()]
         if key:
