@@ -188,10 +188,11 @@ def test_a_bundle_without_a_checkset_points_to_data(host_bundle, tmp_path):
         measure(bare, runs=1, warmup=0)
 
 
-def test_data_on_the_device_replaces_the_checkset(host_bundle, signs, tmp_path):
+def test_data_on_the_device_replaces_the_checkset_and_a_duration_the_count(host_bundle, signs, tmp_path):
     device = _local(tmp_path / "fleet")
-    assert main(["check", str(host_bundle), "--device", str(device), "--runs", "5", "--warmup", "0",
+    assert main(["check", str(host_bundle), "--device", str(device), "--duration", "0.5", "--warmup", "0",
                  "--data", str(signs["city_b"]), "--report", str(tmp_path / "report")]) == 0
     (r,) = json.loads((tmp_path / "report" / "report.json").read_text())["results"]
+    assert r["measured"]["latency_ms"]["runs"] > 5  # as many frames as half a second holds
     assert r["measured"]["accuracy"]["source"] == str(signs["city_b"]) and r["measured"]["accuracy"]["images"] == 24
     assert "on 24 images" in r["verdicts"][-1]["why"]

@@ -118,6 +118,7 @@ def test_a_fleet_with_two_devices_of_one_name_is_refused(tmp_path, capsys):
     assert "device name 'pi' is also used by" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.hil
 def test_a_board_over_real_ssh_answers_and_runs_commands(sshd, tmp_path):
     board = devices.read(_write(tmp_path, "loopback", sshd.device_toml()))
     probe = board.probe()
@@ -127,6 +128,7 @@ def test_a_board_over_real_ssh_answers_and_runs_commands(sshd, tmp_path):
     assert done.returncode == 0 and done.stdout.decode().strip() == "['two words', \"it's\"]"  # quoted once
 
 
+@pytest.mark.hil
 def test_a_board_whose_host_key_is_not_the_known_one_is_not_trusted(sshd, tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "impostor")], check=True)
     kind, key = (tmp_path / "impostor.pub").read_text().split()[:2]
@@ -136,6 +138,7 @@ def test_a_board_whose_host_key_is_not_the_known_one_is_not_trusted(sshd, tmp_pa
     assert not probe.reachable and "host key verification failed" in probe.reason.lower()
 
 
+@pytest.mark.hil
 def test_an_emulated_raspberry_pi_answers_as_aarch64_with_its_engines(arm64_root, tmp_path):
     pi = devices.read(_write(tmp_path, "pi", f'name = "pi"\ntarget = "rpi4"\ntransport = "emulated"\n'
                                              f'[emulated]\nroot = "{arm64_root}"\n'))
