@@ -137,8 +137,8 @@ def histogram(samples: list[float], p50: float, p95: float, budget: float | None
             parts.append(f'<line x1="{x(value):.1f}" y1="{top}" x2="{x(value):.1f}" y2="{top + h}" stroke="{color}" '
                          f'stroke-width="1.5" stroke-dasharray="{"4 3" if label == "budget" else "none"}"/>')
             parts.append(f'<text x="{x(value) + 3:.1f}" y="{top + 10}" font-size="10" fill="{color}">{label}</text>')
-    for v in (lo, (lo + hi) / 2, hi):
-        parts.append(f'<text x="{x(v):.1f}" y="{top + h + 13}" font-size="10" text-anchor="middle" '
+    for v, anchor in ((lo, "start"), ((lo + hi) / 2, "middle"), (hi, "end")):  # the ends stay inside
+        parts.append(f'<text x="{x(v):.1f}" y="{top + h + 13}" font-size="10" text-anchor="{anchor}" '
                      f'fill="#656d76">{v:.3g}</text>')
     parts.append(f'<text x="{left + w / 2}" y="{height - 4}" font-size="10" text-anchor="middle" '
                  f'fill="#656d76">ms per frame</text>')
