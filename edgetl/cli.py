@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from edgetl import __version__
-from edgetl.errors import EdgetlError
+from edgetl.errors import DeviceError, EdgetlError
 
 
 def _common() -> argparse.ArgumentParser:
@@ -253,7 +253,7 @@ def _print_report(report, console) -> None:
 
 def _cmd_deploy(args, console) -> int:
     from edgetl import devices
-    from edgetl.deploy import deploy, deploy_summary
+    from edgetl.devices.deploy import deploy, deploy_summary
 
     r = deploy(args.bundle, devices.load(args.device), timeout=args.timeout, key=args.device_key)
     if args.json:
@@ -266,8 +266,8 @@ def _cmd_deploy(args, console) -> int:
 def _cmd_check(args, console) -> int:
     import tempfile
 
-    from edgetl import devices, report
-    from edgetl.check import Plan, check_fleet, exit_code, pairs
+    from edgetl import devices
+    from edgetl.check import Plan, check_fleet, exit_code, pairs, report
     from edgetl.runtime.bundle import open_bundle
 
     if args.runs < 1 or args.warmup < 0 or (args.duration is not None and args.duration <= 0):
@@ -504,8 +504,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return handlers[args.command](args, console)
     except EdgetlError as exc:
-        from edgetl.deploy import DeviceError
-
         if args.verbose:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)

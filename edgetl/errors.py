@@ -27,5 +27,9 @@ class WeightsError(EdgetlError):
     """Pretrained weights are missing, unreadable or do not fit the backbone."""
 
 
+class DeviceError(EdgetlError):
+    """A device could not be reached, or a command broke on it: infrastructure, not a verdict (exit 3)."""
+
+
 class RunError(EdgetlError):
     """A run directory is missing, incomplete or would be overwritten."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import edgetl
 from edgetl.devices import Device
-from edgetl.errors import ConfigError, EdgetlError
+from edgetl.errors import ConfigError, DeviceError, EdgetlError
 
 SOURCE = Path(edgetl.__file__).resolve().parent.parent  # the checkout the runtime wheel is built from
 WHEELS = Path(os.environ.get("EDGETL_CACHE", "~/.cache/edgetl")).expanduser() / "wheels"
@@ -76,10 +76,6 @@ print(json.dumps({"runtime": stamp}))
 # Runs edgetl's runtime CLI from the private dir deploy installed it into.
 RUNTIME = ("import os, sys; sys.path.insert(0, os.path.expanduser({dir!r})); "
            "from edgetl.runtime.cli import main; sys.exit(main(sys.argv[1:]))")
-
-
-class DeviceError(EdgetlError):
-    """The device could not be reached, or the command broke there: infrastructure, not a verdict."""
 
 
 def source_hash(root: Path = SOURCE) -> str:

@@ -15,7 +15,7 @@ import pytest
 from edgetl import devices
 from edgetl.cli import main
 from edgetl.compile import compile_bundle
-from edgetl.deploy import bundles_dir, deploy, runtime_argv
+from edgetl.devices.deploy import bundles_dir, deploy, runtime_argv
 from edgetl.runtime import Model
 
 pytestmark = pytest.mark.hil

@@ -12,7 +12,7 @@ from edgetl import devices, targets
 from edgetl.cli import main
 from edgetl.errors import ConfigError
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "devices" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "devices" / "examples"
 SSH = """name = "lab-pi"
 target = "rpi5"
 transport = "ssh"

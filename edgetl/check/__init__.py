@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgetl.deploy import DeviceError, call, deploy, runtime_argv
 from edgetl.devices import Device
-from edgetl.errors import EdgetlError
+from edgetl.devices.deploy import call, deploy, runtime_argv
+from edgetl.errors import DeviceError, EdgetlError
 
 PASS, FAIL, ERROR, SKIPPED = "pass", "fail", "error", "skipped"
 NOT_JUDGED = "not judged"

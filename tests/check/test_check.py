@@ -16,7 +16,7 @@ from edgetl.runtime import Model
 from edgetl.runtime.measure import checkset, throttling
 
 pytestmark = pytest.mark.hil
-SCHEMA = Path(__file__).resolve().parent / "schemas" / "junit-10.xsd"
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "junit-10.xsd"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 LOOSE = "[budgets]\nlatency_p95_ms = 1000\nmin_top1 = 0\nmax_rss_mb = 8000\n"
 

@@ -45,7 +45,7 @@ SSH_KEYS = {"host": str, "port": int, "user": str, "identity": str, "python": st
             "strict_host_key_checking": bool, "known_hosts": str, "connect_timeout_s": int}
 EMULATED_KEYS = {"root": str, "qemu": str, "cpu": str, "python": str, "site": str, "workdir": str}
 # Where device files are looked for, after an explicit path: $EDGETL_DEVICES, ./devices, the ones shipped.
-SHIPPED = Path(__file__).resolve().parent.parent / "devices"
+SHIPPED = Path(__file__).resolve().parent.parent.parent / "devices"
 PROBE = "import platform, sys; print(platform.machine(), '%d.%d.%d' % sys.version_info[:3])"
 
 
