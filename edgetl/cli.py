@@ -264,19 +264,13 @@ def _cmd_deploy(args, console) -> int:
 
 
 def _cmd_check(args, console) -> int:
-    import tempfile
-
     from edgetl import devices
-    from edgetl.check import Plan, check_fleet, exit_code, pairs, report
-    from edgetl.runtime.bundle import open_bundle
+    from edgetl.check import Plan, check_fleet, exit_code, manifest_of, pairs, report
 
     if args.runs < 1 or args.warmup < 0 or (args.duration is not None and args.duration <= 0):
         raise EdgetlError("--runs must be >= 1, --warmup >= 0 and --duration > 0", "edgetl check B --runs 200")
     fleet = devices.fleet(args.devices) if args.devices else [devices.load(args.device or "local")]
-    bundles = []
-    with tempfile.TemporaryDirectory(prefix="edgetl-check-") as tmp:
-        for i, path in enumerate(args.bundles):
-            bundles.append((path, open_bundle(path, machine="any", unpack_to=Path(tmp) / str(i)).manifest))
+    bundles = [(path, manifest_of(path)) for path in args.bundles]
     if not pairs(bundles, fleet):
         raise EdgetlError(f"no device among {', '.join(d.name for d in fleet)} runs "
                           f"{'/'.join(sorted({a for _, m in bundles for a in m['arch']}))} bundles",

@@ -21,9 +21,6 @@ options the plugin does nothing.
 
 from __future__ import annotations
 
-import json
-import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,12 +80,10 @@ class DeviceUnderTest:
         key = (self.device.name, str(self.bundle))
         cache = self._config.stash[_CHECKS]
         if key not in cache:
-            from edgetl.check import Plan, check_one
-            from edgetl.runtime.bundle import open_bundle
+            from edgetl.check import Plan, check_one, manifest_of
 
-            with tempfile.TemporaryDirectory(prefix="edgetl-pytest-") as tmp:
-                manifest = open_bundle(self.bundle, machine="any", unpack_to=Path(tmp)).manifest
-            cache[key] = check_one(self.bundle, self.device, Plan(runs=self._config.getoption("edgetl_runs")), manifest)
+            plan = Plan(runs=self._config.getoption("edgetl_runs"))
+            cache[key] = check_one(self.bundle, self.device, plan, manifest_of(self.bundle))
         result = cache[key]
         if result.status == "error":
             raise DeviceRunBroke(f"{self.name}: {result.error} (after {result.attempts} attempts)")
@@ -141,16 +136,14 @@ def edgetl_device(request) -> DeviceUnderTest:
 
 
 def _bundle_for(device, bundles: list[Path]) -> Path | None:
+    from edgetl.check import manifest_of
+    from edgetl.errors import EdgetlError
+
     for path in bundles:
         try:
-            if path.is_dir():
-                arch = json.loads((path / "manifest.json").read_text())["arch"]
-            else:
-                with tarfile.open(path) as tar:
-                    member = next(m for m in tar.getmembers() if m.name.endswith("/manifest.json"))
-                    arch = json.loads(tar.extractfile(member).read())["arch"]
-        except (OSError, ValueError, KeyError, StopIteration, tarfile.TarError):
-            raise pytest.UsageError(f"--edgetl-bundle {path}: not a bundle dir or .tar.gz") from None
+            arch = manifest_of(path)["arch"]
+        except EdgetlError as exc:
+            raise pytest.UsageError(f"--edgetl-bundle {path}: {exc}") from None
         if set(arch) & set(device.target.arch):
             return path
     return None

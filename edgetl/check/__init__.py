@@ -15,6 +15,7 @@ the devices that run on this machine (local, emulated) one after another for the
 
 from __future__ import annotations
 
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -131,6 +132,14 @@ def check_one(bundle: Path, device: Device, plan: Plan, manifest: dict) -> Resul
         break
     result.seconds = round(time.monotonic() - started, 2)
     return result
+
+
+def manifest_of(bundle: str | Path) -> dict:
+    """A bundle's manifest, once the bundle verifies here (an archive is unpacked to a temp dir for it)."""
+    from edgetl.runtime.bundle import open_bundle
+
+    with tempfile.TemporaryDirectory(prefix="edgetl-check-") as tmp:
+        return open_bundle(bundle, machine="any", unpack_to=Path(tmp) / "b").manifest
 
 
 def pairs(bundles: list[tuple[Path, dict]], fleet: list[Device]) -> list[tuple[Path, dict, Device]]:
