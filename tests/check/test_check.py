@@ -188,10 +188,12 @@ def test_a_bundle_without_a_checkset_points_to_data(host_bundle, tmp_path):
         measure(bare, runs=1, warmup=0)
 
 
-def test_data_on_the_device_replaces_the_checkset_and_a_duration_the_count(host_bundle, signs, tmp_path):
+def test_data_on_the_device_replaces_the_checkset_and_a_duration_the_count(host_bundle, signs, tmp_path, capsys):
     device = _local(tmp_path / "fleet")
     assert main(["check", str(host_bundle), "--device", str(device), "--duration", "0.5", "--warmup", "0",
-                 "--data", str(signs["city_b"]), "--report", str(tmp_path / "report")]) == 0
+                 "--data", str(signs["city_b"]), "--report", str(tmp_path / "report"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.splitlines()[0])  # --json: one record per bundle and device
+    assert record["status"] == "pass" and record["top1"] is not None and "samples" not in record["latency_ms"]
     (r,) = json.loads((tmp_path / "report" / "report.json").read_text())["results"]
     assert r["measured"]["latency_ms"]["runs"] > 5  # as many frames as half a second holds
     assert r["measured"]["accuracy"]["source"] == str(signs["city_b"]) and r["measured"]["accuracy"]["images"] == 24

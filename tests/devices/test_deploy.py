@@ -148,3 +148,17 @@ def test_the_runtime_installs_and_the_head_adapts_on_the_device_and_survives_a_r
     again = deploy(tmp_path / "b" / "signs", device, timeout=300)
     assert not again["changed"] and again["heads_set_aside"] is None
     assert (heads / "CURRENT").read_text().strip() == "head-000001.npz"  # the device's learning stays in force
+
+
+def test_a_signed_bundle_goes_live_only_with_the_devices_trusted_key(compiled_run, local, tmp_path, capsys):
+    from edgetl import bundle as bundles
+
+    key, pub = bundles.keygen(tmp_path / "key")
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "signed" / "signs", sign=key)
+    signed = str(tmp_path / "signed" / "signs")
+    assert main(["deploy", signed, "--device", str(local.file)]) == 2  # the device has no key to check it with
+    assert "is signed, and no public key was given" in capsys.readouterr().err
+    assert not _active(local).exists()
+    assert main(["deploy", signed, "--device", str(local.file), "--device-key", str(pub), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["changed"] and r["bundle"] == "signs" and Path(r["active"]) == _active(local)
