@@ -1,7 +1,7 @@
 """`edgetl check`: a bundle measured on each device and held to that device's budgets.
 
-For every (bundle, device) pair whose CPUs match: deploy (a no-op when the device already has
-this bundle and this runtime), then `python -m edgetl.runtime check` on the device (see
+For every (bundle, device) pair whose CPUs match: deploy (nothing changes on a device that
+already has this bundle and this runtime), then `python -m edgetl.runtime check` on the device (see
 `edgetl.runtime.measure`), then each budget judged: p95 latency, top-1 on the checkset, peak
 RSS, with the device file's budgets over its target's. An emulated device answers correctly but
 hundreds of times slower, so there only accuracy is judged; latency and memory are reported as
