@@ -27,6 +27,7 @@ import pytest
 
 _PROBES = pytest.StashKey[dict]()
 _CHECKS = pytest.StashKey[dict]()
+_MANIFESTS = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser) -> None:
@@ -43,6 +44,7 @@ def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "edgetl_device: runs once per device of --edgetl-devices")
     config.stash[_PROBES] = {}
     config.stash[_CHECKS] = {}
+    config.stash[_MANIFESTS] = {}
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -80,10 +82,10 @@ class DeviceUnderTest:
         key = (self.device.name, str(self.bundle))
         cache = self._config.stash[_CHECKS]
         if key not in cache:
-            from edgetl.check import Plan, check_one, manifest_of
+            from edgetl.check import Plan, check_one
 
             plan = Plan(runs=self._config.getoption("edgetl_runs"))
-            cache[key] = check_one(self.bundle, self.device, plan, manifest_of(self.bundle))
+            cache[key] = check_one(self.bundle, self.device, plan, _manifest(self._config, self.bundle))
         result = cache[key]
         if result.status == "error":
             raise DeviceRunBroke(f"{self.name}: {result.error} (after {result.attempts} attempts)")
@@ -126,7 +128,7 @@ def edgetl_device(request) -> DeviceUnderTest:
         if config.getoption("edgetl_require_all"):
             pytest.fail(f"{message} (--edgetl-require-all)", pytrace=False)
         pytest.skip(message)
-    bundle = _bundle_for(device, config.getoption("edgetl_bundle"))
+    bundle = _bundle_for(device, config)
     if config.getoption("edgetl_bundle") and bundle is None:
         pytest.skip(f"no --edgetl-bundle is built for {device.name}'s {'/'.join(device.target.arch)}")
     under_test = DeviceUnderTest(device, bundle, config)
@@ -135,15 +137,22 @@ def edgetl_device(request) -> DeviceUnderTest:
     return under_test
 
 
-def _bundle_for(device, bundles: list[Path]) -> Path | None:
+def _manifest(config, path: Path) -> dict:
+    """A bundle's manifest, verified once per session (not once per test and device)."""
     from edgetl.check import manifest_of
     from edgetl.errors import EdgetlError
 
-    for path in bundles:
+    cache = config.stash[_MANIFESTS]
+    if path not in cache:
         try:
-            arch = manifest_of(path)["arch"]
+            cache[path] = manifest_of(path)
         except EdgetlError as exc:
             raise pytest.UsageError(f"--edgetl-bundle {path}: {exc}") from None
-        if set(arch) & set(device.target.arch):
+    return cache[path]
+
+
+def _bundle_for(device, config) -> Path | None:
+    for path in config.getoption("edgetl_bundle"):
+        if set(_manifest(config, path)["arch"]) & set(device.target.arch):
             return path
     return None
