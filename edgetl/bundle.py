@@ -6,6 +6,7 @@ Reading and verifying live in `edgetl.runtime.bundle`, because the device does t
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -20,8 +21,8 @@ from edgetl.backends import Artifacts, Source
 from edgetl.checkset import FILE as CHECKSET
 from edgetl.checkset import build as build_checkset
 from edgetl.errors import ConfigError
-from edgetl.fsutil import staged_dir
-from edgetl.runtime.bundle import MANIFEST, SIGNATURE, sha256
+from edgetl.fsutil import staged
+from edgetl.runtime.bundle import MANIFEST, SIGNATURE, key_id, raw_public_key, sha256
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.targets import Target
 
@@ -64,9 +65,11 @@ def _preprocess(source: Source, model: Path, inputs: list[dict]) -> dict:
 
 
 def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, files: dict[str, Path],
-             checkset: dict | None = None) -> dict:
+             checkset: dict | None = None, signer: dict | None = None) -> dict:
     """The manifest of DESIGN.md: everything the device checks and needs, and nothing that varies
-    between two builds of the same inputs (no timestamps, no temp paths)."""
+    between two builds of the same inputs (no timestamps, no paths of this machine: the run is
+    named by its dir's name and the hash of its record). `signer` (see `signer_entry`) names the
+    key a signed bundle is signed with."""
     inputs, outputs = tensor_specs(artifacts.model)
     run_record = (source.path / "finetune.json").read_bytes()
     model_name = next(n for n, p in files.items() if p == artifacts.model)
@@ -78,7 +81,7 @@ def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, fi
         "engine": artifacts.engine,
         "precision": artifacts.precision,
         "created_by": f"edgetl {__version__}",
-        "source_run": {"path": str(source.path.resolve()), "id": hashlib.sha256(run_record).hexdigest()[:16],
+        "source_run": {"name": source.path.resolve().name, "id": hashlib.sha256(run_record).hexdigest()[:16],
                        "backbone": json.loads(run_record)["backbone"]},
         "labels": json.loads((source.path / "labels.json").read_text()),
         "preprocess": _preprocess(source, artifacts.model, inputs),
@@ -96,14 +99,27 @@ def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, fi
                           "first_unmapped": (artifacts.report.first_unmapped.name
                                              if artifacts.report.first_unmapped else None),
                           "cpu_ops": len(artifacts.report.cpu_ops)},
+        "signer": signer,
     }
+
+
+def signer_entry(private) -> dict:
+    """What a signed manifest says of its signer: the raw ed25519 public key (base64) and its id.
+    It lets anyone see that the bundle is unchanged since it was signed; only a key the device was
+    given (`--key`, $EDGETL_BUNDLE_KEY) says by whom."""
+    raw = raw_public_key(private.public_key())
+    return {"key": base64.b64encode(raw).decode(), "id": key_id(raw)}
 
 
 def _private_key(key: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    data = Path(key).read_bytes()
+    try:
+        data = Path(key).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the signing key {key} (--sign): {exc.strerror or exc}",
+                          "pass the private key written by `edgetl bundle keygen KEY`") from None
     try:
         loaded = (serialization.load_ssh_private_key(data, None) if b"OPENSSH PRIVATE KEY" in data
                   else serialization.load_pem_private_key(data, None))
@@ -116,54 +132,71 @@ def _private_key(key: Path):
 
 
 def keygen(path: Path) -> tuple[Path, Path]:
-    """A new ed25519 key pair: PATH (private, PEM, mode 0600) and PATH.pub (public, PEM)."""
+    """A new ed25519 key pair: PATH (private, PEM, mode 0600) and PATH.pub (public, PEM). A missing
+    parent dir is made (the last one 0700: it holds a private key); an existing key is never replaced,
+    and a pair is written whole or not at all."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     path, pub = Path(path), Path(f"{path}.pub")
     if path.exists() or pub.exists():
         raise ConfigError(f"{path} or {pub} already exists", "choose another name; keys are never overwritten")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"{path.parent} is not a directory", "choose a key path inside a directory")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private)
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    written = []
+    try:
+        for file, data, mode in ((path, private, 0o600), (pub, public, 0o644)):
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            written.append(file)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    except FileExistsError:
+        for file in written:
+            file.unlink(missing_ok=True)
+        raise ConfigError(f"{path} or {pub} already exists", "choose another name; keys are never overwritten"
+                          ) from None
+    except BaseException:
+        for file in written:
+            file.unlink(missing_ok=True)
+        raise
     return path, pub
 
 
 def archive(folder: Path, out: Path, name: str | None = None) -> Path:
-    """`folder` as a .tar.gz whose bytes depend only on the files: sorted names, fixed owner, mode
-    and time, gzip header without name or time. Written beside `out` and renamed into place."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                info = tarfile.TarInfo(f"{name or folder.name}/{path.relative_to(folder).as_posix()}")
-                info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """`folder` as a .tar.gz at `out` whose bytes depend only on the files: sorted names, fixed owner,
+    mode and time, gzip header without name or time. The caller stages `out` (see `write`)."""
+    with open(out, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            info = tarfile.TarInfo(f"{name or folder.name}/{path.relative_to(folder).as_posix()}")
+            info.size, info.mode, info.mtime = path.stat().st_size, 0o644, 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
     return out
 
 
+def archive_path(out: Path) -> Path:
+    return out.with_name(out.name + ".tar.gz")
+
+
 def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, sign: Path | None = None) -> dict:
-    """The bundle dir at `out` (replaced as a whole, or left as it was) and `out`.tar.gz; returns the manifest."""
+    """The bundle dir at `out` and `out`.tar.gz, both replaced at once or left as they were (the caller has
+    claimed them: `edgetl.compile`); returns the manifest."""
     signer = _private_key(sign) if sign is not None else None  # a bad key fails before anything is written
     out = Path(out)
     model_name = f"backbone{artifacts.model.suffix}"
     if artifacts.model.name.endswith("_edgetpu.tflite"):
         model_name = "backbone_edgetpu.tflite"
     files = {model_name: artifacts.model, "head.npz": source.path / "head.npz", **artifacts.extra}
-    with staged_dir(out) as tmp:
+    with staged(out, [archive_path(out)]) as (tmp, (tmp_archive,)):  # the dir and its archive land together
         for name, path in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, tmp / name)
@@ -171,10 +204,11 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
         checks = build_checkset(source.path, tmp / CHECKSET)  # what `edgetl check` scores on the device
         if checks:
             placed[CHECKSET] = tmp / CHECKSET
-        record = manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed, checks)
+        record = manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed, checks,
+                          signer_entry(signer) if signer is not None else None)
         text = json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
         (tmp / MANIFEST).write_bytes(text)
         if signer is not None:
             (tmp / SIGNATURE).write_bytes(signer.sign(text))  # ed25519 is deterministic: still reproducible
-    archive(out, out.with_name(out.name + ".tar.gz"))
+        archive(tmp, tmp_archive, name=out.name)
     return record

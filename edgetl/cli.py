@@ -14,11 +14,19 @@ import traceback
 from pathlib import Path
 
 from edgetl import __version__
-from edgetl.errors import DeviceError, EdgetlError
+from edgetl.errors import ConfigError, DeviceError, EdgetlError
+from edgetl.runtime.lifecycle import Terminated, process_scope
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag as one line and a hint, like every other error (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (hint: {self.prog} --help)\n")
 
 
 def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    p = Parser(add_help=False)
     p.add_argument("--verbose", "-v", action="store_true", help="show tracebacks and more detail")
     return p
 
@@ -52,7 +60,7 @@ def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="edgetl", parents=[common],
         description="Fine-tune, quantize, compile, ship and check vision backbones for edge devices.")
     parser.add_argument("--version", action="version", version=f"edgetl {__version__}")
@@ -132,10 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "transport; the device verifies the bundle and makes it active only once it is "
                                     "complete. Exit 3 when the device cannot be reached.")
     dp.add_argument("bundle", type=Path, help="bundle dir or .tar.gz")
-    dp.add_argument("--device", required=True, help="device file or name (see `edgetl devices`)")
+    to = dp.add_mutually_exclusive_group(required=True)
+    to.add_argument("--device", help="device file or name (see `edgetl devices`)")
+    to.add_argument("--devices", type=Path, help="a directory of device files: every device built for the "
+                    "bundle's CPU, in parallel (exit 3 when one cannot be reached)")
     dp.add_argument("--device-key", help="signed bundles: the trusted public key's path on the device")
     dp.add_argument("--timeout", type=float, default=600.0, help="seconds for each step on the device (default 600)")
-    dp.add_argument("--json", action="store_true", help="the result as one JSON object")
+    dp.add_argument("--json", action="store_true", help="the result as one JSON object (one per device)")
 
     ck = sub.add_parser("check", parents=[common], help="measure bundles on devices and hold them to their budgets",
                         description="Deploys each bundle to each device built for its CPU, times frames after a "
@@ -153,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     how_long.add_argument("--duration", type=float, help="time frames for this many seconds instead")
     ck.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
     ck.add_argument("--data", help="labelled images DIR/<label>/*.png on the device, instead of the checkset")
-    ck.add_argument("--report", type=Path, help="write report.json and report.html into this dir")
-    ck.add_argument("--junit", type=Path, help="write JUnit XML here (a testcase per budget)")
+    ck.add_argument("--report", type=Path, help="write report.json and report.html into this dir (an earlier "
+                    "edgetl report there is replaced; a dir holding anything else is refused)")
+    ck.add_argument("--junit", type=Path, help="write JUnit XML here, a testcase per budget (an earlier edgetl "
+                    "JUnit file is replaced; any other file is refused)")
     ck.add_argument("--timeout", type=float, default=600.0, help="seconds for each step on a device (default 600)")
     ck.add_argument("--json", action="store_true", help="one JSON record per bundle and device")
 
@@ -170,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--sign", type=Path, help="ed25519 private key to sign the manifest with (edgetl bundle keygen)")
     cp.add_argument("--allow-cpu-only", action="store_true",
                     help="Edge TPU targets without edgetpu_compiler: ship the int8 model for the CPU")
+    cp.add_argument("--force", action="store_true", help="replace an earlier bundle at --out (nothing else)")
 
     bd = sub.add_parser("bundle", parents=[common], help="bundles: verify before flashing, make signing keys")
     bd_sub = bd.add_subparsers(dest="bundle_command", metavar="ACTION")
@@ -201,7 +215,8 @@ def _cmd_predict(args, console) -> int:
         for r in records:
             print(json.dumps(r))
         return 0
-    console.table(f"{args.bundle}", ["image", "label", "probability", *(["top"] if args.top > 1 else [])],
+    head = f" (head version {records[0]['head_version']})" if records else ""
+    console.table(f"{args.bundle}{head}", ["image", "label", "probability", *(["top"] if args.top > 1 else [])],
                   [[r["image"], r["label"], f"{r['probability']:.3f}",
                     *([", ".join(f"{lab} {p:.2f}" for lab, p in r["top"])] if args.top > 1 else [])]
                    for r in records])
@@ -253,22 +268,50 @@ def _print_report(report, console) -> None:
 
 def _cmd_deploy(args, console) -> int:
     from edgetl import devices
-    from edgetl.devices.deploy import deploy, deploy_summary
+    from edgetl.devices.deploy import deploy, deploy_fleet, deploy_summary, fleet_exit_code
 
-    r = deploy(args.bundle, devices.load(args.device), timeout=args.timeout, key=args.device_key)
+    if args.device:
+        r = deploy(args.bundle, devices.load(args.device), timeout=args.timeout, key=args.device_key)
+        if args.json:
+            print(json.dumps(r))
+        else:
+            console.log(deploy_summary(r))
+        return 0
+    from edgetl.check import manifest_of, pairs
+
+    fleet = devices.fleet(args.devices)
+    manifest = manifest_of(args.bundle)  # verified here once, before any device is asked
+    chosen = [d for _, _, d in pairs([(args.bundle, manifest)], fleet)]
+    if not chosen:
+        raise EdgetlError(f"no device among {', '.join(d.name for d in fleet)} runs {'/'.join(manifest['arch'])} "
+                          f"bundles", "compile for the devices' targets, or pick devices with --device/--devices")
+    results = deploy_fleet(args.bundle, chosen, timeout=args.timeout, key=args.device_key)
     if args.json:
-        print(json.dumps(r))
+        for r in results:
+            print(json.dumps(r))
     else:
-        console.log(deploy_summary(r))
-    return 0
+        rows = [[r["device"], r["status"], r.get("active", "-"),
+                 r["runtime"] + (" (installed)" if r["runtime_installed"] else "") if "runtime" in r else "-",
+                 f"{r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s" if "bytes" in r else "-", r["error"] or "-"]
+                for r in results]
+        skipped = [d.name for d in fleet if d not in chosen]
+        console.table(f"deploy {manifest['name']} ({manifest['target']}, {manifest['engine']} "
+                      f"{manifest['precision']})", ["device", "status", "active", "runtime", "copied", "why"], rows)
+        if skipped:
+            console.log(f"not built for {', '.join(skipped)} ({'/'.join(manifest['arch'])} bundle): skipped")
+    return fleet_exit_code(results)
 
 
 def _cmd_check(args, console) -> int:
-    from edgetl import devices
+    from edgetl import devices, fsutil
     from edgetl.check import Plan, check_fleet, exit_code, manifest_of, pairs, report
 
     if args.runs < 1 or args.warmup < 0 or (args.duration is not None and args.duration <= 0):
         raise EdgetlError("--runs must be >= 1, --warmup >= 0 and --duration > 0", "edgetl check B --runs 200")
+    if args.report is not None:  # before any work: never replace what edgetl did not write
+        fsutil.claim(args.report, fsutil.REPORT, inputs=args.bundles, flag="--report")
+    if args.junit is not None:
+        fsutil.claim_file(args.junit, fsutil.JUNIT, "a JUnit report", flag="--junit")
     fleet = devices.fleet(args.devices) if args.devices else [devices.load(args.device or "local")]
     bundles = [(path, manifest_of(path)) for path in args.bundles]
     if not pairs(bundles, fleet):
@@ -288,7 +331,8 @@ def _cmd_check(args, console) -> int:
             m = r.measured or {}
             lat = m.get("latency_ms", {})
             fails = [v.why for v in r.verdicts if v.status == "fail"]
-            rows.append([r.device, f"{r.bundle} ({r.engine} {r.precision})", r.status,
+            head = f", head {r.head_version}" if r.head_version is not None else ""
+            rows.append([r.device, f"{r.bundle} ({r.engine} {r.precision}{head})", r.status,
                          f"{lat['p50']:.2f}/{lat['p95']:.2f}/{lat['p99']:.2f}" if lat else "-",
                          f"{m['peak_rss_mb']:.0f}" if m else "-", f"{m['accuracy']['top1']:.1f}" if m else "-",
                          "; ".join(fails) or r.error or ("timings not judged (emulated)" if r.emulated else "-")])
@@ -330,7 +374,7 @@ def _cmd_compile(args, console) -> int:
             _print_report(report, console)
         return 0
     m = compile_bundle(args.source, args.target, args.out, sign=args.sign, allow_cpu_only=args.allow_cpu_only,
-                       console=console)
+                       force=args.force, console=console)
     acc = m["accuracy"] or {}
     console.table(f"bundle {m['name']} for {m['target']}", ["engine", "precision", "model", "top-1", "signed", "files"],
                   [[m["engine"], m["precision"], m["model"], f"{acc.get('top1', '-')}% ({acc.get('split', '-')})",
@@ -348,11 +392,22 @@ def _cmd_bundle(args, console) -> int:
         return 0
     import tempfile
 
-    from edgetl.runtime.bundle import open_bundle
+    from edgetl.runtime.bundle import BundleError, open_bundle, public_key_id
 
     with tempfile.TemporaryDirectory(prefix="edgetl-verify-") as tmp:  # an archive is checked unpacked here
         b = open_bundle(args.bundle, key=args.key, machine=None if args.this_machine else "any", unpack_to=Path(tmp))
-    sig = "signature verified" if b.signature_checked else ("signed (pass --key to check)" if b.signed else "unsigned")
+    if b.signature_checked:
+        sig = f"signature verified with --key {public_key_id(args.key)}"
+    elif b.signer_checked:  # unchanged since it was signed; by whom only a trusted key can say
+        sig = f"signature matches its embedded key {b.signer}; trust needs --key"
+    elif b.signed and b.signer is None:
+        raise BundleError(f"{args.bundle} is signed and names no signer key (an older edgetl signed it), "
+                          "so its signature is unchecked", "pass --key PUB, the signer's public key")
+    elif b.signed:
+        raise BundleError(f"{args.bundle} is signed, and checking a signature needs the cryptography package",
+                          "pip install 'edgetl[runtime-sign]', or pass --key PUB")
+    else:
+        sig = "unsigned"
     console.log(f"ok: {args.bundle}: {b.manifest['name']} for {b.target} ({', '.join(b.manifest['arch'])}), "
                 f"{b.manifest['engine']} {b.manifest['precision']}, {len(b.manifest['files'])} files match their "
                 f"sha256, schema {b.manifest['schema_version']}, {sig}")
@@ -421,8 +476,10 @@ def _cmd_train(args, console) -> int:
 
 
 def _cmd_export(args, console) -> int:
-    from edgetl.export import export
+    from edgetl.export import check_format, check_tolerance, export  # torch loads only inside export()
 
+    check_format(args.format)
+    check_tolerance(args.tolerance)
     result = export(args.run, args.format, tolerance=args.tolerance, console=console)
     p = result.record["parity"]
     console.table(f"export: {result.path}", ["file", "MB", "max |diff|", "top-1 agreement"],
@@ -471,32 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     from edgetl.console import Console
 
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints
-    console = Console(quiet=quiet)
+    console = Console(quiet=quiet, verbose=args.verbose)
     handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train,
                 "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile,
                 "devices": _cmd_devices, "deploy": _cmd_deploy, "check": _cmd_check, "predict": _cmd_predict,
                 "adapt": _cmd_adapt}
     try:
-        if args.command == "data":
-            if args.data_command is None:
-                print("error: `edgetl data` needs an action (hint: edgetl data synth|show --help)", file=sys.stderr)
-                return 2
-            return {"synth": _cmd_synth, "show": _cmd_show}[args.data_command](args, console)
-        if args.command == "bundle":
-            if args.bundle_command is None:
-                print("error: `edgetl bundle` needs an action (hint: edgetl bundle verify|keygen --help)",
-                      file=sys.stderr)
-                return 2
-            return _cmd_bundle(args, console)
-        if args.command == "calib":
-            if args.calib_command is None:
-                print("error: `edgetl calib` needs an action (hint: edgetl calib show FILE)", file=sys.stderr)
-                return 2
-            return _cmd_calib_show(args, console)
-        if args.command is None:
-            parser.print_help()
-            return 2
-        return handlers[args.command](args, console)
+        with process_scope():  # one temp root, removed on any exit; SIGTERM/SIGHUP unwind like Ctrl-C
+            return _dispatch(args, parser, console, handlers)
     except EdgetlError as exc:
         if args.verbose:
             traceback.print_exc()
@@ -509,10 +548,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where} (hint: check the path, its permissions and free space)",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Terminated`
+        if args.verbose:
+            traceback.print_exc()
+        print(f"interrupted ({exc.args[0] if isinstance(exc, Terminated) else 'SIGINT'}); "
+              "nothing half-written was kept", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Terminated) else 130
 
+
+def _dispatch(args, parser, console, handlers) -> int:
+    if args.command == "data":
+        if args.data_command is None:
+            raise ConfigError("`edgetl data` needs an action", "edgetl data synth|show --help")
+        return {"synth": _cmd_synth, "show": _cmd_show}[args.data_command](args, console)
+    if args.command == "bundle":
+        if args.bundle_command is None:
+            raise ConfigError("`edgetl bundle` needs an action", "edgetl bundle verify|keygen --help")
+        return _cmd_bundle(args, console)
+    if args.command == "calib":
+        if args.calib_command is None:
+            raise ConfigError("`edgetl calib` needs an action", "edgetl calib show FILE")
+        return _cmd_calib_show(args, console)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return handlers[args.command](args, console)
 
 if __name__ == "__main__":
     raise SystemExit(main())

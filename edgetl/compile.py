@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgetl import backends, bundle, targets
+from edgetl import backends, bundle, fsutil, targets
 from edgetl.backends import CompatibilityReport, Source
 from edgetl.console import QUIET, Console
 from edgetl.errors import ConfigError
@@ -22,16 +22,21 @@ def check(source: str | Path, target: str | Path) -> CompatibilityReport:
 
 
 def compile_bundle(source: str | Path, target: str | Path, out: str | Path | None = None, *,
-                   sign: str | Path | None = None, allow_cpu_only: bool = False,
+                   sign: str | Path | None = None, allow_cpu_only: bool = False, force: bool = False,
                    console: Console = QUIET) -> dict:
     """Compile a run for `target` into the bundle dir `out` (default RUN/bundles/TARGET) and
-    `out`.tar.gz; returns the manifest."""
+    `out`.tar.gz; returns the manifest. An earlier bundle there is replaced only with `force`;
+    anything else there is refused before any work (`edgetl.fsutil.claim`)."""
     t = targets.load(target)
     src = Source.of(source)
     if not src.is_run:
         raise ConfigError(f"a bundle needs a run (labels, head, preprocessing), and {src.path} is a model file",
                           "use --dry-run to check a model file against a target")
     out = Path(out) if out is not None else src.path / "bundles" / t.name
+    fsutil.claim(out, fsutil.BUNDLE, force=force, inputs=[src.path])
+    fsutil.claim_archive(bundle.archive_path(out), out.name, force=force)
+    if sign is not None and Path(sign).resolve() in (out.resolve(), bundle.archive_path(out).resolve()):
+        raise ConfigError(f"--sign {sign} is the bundle's own output", "keep signing keys outside the bundle")
     backend = backends.for_target(t)
     with tempfile.TemporaryDirectory(prefix="edgetl-compile-") as work:
         artifacts = backend.compile(src, t, Path(work), allow_cpu_only=allow_cpu_only)

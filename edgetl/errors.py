@@ -33,3 +33,7 @@ class DeviceError(EdgetlError):
 
 class RunError(EdgetlError):
     """A run directory is missing, incomplete or would be overwritten."""
+
+
+class OutputError(EdgetlError):
+    """An output path edgetl may not write to (it holds something else), or could not write (disk full)."""

@@ -32,6 +32,16 @@ def search_path(variable: str, folder: str, shipped: Path) -> list[Path]:
     return dirs + [Path(folder), shipped]
 
 
+def configured_path(variable: str, folder: str, shipped: Path) -> list[Path]:
+    """The directories whose files make up the whole set (`edgetl devices`, a fleet): $VARIABLE's when
+    it is set, else ./FOLDER when there is one, else the ones shipped. Lookup by name (`find` along
+    `search_path`) still falls back to the shipped files."""
+    dirs = [Path(d) for d in os.environ.get(variable, "").split(os.pathsep) if d]
+    if dirs:
+        return dirs
+    return [Path(folder)] if Path(folder).is_dir() else [shipped]
+
+
 def names(path: list[Path]) -> list[str]:
     return sorted({f.stem for d in path if d.is_dir() for f in d.glob("*.toml")})
 

@@ -9,8 +9,8 @@ import pytest
 from edgetl import bundle
 from edgetl.cli import main
 from edgetl.compile import compile_bundle
-from edgetl.errors import ConfigError
-from edgetl.runtime import engines
+from edgetl.errors import ConfigError, OutputError
+from edgetl.runtime import Model, engines
 from edgetl.runtime.bundle import BundleError, open_bundle
 
 HOST = "x86_64"
@@ -142,11 +142,18 @@ def test_a_bad_signing_key_fails_before_anything_is_written(compiled_run, tmp_pa
     assert not (tmp_path / "b").exists() and not (tmp_path / "b.tar.gz").exists()
 
 
-def test_recompiling_replaces_the_bundle_whole(compiled_run, tmp_path):
+def test_recompiling_replaces_the_bundle_whole_only_with_force_and_never_a_file_it_did_not_write(
+        compiled_run, tmp_path):
     compile_bundle(compiled_run, "host-cpu", tmp_path / "b")
-    (tmp_path / "b" / "stray").write_text("x")
-    compile_bundle(compiled_run, "host-cpu", tmp_path / "b")
-    assert open_bundle(tmp_path / "b", machine=HOST) and not (tmp_path / "b" / "stray").exists()
+    with pytest.raises(OutputError, match="already exists and holds an edgetl bundle.*--force"):
+        compile_bundle(compiled_run, "host-cpu", tmp_path / "b")
+    (tmp_path / "b" / "head.npz").write_bytes(b"changed")  # still a bundle (damaged): --force replaces it whole
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "b", force=True)
+    assert open_bundle(tmp_path / "b", machine=HOST)
+    (tmp_path / "b" / "notes.txt").write_text("mine")  # a file edgetl did not write: never deleted
+    with pytest.raises(OutputError, match="files edgetl did not write"):
+        compile_bundle(compiled_run, "host-cpu", tmp_path / "b", force=True)
+    assert (tmp_path / "b" / "notes.txt").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
@@ -159,3 +166,125 @@ def test_cli_compiles_and_refuses_a_model_file_bundle(compiled_run, tmp_path, ca
     assert main(["compile", str(model), "--target", "host-cpu", "--dry-run"]) == 0
     assert "all" in capsys.readouterr().err
     shutil.rmtree(tmp_path / "pi")
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_the_manifest_names_no_path_of_the_build_machine(quantized_run, tmp_path):
+    texts = []
+    for copy in ("a", "b"):  # the same run in two places gives the same manifest
+        run = shutil.copytree(quantized_run, tmp_path / copy / "work" / "signs")
+        compile_bundle(run, "host-cpu", tmp_path / copy / "out" / "host")
+        texts.append((tmp_path / copy / "out" / "host" / "manifest.json").read_text())
+    assert texts[0] == texts[1]
+    assert str(tmp_path) not in texts[0] and str(quantized_run) not in texts[0]
+    m = json.loads(texts[0])
+    assert not [s for s in _strings(m) if s.startswith("/")]  # nothing absolute anywhere
+    assert m["source_run"]["name"] == "signs" and len(m["source_run"]["id"]) == 16
+
+
+def _verify(capsys, *args):
+    code = main(["bundle", "verify", *map(str, args)])
+    out = capsys.readouterr()
+    return code, out.err.strip()
+
+
+def _resign(folder, key, **changes):
+    """The manifest changed and signed again with `key`, as someone holding that key could."""
+    m = json.loads((folder / "manifest.json").read_text())
+    m.update(changes)
+    text = json.dumps(m, indent=2, sort_keys=True).encode() + b"\n"
+    (folder / "manifest.json").write_bytes(text)
+    (folder / "manifest.json.sig").write_bytes(bundle._private_key(key).sign(text))
+
+
+def test_a_signed_bundle_carries_its_signers_key_and_verify_checks_it_without_key(compiled_run, tmp_path, capsys):
+    key, pub = bundle.keygen(tmp_path / "key")
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "a" / "signed", sign=key)
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "b" / "signed", sign=key)
+    assert (tmp_path / "a" / "signed.tar.gz").read_bytes() == (tmp_path / "b" / "signed.tar.gz").read_bytes()
+    signed = tmp_path / "a" / "signed"
+    signer = json.loads((signed / "manifest.json").read_text())["signer"]
+    assert signer["id"].startswith("ed25519:") and len(signer["key"]) == 44  # 32 raw bytes, base64
+    code, err = _verify(capsys, signed)
+    assert code == 0 and f"signature matches its embedded key {signer['id']}; trust needs --key" in err
+    code, err = _verify(capsys, signed, "--key", pub)
+    assert code == 0 and f"signature verified with --key {signer['id']}" in err
+    # the device trusts only the key it was given, never the embedded one
+    with pytest.raises(BundleError, match="is signed, and no public key was given"):
+        Model.load(signed, machine="any")
+
+    _edit_manifest(signed, budgets={"latency_p95_ms": 1e9})  # hashes still fine: only the signature sees it
+    code, err = _verify(capsys, signed)
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"signature does not match the manifest and the key it names ({signer['id']})" in err
+    code, err = _verify(capsys, tmp_path / "b" / "signed.tar.gz")
+    assert code == 0  # the archive beside it is untouched
+
+
+def test_verify_says_when_the_key_given_is_not_the_signers(compiled_run, tmp_path, capsys):
+    key, _ = bundle.keygen(tmp_path / "key")
+    other_key, other = bundle.keygen(tmp_path / "other")
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "signed", sign=key)
+    embedded = json.loads((tmp_path / "signed" / "manifest.json").read_text())["signer"]["id"]
+    code, err = _verify(capsys, tmp_path / "signed", "--key", other)
+    assert code == 2 and f"signed by {embedded}, and the key given ({other})" in err
+    # re-signed by another key that leaves the first signer named: not what it says it is
+    _resign(tmp_path / "signed", other_key)
+    code, err = _verify(capsys, tmp_path / "signed", "--key", other)
+    assert code == 2 and f"names signer {embedded}, and it is signed by the key given" in err
+    code, err = _verify(capsys, tmp_path / "signed")
+    assert code == 2 and "key it names" in err
+
+
+def test_a_signed_bundle_naming_no_signer_is_not_called_ok_without_a_key(compiled_run, tmp_path, capsys):
+    key, pub = bundle.keygen(tmp_path / "key")
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "old", sign=key)
+    _resign(tmp_path / "old", key, signer=None)  # as an edgetl before embedded signers signed it
+    code, err = _verify(capsys, tmp_path / "old")
+    assert code == 2 and "names no signer key" in err and "hint: pass --key" in err
+    assert _verify(capsys, tmp_path / "old", "--key", pub)[0] == 0
+
+
+def test_a_signature_removed_from_a_bundle_that_names_its_signer_is_refused(compiled_run, tmp_path, capsys):
+    key, _ = bundle.keygen(tmp_path / "key")
+    compile_bundle(compiled_run, "host-cpu", tmp_path / "signed", sign=key)
+    (tmp_path / "signed" / "manifest.json.sig").unlink()
+    code, err = _verify(capsys, tmp_path / "signed")
+    assert code == 2 and "manifest.json.sig is missing" in err
+
+
+def test_a_missing_trusted_key_file_is_one_line_naming_it(host_bundle, tmp_path, monkeypatch, capsys):
+    gone = tmp_path / "keys" / "fleet.pub"
+    monkeypatch.setenv("EDGETL_BUNDLE_KEY", str(gone))
+    with pytest.raises(BundleError, match=f"cannot read the public key {gone} named by \\$EDGETL_BUNDLE_KEY"):
+        Model.load(host_bundle, machine="any")
+    monkeypatch.delenv("EDGETL_BUNDLE_KEY")
+    code, err = _verify(capsys, host_bundle, "--key", gone)
+    assert code == 2 and str(gone) in err and "EDGETL_BUNDLE_KEY" in err and len(err.splitlines()) == 1
+    code = main(["compile", str(host_bundle.parent / "run"), "--target", "host-cpu", "--sign", str(tmp_path / "no"),
+                 "--out", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot read the signing key {tmp_path / 'no'}" in err and "Traceback" not in err
+
+
+def test_keygen_makes_the_key_dir_as_the_readme_writes_it_and_never_overwrites(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bundle", "keygen", "keys/fleet"]) == 0
+    private, public = tmp_path / "keys" / "fleet", tmp_path / "keys" / "fleet.pub"
+    assert oct(private.stat().st_mode & 0o777) == "0o600" and public.is_file()
+    assert oct((tmp_path / "keys").stat().st_mode & 0o777) == "0o700"  # a new dir holding a private key
+    before = private.read_bytes()
+    capsys.readouterr()
+    assert main(["bundle", "keygen", "keys/fleet"]) == 2
+    assert "never overwritten" in capsys.readouterr().err and private.read_bytes() == before

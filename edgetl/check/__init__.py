@@ -53,6 +53,7 @@ class Result:
     precision: str | None = None
     verdicts: list[Verdict] = field(default_factory=list)
     measured: dict | None = None  # what the device said (`edgetl.runtime.measure`)
+    head_version: int | None = None  # the head the device scored (0: the bundle's own; None: not measured)
     error: str | None = None
     attempts: int = 0
     seconds: float = 0.0
@@ -127,6 +128,7 @@ def check_one(bundle: Path, device: Device, plan: Plan, manifest: dict) -> Resul
             result.error = str(exc)
             break
         result.measured, result.error = measured, None
+        result.head_version = measured.get("head_version")
         result.verdicts = judge(device, measured)
         result.status = FAIL if any(v.status == FAIL for v in result.verdicts) else PASS
         break

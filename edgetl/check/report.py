@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import platform
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,7 +20,6 @@ from pathlib import Path
 from edgetl import __version__
 from edgetl.check import ERROR, FAIL, NOT_JUDGED, PASS, SKIPPED, Result, exit_code
 from edgetl.fsutil import staged_dir
-from edgetl.runtime.files import atomic_write
 
 
 def as_json(results: list[Result]) -> dict:
@@ -267,7 +268,26 @@ def write(results: list[Result], report_dir: Path | None = None, junit_file: Pat
             (tmp / "report.html").write_text(page(results))
         written += [report_dir / "report.json", report_dir / "report.html"]
     if junit_file is not None:
-        atomic_write(Path(junit_file), junit(results))
+        _write_file(Path(junit_file), junit(results))
         written.append(Path(junit_file))
     return written
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """`data` at `path` all or nothing (temp file, rename), its mode the umask's like the report dir's
+    files: mkstemp's 0600 would follow the file to its name and hide it from the CI's other users."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from edgetl import fsutil
 from edgetl.errors import DataError
 
 DOMAINS = ("city-a", "city-b")
@@ -379,12 +377,8 @@ def synthesize(
         raise DataError(f"--per-class must be at least 1, not {per_class}", "e.g. --per-class 50")
     if not 16 <= size <= 512:
         raise DataError(f"--size must be between 16 and 512 px, not {size}", "e.g. --size 64")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} already exists and is not empty", "choose a new --out, or remove it first")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    out = fsutil.claim(out, fsutil.DATASET)
+    with fsutil.staged_dir(out) as tmp:
         for label in range(len(CLASSES)):
             folder = tmp / class_dir_name(label)
             folder.mkdir()
@@ -392,10 +386,4 @@ def synthesize(
                 render(domain, label, i, size, seed).save(folder / f"{domain}-{seed}-{i:05d}.png", compress_level=1)
                 if progress:
                     progress(1)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -25,7 +25,9 @@ file is an error naming the file, the key and the values allowed.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -47,6 +49,10 @@ EMULATED_KEYS = {"root": str, "qemu": str, "cpu": str, "python": str, "site": st
 # Where device files are looked for, after an explicit path: $EDGETL_DEVICES, ./devices, the ones shipped.
 SHIPPED = Path(__file__).resolve().parent.parent.parent / "devices"
 PROBE = "import platform, sys; print(platform.machine(), '%d.%d.%d' % sys.version_info[:3])"
+# What an [ssh] value may be, so that nothing from a device file can become an option of ssh.
+HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}")
+PLAIN = "not starting with '-', without whitespace or control characters"
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ class Ssh:
             argv += ["-i", str(Path(self.identity).expanduser()), "-o", "IdentitiesOnly=yes"]
         if self.known_hosts:
             argv += ["-o", f"UserKnownHostsFile={Path(self.known_hosts).expanduser()}"]
-        return [*argv, f"{self.user}@{self.host}" if self.user else self.host, "--", shlex.join(command)]
+        # `--` first: the destination and the command are never read as options
+        return [*argv, "--", f"{self.user}@{self.host}" if self.user else self.host, shlex.join(command)]
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,43 @@ def _table(file: Path, name: str, raw, keys: dict[str, type], required: tuple[st
     return raw
 
 
+def _host(value: str) -> bool:
+    """A hostname (or ssh_config alias) of dot-separated labels, an IPv4 or an IPv6 address."""
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    if not name or len(name) > 253 or re.fullmatch(r"[0-9.]+", name):  # digits and dots only: a bad IPv4
+        return False
+    return all(HOST_LABEL.fullmatch(label) for label in name.split("."))
+
+
+def _plain(value: str, spaces: bool = False) -> bool:
+    """Not an option, and no control characters (nor whitespace unless `spaces`)."""
+    return (bool(value) and not value.startswith("-") and value.isprintable()
+            and (spaces or not any(c.isspace() for c in value)))
+
+
+def _check_ssh(file: Path, ssh: Ssh) -> None:
+    if not (_plain(ssh.host) and _host(ssh.host)):
+        raise _bad(file, "ssh.host", ssh.host, "a hostname (letters, digits, '-', '_' and dots), an IPv4 or an "
+                                               "IPv6 address")
+    if ssh.user is not None and not USER.fullmatch(ssh.user):
+        raise _bad(file, "ssh.user", ssh.user, "a user name of letters, digits, '_', '.' and '-' (up to 32), "
+                                               "not starting with '-'")
+    if not 0 < ssh.port < 65536:
+        raise _bad(file, "ssh.port", ssh.port, "1-65535")
+    if ssh.connect_timeout_s < 1:
+        raise _bad(file, "ssh.connect_timeout_s", ssh.connect_timeout_s, "a whole number of seconds >= 1")
+    for key, spaces in (("identity", True), ("known_hosts", False), ("python", False), ("workdir", True)):
+        value = getattr(ssh, key)
+        if value is not None and not _plain(value, spaces):
+            raise _bad(file, f"ssh.{key}", value, "a path " + (PLAIN if not spaces else
+                                                                "not starting with '-', without control characters"))
+
+
 def parse(file: Path, raw: dict) -> Device:
     """A device from its TOML table; every key and value checked, the target loaded."""
     for key in raw:
@@ -232,8 +276,7 @@ def parse(file: Path, raw: dict) -> Device:
         local = Local(os.path.normpath(file.parent.absolute() / local.workdir))  # beside the file, as a root is
     if transport == "ssh":
         ssh = Ssh(**_table(file, "ssh", raw.get("ssh", {}), SSH_KEYS, ("host",)))
-        if not 0 < ssh.port < 65536:
-            raise _bad(file, "ssh.port", ssh.port, "1-65535")
+        _check_ssh(file, ssh)
     if transport == "emulated":
         table = dict(_table(file, "emulated", raw.get("emulated", {}), EMULATED_KEYS, ("root",)))
         root = Path(table["root"]).expanduser()
@@ -267,17 +310,23 @@ def search_path() -> list[Path]:
     return tomlfiles.search_path("EDGETL_DEVICES", "devices", SHIPPED)
 
 
+def fleet_path() -> list[Path]:
+    """Where the default fleet is: $EDGETL_DEVICES alone when set, else ./devices, else the shipped files."""
+    return tomlfiles.configured_path("EDGETL_DEVICES", "devices", SHIPPED)
+
+
 def load(name: str | Path) -> Device:
     """A device by the path of its TOML file, or by name (looked up in the search path)."""
     return read(tomlfiles.find(name, search_path(), "device"))
 
 
 def fleet(folder: Path | None = None) -> list[Device]:
-    """Every device file in `folder` (default: the search path, first found wins by name); names must be unique."""
+    """Every device file in `folder` (default: `fleet_path`, first found wins by name); names must be unique
+    within a folder."""
     if folder and not Path(folder).is_dir():
         raise ConfigError(f"{folder} is not a directory", "pass a directory of device .toml files")
     files = sorted(Path(folder).glob("*.toml")) if folder else [
-        f for d in search_path() if d.is_dir() for f in sorted(d.glob("*.toml"))]
+        f for d in fleet_path() if d.is_dir() for f in sorted(d.glob("*.toml"))]
     devices: dict[str, Device] = {}
     for file in files:
         device = read(file)
@@ -285,10 +334,11 @@ def fleet(folder: Path | None = None) -> list[Device]:
             if folder:
                 raise ConfigError(f"{file}: device name {device.name!r} is also used by {devices[device.name].file}",
                                   "give every device in a fleet its own name")
-            continue  # an earlier directory in the search path shadows it
+            continue  # an earlier directory of $EDGETL_DEVICES shadows it
         devices[device.name] = device
     if not devices:
-        raise ConfigError(f"no device files in {folder or 'the search path'}", "see devices/local.toml")
+        where = folder or os.pathsep.join(map(str, fleet_path()))
+        raise ConfigError(f"no device files in {where}", "see devices/local.toml")
     return list(devices.values())
 
 

@@ -212,6 +212,39 @@ def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: s
             "seconds": round(time.monotonic() - started, 2)}
 
 
+DEPLOYED, ACTIVE, REFUSED, UNREACHABLE = "deployed", "already active", "refused", "unreachable"
+
+
+def deploy_fleet(bundle: str | Path, fleet: list[Device], *, timeout: float = 600.0,
+                 key: str | Path | None = None) -> list[dict]:
+    """`bundle` onto every device of `fleet` (the ones built for its CPU, see `edgetl.check.pairs`),
+    the devices in parallel; one record per device, in fleet order, with its `status`: deployed,
+    active (already), refused (the device said no), unreachable (the device or its transport broke)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(device: Device) -> dict:
+        try:
+            r = deploy(bundle, device, timeout=timeout, key=key)
+        except DeviceError as exc:
+            return {"device": device.name, "status": UNREACHABLE, "error": str(exc)}
+        except EdgetlError as exc:
+            return {"device": device.name, "status": REFUSED, "error": str(exc)}
+        return {**r, "status": DEPLOYED if r["changed"] else ACTIVE, "error": None}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(fleet)))) as pool:
+        return list(pool.map(one, fleet))
+
+
+def fleet_exit_code(results: list[dict]) -> int:
+    """2 when a device refused the bundle (about the bundle or the device file), else 3 when one
+    could not be reached (about the lab, as in `edgetl check`), else 0."""
+    if any(r["status"] == REFUSED for r in results):
+        return 2
+    if any(r["status"] == UNREACHABLE for r in results):
+        return 3
+    return 0
+
+
 def deploy_summary(r: dict) -> str:
     what = "deployed" if r["changed"] else "already active"
     runtime = "runtime installed" if r["runtime_installed"] else "runtime up to date"

@@ -8,22 +8,26 @@ written; a failed check is an error and leaves no export behind.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from edgetl import runfiles
 from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import load_images
 from edgetl.errors import ConfigError, DataError
-from edgetl.export import parity
-from edgetl.fsutil import staged_dir
+from edgetl.fsutil import EXPORT, claim, staged_dir
 from edgetl.runtime.preprocess import PreprocessSpec
-from edgetl.train.finetune import versions
-from edgetl.train.run import Run, load_run, split_samples, stratified
+
+if TYPE_CHECKING:  # torch and the run reader load only once an export really starts
+    import torch
+
+    from edgetl.train.run import Run
 
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 LAYOUT = {"onnx": "NCHW", "tflite": "NHWC"}
@@ -31,15 +35,19 @@ EXPORT_RECORD = "export.json"
 PARITY_IMAGES = 64
 
 
-class Classifier(torch.nn.Module):
+def classifier(backbone: torch.nn.Module, head: torch.nn.Linear) -> torch.nn.Module:
     """backbone + head as one graph: image -> logits."""
+    import torch
 
-    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Linear):
-        super().__init__()
-        self.backbone, self.head = backbone, head
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = backbone, head
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(images))
+
+    return Classifier()
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,15 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
+def check_tolerance(tolerance: float) -> float:
+    """The parity tolerance: a finite number > 0 (relative to the embeddings' range)."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not math.isfinite(tolerance) \
+            or tolerance <= 0:
+        raise ConfigError(f"--tolerance must be a finite number > 0, not {tolerance}",
+                          "it is relative to the embeddings' range: 1e-3 (default) allows 0.1%")
+    return float(tolerance)
+
+
 def export_dir(run_path: Path, fmt: str) -> Path:
     return Path(run_path) / "export" / fmt
 
@@ -68,6 +85,8 @@ def artifact_spec(spec: PreprocessSpec, fmt: str) -> PreprocessSpec:
 
 def real_images(run: Run, n: int, *, seed: int = 0) -> np.ndarray:
     """`n` of the run's own validation images (stratified, seeded), decoded at its input size."""
+    from edgetl.train.run import split_samples, stratified
+
     samples = stratified(split_samples(run, "val"), n, seed)
     loaded = load_images(samples, run.spec.size, run.spec.resize)
     if len(loaded.labels) == 0:
@@ -89,23 +108,35 @@ def write_artifact(module: torch.nn.Module, sample: torch.Tensor, path: Path, fm
 
 def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, console: Console = QUIET,
            run: Run | None = None) -> Export:
-    """Export and parity-check one run in one format into RUN/export/FORMAT (replaced as a whole)."""
+    """Export and parity-check one run in one format into RUN/export/FORMAT (replaced as a whole).
+
+    `tolerance`: the largest embedding difference allowed against PyTorch, relative to the
+    embeddings' range (finite, > 0; checked before any work)."""
     check_format(fmt)
+    check_tolerance(tolerance)
+    import torch
+
+    from edgetl.export import parity
+    from edgetl.train.finetune import versions
+    from edgetl.train.run import load_run
+
     run = run or load_run(run_path)
     spec = artifact_spec(run.spec, fmt)
     suffix = FORMATS[fmt]
-    out = export_dir(run.path, fmt)
+    out = claim(export_dir(run.path, fmt), EXPORT, flag="the export dir")  # before any work
     images = real_images(run, PARITY_IMAGES)
     sample = torch.zeros((1, 3, *run.spec.size), dtype=torch.float32)
     t0 = time.perf_counter()
     with staged_dir(out) as tmp:
         backbone_file, model_file = tmp / f"backbone{suffix}", tmp / f"model{suffix}"
-        with console.task(f"exporting {run.record['backbone']} to {fmt}", 2) as advance:
+        with console.task(f"exporting {run.record['backbone']} to {fmt}", 3, "steps") as advance:
             write_artifact(run.backbone, sample, backbone_file, fmt, output_name="embedding")
             advance(1)
-            write_artifact(Classifier(run.backbone, run.head), sample, model_file, fmt, output_name="logits")
+            write_artifact(classifier(run.backbone, run.head), sample, model_file, fmt, output_name="logits")
             advance(1)
-        result = parity.check(backbone_file, model_file, run.backbone, run.head, images, spec, tolerance=tolerance)
+            result = parity.check(backbone_file, model_file, run.backbone, run.head, images, spec,
+                                  tolerance=tolerance)
+            advance(1)
         parity.require(result, f"the {fmt} export of {run.path}")
         shutil.copy2(run.path / "head.npz", tmp / "head.npz")
         shutil.copy2(run.path / "labels.json", tmp / "labels.json")
@@ -130,6 +161,6 @@ def load_export(run_path: str | Path, fmt: str) -> Export | None:
     out = export_dir(Path(run_path), check_format(fmt))
     if not (out / EXPORT_RECORD).is_file():
         return None
-    record = json.loads((out / EXPORT_RECORD).read_text())
-    spec = PreprocessSpec.from_json((out / "preprocess.json").read_text())
+    record = runfiles.read_json(out / EXPORT_RECORD, dict, ("files",))
+    spec = runfiles.read_spec(out / "preprocess.json")
     return Export(out, fmt, out / record["files"]["backbone"], out / record["files"]["model"], spec, record)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
+
+from edgetl.console import silenced
 
 OPSET = 18  # >= 17 (LayerNorm, and what TensorRT 8.6+ parses); 18 is the torch.export exporter's own
 
@@ -13,8 +14,7 @@ OPSET = 18  # >= 17 (LayerNorm, and what TensorRT 8.6+ parses); 18 is the torch.
 def to_onnx(module: torch.nn.Module, sample: torch.Tensor, path: Path, *, output_name: str) -> None:
     """Write `module` as a single-file ONNX model taking `sample`'s shape (NCHW float32)."""
     module.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
+    with silenced(), torch.no_grad():  # torch.export / onnxscript warnings and progress lines
         program = torch.onnx.export(module, (sample,), dynamo=True, opset_version=OPSET, input_names=["image"],
                                     output_names=[output_name], external_data=False, verbose=False)
         program.save(str(path))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgetl.console import silenced
 from edgetl.errors import EdgetlError
 from edgetl.runtime import engines
 from edgetl.runtime.preprocess import PreprocessSpec
@@ -45,8 +46,9 @@ def check(backbone_file: Path, model_file: Path, backbone: torch.nn.Module, head
     ref = backbone(to_input(nchw(images), spec)).numpy()
     ref_class = head(torch.from_numpy(ref)).argmax(1).numpy()
     x = spec.normalize(images)
-    emb = engines.load(backbone_file).run(x)
-    logits = engines.load(model_file).run(x)
+    with silenced():  # interpreter creation logs (XNNPACK) and engine warnings
+        emb = engines.load(backbone_file).run(x)
+        logits = engines.load(model_file).run(x)
     W, b = head.weight.numpy(), head.bias.numpy()
     diff = float(np.abs(emb - ref).max())
     return Parity(

@@ -15,7 +15,8 @@ from edgetl.console import silenced
 
 def channels_last(module: torch.nn.Module) -> torch.nn.Module:
     """`module` taking NHWC instead of NCHW (litert-torch's own IO wrapper)."""
-    import litert_torch
+    with silenced():
+        import litert_torch
 
     return litert_torch.to_channel_last_io(module, args=[0])
 
@@ -26,13 +27,13 @@ def nhwc(sample: torch.Tensor) -> torch.Tensor:
 
 def to_tflite(module: torch.nn.Module, sample: torch.Tensor, path: Path, *, quant_config=None) -> None:
     """Write `module` (in eval mode; NHWC-wrapped, or a PT2E-converted graph of it) as .tflite for `sample`."""
-    try:
-        import litert_torch
-    except ImportError:
-        from edgetl.errors import ConfigError
-
-        raise ConfigError("TFLite export needs litert-torch", "pip install 'edgetl[host]'") from None
     with silenced(), torch.no_grad():
+        try:
+            import litert_torch  # its import wakes TensorFlow's and absl's loggers: inside the silence
+        except ImportError:
+            from edgetl.errors import ConfigError
+
+            raise ConfigError("TFLite export needs litert-torch", "pip install 'edgetl[host]'") from None
         model = litert_torch.convert(module, (sample,),
                                      quant_config=quant_config, strict_export=True)
         model.export(str(path))

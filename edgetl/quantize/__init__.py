@@ -3,14 +3,16 @@
 The fp32 export and the int8 artifact are both scored on the run's own labelled images (val
 by default) with the run's float head; `--method auto` tries every calibration method, and
 when the best still loses more than `max_drop` points it keeps the layers most sensitive to
-quantization in float, as few as it can. The result is checked to really be int8, and its
+quantization in float, as few as it can, within a bounded search (`SearchBudget`). The result is checked to really be int8, and its
 host latency is measured beside fp32's, because int8 is not always faster.
-Nothing is written unless the budget holds.
+Nothing is written unless the budget holds. Top-1 figures are percentages (0-100), drops are
+points of them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -19,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.console import QUIET, Console
+from edgetl import runfiles
+from edgetl.console import QUIET, Console, silenced
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.errors import ConfigError, DataError, EdgetlError
 from edgetl.export import FORMATS, check_format, export, load_export
-from edgetl.fsutil import staged_dir
+from edgetl.fsutil import QUANTIZED, claim, staged_dir
 from edgetl.quantize import calibration, inspect
 from edgetl.quantize.interface import IO_TYPES, to_uint8
 from edgetl.runtime import engines
@@ -35,6 +38,34 @@ PERCENTILE = 99.999  # the percentile calibrator's clip point, the same for both
 QUANTIZE_RECORD = "quantize.json"
 SENSITIVITY_IMAGES = 32
 MAX_FLOAT_FRACTION = 0.25  # keeping more than this in float is no longer an int8 model
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """How far `method="auto"` looks for layers to keep in float when no calibration method alone
+    meets `max_drop`. Each trial is a full quantize + score (10-20 s for a MobileNet-size TFLite
+    model here), so the search stops after `trials` float-layer trials or `seconds` of wall clock
+    (the sensitivity ranking included), whichever comes first, and keeps the best result found
+    within the accuracy budget (quantize.json `search.stopped` says which bound ended it); if none
+    was found, it is the usual "no int8 model stays within" error.
+
+    The default (6 trials, 120 s) covers the doubling steps to a quarter of a 50-layer network
+    plus one bisection step."""
+
+    trials: int = 6
+    seconds: float = 120.0
+
+    def check(self) -> SearchBudget:
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
+            raise ConfigError(f"--search-trials must be a whole number >= 1, not {self.trials!r}", "e.g. 6 (default)")
+        if isinstance(self.seconds, bool) or not isinstance(self.seconds, int | float) \
+                or not math.isfinite(self.seconds) or self.seconds <= 0:
+            raise ConfigError(f"--search-seconds must be a finite number > 0, not {self.seconds!r}",
+                              "e.g. 120 (default)")
+        return self
+
+
+DEFAULT_SEARCH = SearchBudget()
 
 
 class QuantizeError(EdgetlError):
@@ -91,7 +122,7 @@ class _Scorer:
     def __init__(self, fp32: Path, head: dict, sets: list[Labelled]):
         self.W, self.b = head["W"], head["b"]
         self.sets = sets
-        engine = engines.load(fp32, threads=1)
+        engine = _load(fp32)
         self.reference = [self.predict(engine, s) for s in sets]
         self.fp32_top1 = [_top1(p, s.labels) for p, s in zip(self.reference, sets, strict=True)]
 
@@ -99,11 +130,12 @@ class _Scorer:
         return (engine.run(labelled.x) @ self.W.T + self.b).argmax(1)
 
     def score(self, path: Path) -> list[tuple[float, float, float]]:
-        """(int8 top-1, drop in points, agreement with fp32) per labelled set."""
-        engine = engines.load(path, threads=1)
+        """(int8 top-1 %, drop in points, agreement with fp32) per labelled set."""
+        engine = _load(path)
         out = []
         for s, ref, fp32 in zip(self.sets, self.reference, self.fp32_top1, strict=True):
-            pred = self.predict(engine, s)
+            with silenced():
+                pred = self.predict(engine, s)
             top1 = _top1(pred, s.labels)
             out.append((top1, round(fp32 - top1, 2), round(float((pred == ref).mean()), 4)))
         return out
@@ -115,24 +147,35 @@ class _Scorer:
                      {"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]})
 
 
+def _load(path: Path):
+    """An engine for `path`, without the interpreter's own log lines (XNNPACK)."""
+    with silenced():
+        return engines.load(path, threads=1)
+
+
 def _quantizer(fmt: str):
-    if fmt == "onnx":
-        from edgetl.quantize import ort
+    with silenced():  # torchao and litert-torch log and warn as they import
+        if fmt == "onnx":
+            from edgetl.quantize import ort
 
-        return ort
-    from edgetl.quantize import tflite
+            return ort
+        from edgetl.quantize import tflite
 
-    return tflite
+        return tflite
 
 
 def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx", method: str = "auto",
              max_drop: float = 1.0, split: str = "val", data: str | Path | None = None, io: str = "int8",
-             console: Console = QUIET, run: Run | None = None) -> dict:
+             search: SearchBudget = DEFAULT_SEARCH, console: Console = QUIET, run: Run | None = None) -> dict:
     """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns the quantize.json record.
 
     The budget is judged on the run's `split` (val or test), or on `data`; with val, the run's
     test split (when it has one) is scored beside it. `io` is the integer type of a TFLite
-    model's input and output (uint8 for targets that ask)."""
+    model's input and output (uint8 for targets that ask). `search` bounds the float-layer
+    search of `method="auto"` (default: 6 trials, 120 s; see `SearchBudget`).
+
+    In the record, `fp32_top1` and `int8_top1` are top-1 in percent (0-100, 2 decimals) and
+    `drop` is in points of it; `search` says how the float-layer search went and what ended it."""
     check_format(fmt)
     if split not in ("val", "test"):
         raise ConfigError(f"unknown --split {split!r}", "val (default) or test")
@@ -144,8 +187,10 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         raise ConfigError(f"unknown calibration method {method!r}", f"one of: auto, {', '.join(METHODS)}")
     if not 0 <= max_drop <= 100:
         raise ConfigError(f"--max-drop must be between 0 and 100 points, not {max_drop}", "e.g. 1.0")
+    search = (search if isinstance(search, SearchBudget) else SearchBudget(*search)).check()
     started = time.perf_counter()
     run = run or load_run(run_path)
+    claim(run.path / "quantize" / fmt, QUANTIZED, flag="the quantize dir")  # before any work
     selection = calibration.select(calibration.read(calib_file))
     exported = load_export(run.path, fmt) or export(run.path, fmt, console=console, run=run)
     spec = exported.spec
@@ -167,38 +212,36 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         source = q.prepare(exported.backbone, work / f"prepared{suffix}") if fmt == "onnx" else run.backbone
         graphs = {}
 
-        def trial(m: str, keep_float: tuple[str, ...] = ()) -> Trial:
+        def trial(m: str, keep_float: tuple[str, ...] = (), label: str = "") -> Trial:
             path = work / f"{m}-{len(keep_float)}{suffix}"
             # what really stays float: the kept layers and the layers feeding them
             keep_float, graphs[(m, keep_float)] = q.quantize(source, path, calib_x, m, keep_float=keep_float)
             t = scorer.trial(m, keep_float, path)
-            console.log(f"  {m:<10} float layers {len(keep_float):>2}: int8 top-1 {t.top1:.2f}% "
+            console.log(f"  {label}{m:<10} float layers {len(keep_float):>2}: int8 top-1 {t.top1:.2f}% "
                         f"(fp32 {scorer.fp32_top1[0]:.2f}%, drop {t.drop:+.2f}), agreement {t.agreement:.1%}")
             return t
 
         methods = METHODS if method == "auto" else (method,)
-        trials = [trial(m) for m in methods]
+        trials = []
+        with console.task(f"calibrating int8 {fmt} ({', '.join(methods)})", len(methods), "methods") as advance:
+            for m in methods:
+                trials.append(trial(m))
+                advance(1)
         best = min(trials, key=lambda t: (t.drop, -t.agreement))
         sensitivity: list[tuple[str, float]] = []
+        searched = None
         if best.drop > max_drop and method == "auto":
-            console.log(f"best method ({best.method}) loses {best.drop:.2f} points > {max_drop}: "
-                        "looking for the layers most sensitive to quantization")
-            sens_x = calib_x[:SENSITIVITY_IMAGES]
-            if fmt == "onnx":
-                scores = q.sensitivity(source, best.method, sens_x, work)
-            else:
-                scores = q.sensitivity(graphs[(best.method, ())], sens_x)
-            sensitivity = sorted(scores.items(), key=lambda kv: kv[1])
-            console.log("most sensitive: " + ", ".join(f"{n} ({v:.1f} dB)" for n, v in sensitivity[:5]))
-            found = _fewest_float(lambda k: trial(best.method, tuple(n for n, _ in sensitivity[:k])),
-                                  len(sensitivity), max_drop, trials)
-            best = found or min(trials, key=lambda t: (t.drop, -t.agreement))
+            best, sensitivity, searched = _search(best, trials, trial, q, fmt, source, graphs, calib_x, work,
+                                                  max_drop, search, console)
         if best.drop > max_drop:
+            bounded = (f"; the float-layer search stopped at its {_bound(searched)}" if searched and
+                       searched["stopped"] else "")
             raise QuantizeError(
                 f"no int8 {fmt} model of {run.path} stays within {max_drop} points: the best, {best.method} with "
                 f"{len(best.float_layers)} float layer(s), loses {best.drop:.2f} (int8 {best.top1:.2f}% vs fp32 "
-                f"{scorer.fp32_top1[0]:.2f}% on {guard.name})",
-                "nothing was written; raise --max-drop, calibrate on more representative images, or keep fp32",
+                f"{scorer.fp32_top1[0]:.2f}% on {guard.name}){bounded}",
+                "nothing was written; raise --max-drop" + (" or --search-trials/--search-seconds" if bounded else "")
+                + ", calibrate on more representative images, or keep fp32",
                 [t.summary() for t in trials])
         if io == "uint8":
             best = _with_uint8_io(best, scorer, console)
@@ -208,9 +251,12 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
                 f"the {fmt} result is not int8: {ops.weighted_float} conv/matmul op(s) stayed float "
                 f"({', '.join(ops.float_nodes[:3])}) beside {ops.weighted_int8} int8 ones",
                 "nothing was written; report the backbone and versions")
-        int8 = engines.load(best.path, threads=1)
-        fp32 = engines.load(exported.backbone, threads=1)
-        latency = {"fp32": engines.latency_ms(fp32), "int8": engines.latency_ms(int8)}
+        int8, fp32 = _load(best.path), _load(exported.backbone)
+        with console.task("timing fp32 and int8 on this host", 2, "models") as advance, silenced():
+            latency = {"fp32": engines.latency_ms(fp32)}
+            advance(1)
+            latency["int8"] = engines.latency_ms(int8)
+            advance(1)
         out = run.path / "quantize" / fmt
         name = f"backbone_int8{suffix}"
         int8_spec = replace(spec, dtype=int8.input.dtype, input_scale=int8.input.scale,
@@ -226,6 +272,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
                      if len(sets) > 1 else None),
             "trials": [t.summary() for t in trials],
             "sensitivity_db": [[n, round(v, 2)] for n, v in sensitivity[:20]],
+            "search": searched,
             "calibration": {"file": str(selection.calib.file), "source": str(selection.calib.source),
                             "samples": len(calib_x), "seed": selection.calib.seed,
                             "per_class": selection.per_class()},
@@ -255,16 +302,70 @@ def _with_uint8_io(best: Trial, scorer: _Scorer, console: Console) -> Trial:
     return t
 
 
-def _fewest_float(try_k, available: int, max_drop: float, trials: list[Trial]) -> Trial | None:
+def _bound(searched: dict) -> str:
+    if searched["stopped"] == "trials":
+        return f"bound of {searched['max_trials']} trials"
+    return f"time bound of {searched['max_seconds']:g} s"
+
+
+def _search(best: Trial, trials: list[Trial], trial, q, fmt: str, source, graphs: dict, calib_x: np.ndarray,
+            work: Path, max_drop: float, search: SearchBudget, console: Console):
+    """The fewest most-sensitive layers to keep float so that `best.method` meets `max_drop`, within
+    `search`'s bounds. Returns the best trial, the sensitivity ranking and the record's `search`."""
+    t0 = time.perf_counter()
+    deadline = t0 + search.seconds
+    console.log(f"best method ({best.method}) loses {best.drop:.2f} points > {max_drop}: looking for the layers "
+                f"most sensitive to quantization (at most {search.trials} trials, {search.seconds:g} s)")
+    sens_x = calib_x[:SENSITIVITY_IMAGES]
+    if fmt == "onnx":
+        scores = q.sensitivity(source, best.method, sens_x, work, console=console, deadline=deadline)
+    else:
+        scores = q.sensitivity(graphs[(best.method, ())], sens_x, console=console, deadline=deadline)
+    sensitivity = sorted(scores.items(), key=lambda kv: kv[1])
+    if sensitivity:
+        console.log("most sensitive: " + ", ".join(f"{n} ({v:.1f} dB)" for n, v in sensitivity[:5]))
+    searched = {"max_trials": search.trials, "max_seconds": search.seconds, "trials": 0, "seconds": 0.0,
+                "layers_ranked": len(sensitivity), "stopped": None}
+    found = None
+    with console.task(f"float-layer search ({best.method})", search.trials, "trials") as advance:
+        def try_k(k: int) -> Trial | None:
+            if searched["trials"] >= search.trials:
+                searched["stopped"] = "trials"
+                return None
+            if time.perf_counter() >= deadline:
+                searched["stopped"] = "seconds"
+                return None
+            searched["trials"] += 1
+            t = trial(best.method, tuple(n for n, _ in sensitivity[:k]),
+                      label=f"trial {searched['trials']}/{search.trials}: ")
+            trials.append(t)
+            advance(1)
+            return t
+
+        if sensitivity:
+            found = _fewest_float(try_k, len(sensitivity), max_drop)
+        elif time.perf_counter() >= deadline:
+            searched["stopped"] = "seconds"
+    searched["seconds"] = round(time.perf_counter() - t0, 1)
+    if found is not None and searched["stopped"]:
+        console.log(f"the search stopped at its {_bound(searched)} after {searched['trials']} trial(s): keeping the "
+                    f"best found within budget, {len(found.float_layers)} float layer(s) (fewer may do; raise "
+                    "--search-trials/--search-seconds to look further)")
+    return found or min(trials, key=lambda t: (t.drop, -t.agreement)), sensitivity, searched
+
+
+def _fewest_float(try_k, available: int, max_drop: float) -> Trial | None:
     """The trial with the fewest float layers within budget: k = 1, 2, 4, ... then bisecting
-    (the drop is assumed to shrink as more of the most sensitive layers stay float)."""
+    (the drop is assumed to shrink as more of the most sensitive layers stay float). `try_k`
+    returns None once the search is out of trials or time: the best found so far is kept."""
     limit = max(1, min(available, int(np.ceil(available * MAX_FLOAT_FRACTION))))
     steps = sorted({min(2**i, limit) for i in range(limit.bit_length() + 1)})
     passed: dict[int, Trial] = {}
     failed = 0
     for k in steps:
         t = try_k(k)
-        trials.append(t)
+        if t is None:
+            return None
         if t.drop <= max_drop:
             passed[k] = t
             break
@@ -275,7 +376,8 @@ def _fewest_float(try_k, available: int, max_drop: float, trials: list[Trial]) -
     while hi - lo > 1:
         mid = (lo + hi) // 2
         t = try_k(mid)
-        trials.append(t)
+        if t is None:
+            break
         if t.drop <= max_drop:
             passed[mid], hi = t, mid
         else:
@@ -285,5 +387,5 @@ def _fewest_float(try_k, available: int, max_drop: float, trials: list[Trial]) -
 
 def load_record(run_path: str | Path, fmt: str) -> dict | None:
     path = Path(run_path) / "quantize" / check_format(fmt) / QUANTIZE_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
+    return runfiles.read_json(path, dict) if path.is_file() else None
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from edgetl.console import silenced
+from edgetl.console import QUIET, Console, silenced
 from edgetl.quantize import PERCENTILE
 
 
@@ -38,7 +39,8 @@ def prepare(fp32: Path, out: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     logging.getLogger().setLevel(logging.ERROR)
-    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+    with silenced():
+        quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
     return out
 
 
@@ -122,22 +124,31 @@ def quantize(pre: Path, out: Path, inputs: np.ndarray, method: str, *,
     return keep_float, None
 
 
-def sensitivity(pre: Path, method: str, inputs: np.ndarray, work: Path) -> dict[str, float]:
+def sensitivity(pre: Path, method: str, inputs: np.ndarray, work: Path, *, console: Console = QUIET,
+                deadline: float | None = None) -> dict[str, float]:
     """Per weighted node (conv/gemm/matmul), the SQNR in dB (lower = more sensitive) of the model's
     output when that node alone is quantized (its input activation and weights, the method's ranges),
     against fp32, on calibration inputs. Judged at the output, a layer early in the network whose
-    error grows on the way down ranks by what it does to the embedding, not by its local error."""
+    error grows on the way down ranks by what it does to the embedding, not by its local error.
+    Past `deadline` (time.perf_counter()), the nodes measured so far are returned."""
     import onnx
 
     from edgetl.runtime import engines
 
     names = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type in WEIGHTED and n.name]
     cache, one = _cache(pre, work, inputs, method), work / "sensitivity.onnx"
-    reference = engines.load(pre, threads=1).run(inputs).astype(np.float64)
+    with silenced():
+        reference = engines.load(pre, threads=1).run(inputs).astype(np.float64)
     signal = max(float(np.sum(reference**2)), 1e-30)
     scores = {}
-    for name in names:
-        _quantize_static(pre, one, cache, method, nodes_to_quantize=[name])
-        noise = float(np.sum((engines.load(one, threads=1).run(inputs) - reference) ** 2)) / signal
-        scores[name] = -10.0 * math.log10(max(noise, 1e-12))
+    with console.task("ranking layers by sensitivity", len(names), "layers") as advance:
+        for name in names:
+            if deadline is not None and time.perf_counter() >= deadline:
+                console.log(f"time bound reached: ranked {len(scores)} of {len(names)} layers")
+                break
+            _quantize_static(pre, one, cache, method, nodes_to_quantize=[name])
+            with silenced():
+                noise = float(np.sum((engines.load(one, threads=1).run(inputs) - reference) ** 2)) / signal
+            scores[name] = -10.0 * math.log10(max(noise, 1e-12))
+            advance(1)
     return scores

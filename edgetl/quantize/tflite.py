@@ -5,12 +5,13 @@ the model and recorded)."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgetl.console import silenced
+from edgetl.console import QUIET, Console, silenced
 from edgetl.export.tflite import channels_last, nhwc, to_tflite
 from edgetl.quantize.ranges import EntropyObserver, PercentileObserver
 
@@ -106,12 +107,12 @@ def with_producers(model: torch.fx.GraphModule, names: tuple[str, ...]) -> set[s
 
 def convert(backbone: torch.nn.Module, inputs: np.ndarray, method: str, *, keep_float: tuple[str, ...] = ()):
     """The PT2E-converted (q/dq) torch graph of `backbone` calibrated on NHWC float `inputs`, and its quantizer."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
     backbone.eval()
     sample = torch.from_numpy(inputs[:1])
-    quantizer = _quantizer(method, keep_float)
     with silenced(), torch.no_grad():
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        quantizer = _quantizer(method, keep_float)
         graph = torch.export.export(channels_last(backbone).eval(), (sample,), strict=True).module()
         graph = prepare_pt2e(graph, quantizer)
         for i in range(len(inputs)):
@@ -131,12 +132,14 @@ def quantize(backbone: torch.nn.Module, out: Path, inputs: np.ndarray, method: s
     return getattr(quantizer, "kept", ()), graph
 
 
-def sensitivity(graph: torch.fx.GraphModule, inputs: np.ndarray) -> dict[str, float]:
+def sensitivity(graph: torch.fx.GraphModule, inputs: np.ndarray, *, console: Console = QUIET,
+                deadline: float | None = None) -> dict[str, float]:
     """Per quantized conv/linear module, the SQNR in dB (lower = more sensitive) of the model's output
     when that layer alone is quantized (its input activation and weights, the calibrated ranges;
     every other q/dq passes float through), against the float model, on calibration inputs.
     Judged at the output, as for ONNX: a layer whose local error is small but grows on the way
-    down ranks by what it does to the embedding."""
+    down ranks by what it does to the embedding. Past `deadline` (time.perf_counter()), the layers
+    measured so far are returned."""
     qd = torch.ops.quantized_decomposed
     qdq_ops = {qd.quantize_per_tensor.default, qd.quantize_per_channel.default, qd.quantize_per_tensor.tensor,
                qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default,
@@ -170,13 +173,17 @@ def sensitivity(graph: torch.fx.GraphModule, inputs: np.ndarray) -> dict[str, fl
                           for i in range(len(inputs))]).double()
 
     layers = [n for n in graph.graph.nodes if n.op == "call_function" and n.target in _LAYERS and qdq_feeding(n)]
-    with torch.no_grad():
+    with torch.no_grad(), silenced(), console.task("ranking layers by sensitivity", len(layers), "layers") as advance:
         reference = run(set())
         signal = max(float(torch.sum(reference**2)), 1e-30)
         scores = {}
         for layer in layers:
+            if deadline is not None and time.perf_counter() >= deadline:
+                console.log(f"time bound reached: ranked {len(scores)} of {len(layers)} layers")
+                break
             noise = float(torch.sum((run(qdq_feeding(layer)) - reference) ** 2)) / signal
             scores[_module_of(layer)] = -10.0 * math.log10(max(noise, 1e-12))
+            advance(1)
     return scores
 
 

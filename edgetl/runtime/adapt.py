@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,8 +29,26 @@ class AdaptConfig:
     patience: int = 20
     holdout: float = 0.2
     seed: int = 0
-    margin: float = 1.0  # points of old-class holdout top-1 the new head may lose
+    margin: float = 1.0  # percentage points of old-class holdout top-1 the new head may lose
     imprint_max: int = IMPRINT_MAX
+
+    def __post_init__(self):
+        """Every value checked before any work: a bad one is a `ConfigError` naming it."""
+        def finite(x) -> bool:
+            return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+        def whole(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        checks = [(finite(self.margin) and self.margin >= 0, f"margin {self.margin!r} must be a finite number >= 0"),
+                  (finite(self.l2) and self.l2 >= 0, f"l2 {self.l2!r} must be a finite number >= 0"),
+                  (finite(self.holdout) and 0 <= self.holdout < 1, f"holdout {self.holdout!r} must be in [0, 1)")]
+        checks += [(whole(value) and value >= low, f"{name} {value!r} must be a whole number >= {low}")
+                   for name, value, low in (("max_epochs", self.max_epochs, 1), ("patience", self.patience, 1),
+                                            ("seed", self.seed, 0), ("imprint_max", self.imprint_max, 0))]
+        problems = [why for ok, why in checks if not ok]
+        if problems:
+            raise ConfigError(f"adapt: {problems[0]}", "e.g. AdaptConfig(margin=1.0, seed=0) / --margin 1 --seed 0")
 
 
 @dataclass
@@ -37,21 +56,24 @@ class AdaptResult:
     committed: bool
     reason: str
     head: Head
-    version: int | None = None
+    version: int | None = None  # the version committed (None when not committed)
     new_classes: tuple[str, ...] = ()
     imprinted: tuple[str, ...] = ()
-    old_top1_before: float | None = None  # holdout top-1 on the old classes, current head
-    old_top1_after: float | None = None  # ... and the new head
-    holdout_top1_after: float | None = None  # on every holdout image
+    old_top1_before: float | None = None  # holdout top-1 in percent (0-100) on the old classes, current head
+    old_top1_after: float | None = None  # ... and the new head, in percent
+    holdout_top1_after: float | None = None  # in percent, on every holdout image
     epochs: int = 0
     images: int = 0
     details: dict = field(default_factory=dict)
+    parent: int | None = None  # the head version trained from (0: the bundle's own), set by `Model.adapt`
+    recovered: str | None = None  # what was wrong with the head in force, when it trained from a fallback
 
     def to_dict(self) -> dict:
         return {"committed": self.committed, "reason": self.reason, "version": self.version,
                 "new_classes": list(self.new_classes), "imprinted": list(self.imprinted),
                 "old_top1_before": self.old_top1_before, "old_top1_after": self.old_top1_after,
-                "holdout_top1_after": self.holdout_top1_after, "epochs": self.epochs, "images": self.images}
+                "holdout_top1_after": self.holdout_top1_after, "epochs": self.epochs, "images": self.images,
+                "parent": self.parent, "recovered": self.recovered}
 
 
 def split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,16 +2,22 @@
 
 A bundle is a directory (or a .tar.gz of one) holding `manifest.json`, every file it lists
 with its sha256, and optionally `manifest.json.sig`, an ed25519 signature of the manifest's
-bytes. `open_bundle` refuses: an unknown schema, a listed file missing, a file not listed,
-a hash that does not match, a bad or missing signature when a key is given, an archive member
-that would land outside the bundle, and a bundle built for another CPU architecture.
+bytes. A signed manifest names its `signer` (the raw ed25519 public key, base64, and its id).
+`open_bundle` refuses: an unknown schema, a listed file missing, a file not listed, a hash that
+does not match, a bad or missing signature when a key is given, a signature that does not match
+the key the manifest names, an archive member that would land outside the bundle, and a bundle
+built for another CPU architecture. Only a key given (`key`, $EDGETL_BUNDLE_KEY) is trusted: the
+embedded key proves the bundle unchanged since someone signed it, never who.
 Standard library only (plus `cryptography`, lazily, for signed bundles): this runs on the device.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
+import os
 import platform
 import shutil
 import tarfile
@@ -25,6 +31,7 @@ SCHEMA_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
 NOT_LISTED = {MANIFEST, SIGNATURE}  # the manifest cannot hash itself; the signature signs it
+KEY_VARIABLE = "EDGETL_BUNDLE_KEY"  # the device's trusted public key file
 
 
 class BundleError(EdgetlError):
@@ -36,7 +43,9 @@ class Bundle:
     path: Path  # the bundle dir (an archive is unpacked next to nothing: into a temp dir the caller owns)
     manifest: dict
     signed: bool
-    signature_checked: bool
+    signature_checked: bool  # against a key the caller trusts (`key`): only this makes a signed bundle runnable
+    signer: str | None = None  # the id of the key the manifest names (None: unsigned, or signed by an older edgetl)
+    signer_checked: bool = False  # the signature matches that embedded key: unchanged since signing, by whoever
 
     @property
     def model(self) -> Path:
@@ -61,18 +70,42 @@ def safe_name(name: str) -> bool:
     return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
 
 
-def _public_key(key: Path):
+def key_id(raw: bytes) -> str:
+    """A short fingerprint of a raw ed25519 public key, as `edgetl bundle verify` prints it."""
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _crypto():
     try:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     except ImportError:
         raise BundleError("checking a bundle signature needs the cryptography package",
                           "pip install 'edgetl[runtime-sign]'") from None
-    data = Path(key).read_bytes()
+    return serialization, Ed25519PublicKey
+
+
+def _can_check() -> bool:
+    try:
+        _crypto()
+    except BundleError:
+        return False
+    return True
+
+
+def _public_key(key: Path):
+    serialization, Ed25519PublicKey = _crypto()
+    try:
+        data = Path(key).read_bytes()
+    except OSError as exc:
+        named = f"${KEY_VARIABLE}" if os.environ.get(KEY_VARIABLE) == str(key) else "--key (key=)"
+        raise BundleError(f"cannot read the public key {key} named by {named}: {exc.strerror or exc}",
+                          f"point --key or ${KEY_VARIABLE} at the .pub file written by `edgetl bundle keygen`"
+                          ) from None
     try:
         loaded = (serialization.load_ssh_public_key(data) if data.startswith(b"ssh-")
                   else serialization.load_pem_public_key(data))
-    except ValueError:
+    except (ValueError, TypeError):
         raise BundleError(f"{key} is not a PEM or OpenSSH public key", "pass the .pub file written with the "
                           "signing key (edgetl bundle keygen)") from None
     if not isinstance(loaded, Ed25519PublicKey):
@@ -80,14 +113,62 @@ def _public_key(key: Path):
     return loaded
 
 
-def verify_signature(manifest_bytes: bytes, signature: bytes, key: Path) -> None:
+def public_key_id(key: Path) -> str:
+    """The id of the public key in file `key`, as a signed manifest names its signer."""
+    return key_id(raw_public_key(_public_key(key)))
+
+
+def raw_public_key(public) -> bytes:
+    """The 32 bytes of an ed25519 public key object."""
+    serialization, _ = _crypto()
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def embedded_signer(manifest: dict, where: Path) -> tuple[bytes, str] | None:
+    """(raw key, id) of the `signer` the manifest names; None when it names none (unsigned, or older)."""
+    entry = manifest.get("signer")
+    if entry is None:
+        return None
+    try:
+        raw = base64.b64decode(entry["key"], validate=True)
+    except (TypeError, KeyError, binascii.Error):
+        raw = b""
+    if len(raw) != 32 or entry.get("id") != key_id(raw):
+        raise BundleError(f"{where}: the manifest's signer is not an ed25519 key and its id",
+                          "the manifest was edited by hand or damaged; compile and sign it again")
+    return raw, entry["id"]
+
+
+def verify_signature(manifest_bytes: bytes, signature: bytes, key: Path, embedded: str | None = None) -> None:
+    """The signature checks with `key` (trusted); `embedded` is the id of the key the manifest names."""
     from cryptography.exceptions import InvalidSignature
 
+    public = _public_key(key)
+    given = key_id(raw_public_key(public))
     try:
-        _public_key(key).verify(signature, manifest_bytes)
+        public.verify(signature, manifest_bytes)
     except InvalidSignature:
+        if embedded is not None and embedded != given:
+            raise BundleError(f"the bundle is signed by {embedded}, and the key given ({key}) is {given}",
+                              "pass the public key of the bundle's signer, or sign the bundle with yours") from None
         raise BundleError("the bundle's signature does not match its manifest and this key",
                           "the bundle was changed after signing, or signed with another key") from None
+    if embedded is not None and embedded != given:  # signed by `key`, naming another signer: not what it says
+        raise BundleError(f"the bundle's manifest names signer {embedded}, and it is signed by the key given "
+                          f"({key}, {given})", "sign it again with edgetl compile --sign; do not run it")
+
+
+def verify_embedded(manifest_bytes: bytes, signature: bytes, raw: bytes, where: Path) -> None:
+    """The signature checks with the key the manifest names: the bundle is unchanged since it was signed."""
+    from cryptography.exceptions import InvalidSignature
+
+    _, Ed25519PublicKey = _crypto()
+    try:
+        Ed25519PublicKey.from_public_bytes(raw).verify(signature, manifest_bytes)
+    except InvalidSignature:
+        raise BundleError(f"{where}: the signature does not match the manifest and the key it names "
+                          f"({key_id(raw)})", "the bundle was changed after signing; compile and sign it again"
+                          ) from None
 
 
 def _check_dir(root: Path, key: Path | None) -> Bundle:
@@ -123,11 +204,20 @@ def _check_dir(root: Path, key: Path | None) -> Bundle:
             raise BundleError(f"{root}: {name} does not match its sha256 in the manifest",
                               "the file was changed or damaged in transfer; copy the bundle again")
     signed = (root / SIGNATURE).is_file()
+    signer = embedded_signer(manifest, root)
+    if signer and not signed:
+        raise BundleError(f"{root}: the manifest names signer {signer[1]}, and {SIGNATURE} is missing",
+                          "the signature was removed or lost in transfer; copy the signed bundle again")
+    signer_checked = False
     if key is not None:
         if not signed:
             raise BundleError(f"{root} is not signed, and a key was given", "sign it: edgetl compile ... --sign KEY")
-        verify_signature(raw, (root / SIGNATURE).read_bytes(), key)
-    return Bundle(root, manifest, signed, key is not None)
+        verify_signature(raw, (root / SIGNATURE).read_bytes(), key, signer[1] if signer else None)
+        signer_checked = signer is not None
+    elif signer and _can_check():  # without cryptography a device still refuses it for want of a key (Model.load)
+        verify_embedded(raw, (root / SIGNATURE).read_bytes(), signer[0], root)
+        signer_checked = True
+    return Bundle(root, manifest, signed, key is not None, signer[1] if signer else None, signer_checked)
 
 
 def check_machine(bundle: Bundle, machine: str | None = None) -> None:
@@ -172,6 +262,8 @@ def open_bundle(path: str | Path, *, key: str | Path | None = None, machine: str
     if not path.exists():
         raise BundleError(f"bundle {path} does not exist", "pass a bundle dir or its .tar.gz")
     key = Path(key) if key is not None else None
+    if key is not None:
+        _public_key(key)  # a trusted key that cannot be read is named before anything else
     if path.is_dir():
         bundle = _check_dir(path, key)
     else:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
+import traceback
 from pathlib import Path
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import ConfigError, EdgetlError
+
+SKIPPED_LISTED = 3  # unreadable images named in a result (all are counted)
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -34,56 +39,112 @@ def add_adapt_args(p: argparse.ArgumentParser) -> None:
                    help="commit even without old-class images for the guard to check")
     p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
     p.add_argument("--any-arch", action="store_true", help="adapt a bundle built for another CPU (host checks)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for another adapt or deploy on this bundle (default 30)")
     p.add_argument("--json", action="store_true", help="the result as one JSON object")
+
+
+def check_args(args) -> None:
+    """Every argument of a command checked before any work: a bad one is a one-line error."""
+    def bad(flag, why, hint):
+        raise ConfigError(f"{flag}: {why}", hint)
+
+    command = getattr(args, "command", None)
+    if hasattr(args, "top") and (args.top is None or args.top < 1):
+        bad(f"--top {args.top}", "list at least the best label", "pass --top 1 or more")
+    if hasattr(args, "rollback"):  # adapt
+        if args.rollback == bool(args.data):
+            raise ConfigError("give --data DIR to adapt, or --rollback", "edgetl adapt BUNDLE --data DIR")
+        if args.rollback and args.unguarded:
+            bad("--unguarded", "goes with --data, not --rollback", "edgetl adapt BUNDLE --rollback")
+        if not (math.isfinite(args.margin) and args.margin >= 0):
+            bad(f"--margin {args.margin}", "must be a finite number >= 0 (top-1 percentage points)", "--margin 1")
+        if args.seed < 0:
+            bad(f"--seed {args.seed}", "must be >= 0", "--seed 0")
+        if not (math.isfinite(args.wait) and args.wait >= 0):
+            bad(f"--wait {args.wait}", "must be a finite number of seconds >= 0", "--wait 30")
+        if not Path(args.bundle).is_dir():
+            raise ConfigError(f"{args.bundle} is not a bundle dir",
+                              "unpack the .tar.gz first: heads live beside the dir")
+        if args.data is not None and not Path(args.data).is_dir():
+            raise ConfigError(f"--data {args.data} is not a directory", "pass DIR/<label>/*.png, one folder per label")
+    if command == "check":
+        if args.duration is None and (args.runs is None or args.runs < 1):
+            bad(f"--runs {args.runs}", "at least one timed frame", "pass --runs N (N >= 1)")
+        if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+            bad(f"--duration {args.duration}", "must be a finite number of seconds > 0", "--duration 10")
+        if args.warmup < 0:
+            bad(f"--warmup {args.warmup}", "must be >= 0", "--warmup 20")
+    if command == "receive":
+        if args.bytes < 0:
+            bad(f"--bytes {args.bytes}", "a size cannot be negative", "pass the archive's size in bytes")
+        if not re.fullmatch(r"[0-9a-f]{64}", args.sha256):
+            bad(f"--sha256 {args.sha256[:70]}", "is not a sha256 (64 hex digits)", "pass the archive's sha256")
 
 
 def predict(args) -> list[dict]:
     from edgetl.runtime.model import Model
 
+    check_args(args)
     model = Model.load(args.bundle, key=args.key, machine="any" if args.any_arch else None)
-    return [{"image": str(path), **p.to_dict()}
+    return [{"image": str(path), **p.to_dict(), "head_version": model.head_version}
             for path, p in zip(args.images, model.predict(list(args.images), top_k=args.top), strict=True)]
 
 
 def adapt(args) -> dict:
+    """Adapt the head from --data DIR (unreadable images skipped and counted), or --rollback."""
     from edgetl.runtime.adapt import AdaptConfig
-    from edgetl.runtime.images import labelled_folder
+    from edgetl.runtime.images import InputError, labelled_folder, read_files
     from edgetl.runtime.model import Model
 
-    if args.rollback == bool(args.data):
-        raise EdgetlError("give --data DIR to adapt, or --rollback", "edgetl adapt BUNDLE --data DIR")
-    if not Path(args.bundle).is_dir():
-        raise EdgetlError(f"{args.bundle} is not a bundle dir", "unpack the .tar.gz first: heads live beside the dir")
-    model = Model.load(args.bundle, key=args.key, machine="any" if args.any_arch else None)
+    check_args(args)
+    config = AdaptConfig(margin=args.margin, seed=args.seed)
+    model = Model.load(args.bundle, key=args.key, machine="any" if args.any_arch else None, fallback_head=True)
     if args.rollback:
-        version = model.heads.rollback()
-        return {"rolled_back_to": version, "classes": len(model.heads.current().labels)}
+        done = model.heads.rollback(timeout=args.wait)
+        with model.heads.lock(exclusive=False):
+            classes = len(model.heads.in_force().head.labels)
+        return {"rolled_back_to": done.version, "classes": classes, "note": done.note}
     paths, labels = labelled_folder(args.data)
-    result = model.adapt(paths, labels, config=AdaptConfig(margin=args.margin, seed=args.seed),
-                         unguarded=args.unguarded)
-    return {**result.to_dict(), "classes": len(result.head.labels)}
+    pixels, kept, skipped = read_files(paths, model.input_size, model.spec.resize)
+    if not kept:
+        raise InputError(f"none of the {len(paths)} images in {args.data} could be read "
+                         f"({skipped[0][0].name}: {skipped[0][1]})", "pass readable PNG/JPEG/BMP/PPM files")
+    result = model.adapt(pixels, [labels[i] for i in kept], config=config, unguarded=args.unguarded,
+                         lock_timeout=args.wait)
+    return {**result.to_dict(), "classes": len(result.head.labels), "skipped": len(skipped),
+            "skipped_files": [f"{path}: {why}" for path, why in skipped[:SKIPPED_LISTED]]}
 
 
 def adapt_summary(r: dict) -> str:
     if "rolled_back_to" in r:
-        return f"rolled back: head version {r['rolled_back_to']} in force ({r['classes']} classes)"
+        note = f"{r['note']}; " if r.get("note") else ""
+        return f"{note}rolled back: head version {r['rolled_back_to']} in force ({r['classes']} classes)"
     new = f", new classes: {', '.join(r['new_classes'])}" if r["new_classes"] else ""
-    return f"{r['reason']}; {r['images']} images, {r['epochs']} epochs{new}" + (
+    recovered = (f"adapting from head {r['parent']}: {r['recovered']}; " if r.get("recovered") else "")
+    skipped = ""
+    if r.get("skipped"):
+        more = f" (+{r['skipped'] - SKIPPED_LISTED} more)" if r["skipped"] > SKIPPED_LISTED else ""
+        skipped = f"; {r['skipped']} unreadable images skipped: {'; '.join(r['skipped_files'])}{more}"
+    return f"{recovered}{r['reason']}; {r['images']} images, {r['epochs']} epochs{new}{skipped}" + (
         f"; head version {r['version']}" if r["committed"] else "")
 
 
-def add_device_args(sub) -> None:
-    p = sub.add_parser("verify", help="check a bundle as Model.load does (hashes, signature, CPU, engine)")
+def add_device_args(sub, parents=()) -> None:
+    parents = list(parents)
+    p = sub.add_parser("verify", parents=parents,
+                       help="check a bundle as Model.load does (hashes, signature, CPU, engine)")
     p.add_argument("bundle", type=Path)
     p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
-    p = sub.add_parser("check", help="time and score a bundle on this device (JSON out)")
+    p = sub.add_parser("check", parents=parents, help="time and score a bundle on this device (JSON out)")
     p.add_argument("bundle", type=Path)
     p.add_argument("--runs", type=int, default=200, help="timed frames (default 200)")
     p.add_argument("--duration", type=float, help="time frames for this many seconds instead of a count")
     p.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
     p.add_argument("--data", type=Path, help="labelled images DIR/<label>/*.png instead of the checkset")
     p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
-    p = sub.add_parser("receive", help="take a bundle archive in on stdin; active once complete and verified")
+    p = sub.add_parser("receive", parents=parents,
+                       help="take a bundle archive in on stdin; active once complete and verified")
     p.add_argument("bundles", type=Path, help="the device's bundles dir")
     p.add_argument("name", help="the bundle's name (its archive's top dir)")
     p.add_argument("--bytes", type=int, required=True, help="the archive's size, to tell a dropped transfer")
@@ -92,6 +153,7 @@ def add_device_args(sub) -> None:
 
 
 def device_command(args) -> dict:
+    check_args(args)
     if args.command == "verify":
         from edgetl.runtime.model import Model
 
@@ -101,10 +163,8 @@ def device_command(args) -> dict:
     if args.command == "check":
         from edgetl.runtime.measure import measure
 
-        if (args.runs or 0) < 1 and args.duration is None:
-            raise EdgetlError(f"--runs {args.runs}: at least one timed frame", "pass --runs N (N >= 1)")
         return measure(args.bundle, runs=None if args.duration else args.runs, duration_s=args.duration,
-                       warmup=max(0, args.warmup), data=args.data, key=args.key)
+                       warmup=args.warmup, data=args.data, key=args.key)
     from edgetl.runtime.receive import receive
 
     return receive(args.bundles, args.name, args.bytes, args.sha256, key=args.key)
@@ -112,10 +172,13 @@ def device_command(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edgetl.runtime", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", "-v", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_predict_args(sub.add_parser("predict", help="labels and probabilities of images"))
-    add_adapt_args(sub.add_parser("adapt", help="learn the head from labelled images, guarded; or roll back"))
-    add_device_args(sub)
+    add_predict_args(sub.add_parser("predict", parents=[common], help="labels and probabilities of images"))
+    add_adapt_args(sub.add_parser("adapt", parents=[common],
+                                  help="learn the head from labelled images, guarded; or roll back"))
+    add_device_args(sub, parents=[common])
     args = parser.parse_args(argv)
     try:
         if args.command == "predict":
@@ -126,16 +189,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "adapt":
             r = adapt(args)
             print(json.dumps(r) if args.json else adapt_summary(r))
-            return 0 if r.get("committed", True) else 1
+            return 0 if r.get("committed", True) else 1  # 1: the guard refused the new head
         if args.command in ("verify", "check", "receive"):
             print(json.dumps(device_command(args)))
             return 0
         parser.print_help()
         return 2
     except EdgetlError as exc:
+        if args.verbose:
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''} (hint: check the path and free space)",
+    except OSError as exc:  # the file system said no (a full disk, a path): never a traceback, never exit 1
+        if args.verbose:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where} (hint: check the path, its permissions and free space)",
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130

@@ -60,6 +60,8 @@ def _array(a: np.ndarray, size: tuple[int, int], resize: str, what: str) -> np.n
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
         raise InputError(f"{what} has shape {a.shape}; expected HxWx3 (RGB), HxWx4 (RGBA) or HxW",
                          "pass one image per array, channels last")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(f"{what} is empty: shape {a.shape}", "pass an image with at least one pixel")
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     elif a.shape[2] == 4:
@@ -76,6 +78,8 @@ def as_batch(images, size: tuple[int, int], resize: str = "stretch") -> np.ndarr
     if isinstance(images, np.ndarray) and images.shape == (*size, 3) and images.dtype == np.uint8:
         return images[None]  # one frame already at the model's size: a view, no copy
     if isinstance(images, np.ndarray) and images.ndim == 4:
+        if len(images) == 0:
+            raise InputError(f"no images given: an array of shape {images.shape}", "pass at least one image")
         return np.stack([_array(a, size, resize, f"image {i}") for i, a in enumerate(images)])
     if isinstance(images, str | Path | np.ndarray) or hasattr(images, "convert"):
         images = [images]
@@ -101,6 +105,22 @@ def as_batch(images, size: tuple[int, int], resize: str = "stretch") -> np.ndarr
     if not out:
         raise InputError("no images given", "pass at least one image")
     return np.stack(out)
+
+
+def read_files(paths: Sequence[str | Path], size: tuple[int, int], resize: str = "stretch"
+               ) -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
+    """Decode `paths`, skipping the unreadable ones as training does: (uint8 NHWC of those read,
+    their indices in `paths`, [(path, why)] of those skipped)."""
+    _pil()  # no Pillow is one clear error, not every file skipped
+    pixels, kept, skipped = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            pixels.append(decode(path, size, resize))
+            kept.append(i)
+        except Exception as exc:  # Pillow raises many types for a bad file; all mean "unreadable"
+            skipped.append((Path(path), f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))
+    h, w = size
+    return (np.stack(pixels) if pixels else np.zeros((0, h, w, 3), np.uint8)), kept, skipped
 
 
 def labelled_folder(root: str | Path) -> tuple[list[Path], list[str]]:

@@ -7,7 +7,9 @@ warm-up and after the timed runs where the board exposes them (/sys/class/therma
 `vcgencmd get_throttled` on a Raspberry Pi); a board that slowed itself down during the run is
 flagged, because its figures are then the thermals' and not the model's. Accuracy is top-1 on
 the bundle's checkset (uint8 pixels in `checkset.npz`, so no image decoder is needed) or on a
-labelled folder on the device. Standard library and numpy only, plus the bundle's engine.
+labelled folder on the device, with the version of the head scored (0: the bundle's own; a head
+adapted on the device is read under the head store's shared lock, so a concurrent adapt cannot
+pull it away mid-read). Standard library and numpy only, plus the bundle's engine.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
     m = model.bundle.manifest
     return {
         "bundle": m["name"], "engine": m["engine"], "precision": m["precision"], "target": m["target"],
-        "load_s": round(load_s, 3),
+        "head_version": model.head_version, "load_s": round(load_s, 3),
         "latency_ms": {"runs": len(ms), "warmup": warmup, "p50": percentile(ms, 50), "p90": percentile(ms, 90),
                        "p95": percentile(ms, 95), "p99": percentile(ms, 99), "max": round(float(ms.max()), 4),
                        "mean": round(float(ms.mean()), 4), "samples": [round(float(x), 4) for x in ms[:SAMPLES_KEPT]]},

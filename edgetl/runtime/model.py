@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import weakref
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,15 @@ class Prediction:
                 "top": [[label, round(p, 6)] for label, p in self.top]}
 
 
+class DamagedHead(ConfigError):
+    """A head file that cannot be read, does not fit together, or holds NaN/inf."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"head file {path} is damaged ({why})",
+                         "roll back to the previous head (edgetl adapt BUNDLE --rollback) or reinstall the bundle")
+        self.path, self.why = Path(path), why
+
+
 @dataclass(frozen=True)
 class Head:
     """The classifier on the device: logits = embedding @ W.T + b."""
@@ -53,23 +62,20 @@ class Head:
 
     @classmethod
     def read(cls, path: Path, labels: tuple[str, ...] | None = None) -> Head:
-        """A head from an .npz (W, b, optional labels and version); a clear error when it is damaged."""
+        """A head from an .npz (W, b, optional labels and version); `DamagedHead` when it is damaged."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 W, b = np.asarray(data["W"], np.float32), np.asarray(data["b"], np.float32)
                 stored = tuple(str(x) for x in data["labels"]) if "labels" in data else None
                 version = int(data["version"]) if "version" in data else 0
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise ConfigError(f"head file {path} is damaged ({type(exc).__name__})",
-                              "roll back to the previous head (edgetl adapt --rollback) or reinstall the bundle"
-                              ) from None
+        except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+            raise DamagedHead(path, type(exc).__name__) from None
         names = stored or labels
         if W.ndim != 2 or b.shape != (W.shape[0],) or names is None or len(names) != W.shape[0]:
-            raise ConfigError(f"head file {path} does not fit: W {W.shape}, b {b.shape}, "
-                              f"{0 if names is None else len(names)} labels",
-                              "roll back to the previous head or reinstall the bundle")
+            raise DamagedHead(path, f"W {W.shape}, b {b.shape} and {0 if names is None else len(names)} labels "
+                                    "do not fit together")
         if not (np.isfinite(W).all() and np.isfinite(b).all()):
-            raise ConfigError(f"head file {path} holds NaN or inf", "roll back to the previous head")
+            raise DamagedHead(path, "it holds NaN or inf")
         return cls(W, b, tuple(names), version)
 
     def logits(self, embeddings: np.ndarray) -> np.ndarray:
@@ -86,23 +92,32 @@ class Model:
     """A bundle's backbone on its engine plus its head."""
 
     def __init__(self, bundle: Bundle, engine: Engine, head: Head, spec: PreprocessSpec, batch_size: int = 32,
-                 heads=None):
+                 heads=None, head_note: str | None = None):
         self.bundle, self.engine, self.head, self.spec = bundle, engine, head, spec
         self.batch_size = batch_size
         self.heads = heads  # the HeadStore beside a bundle dir (None for an unpacked archive)
+        self.head_note = head_note  # why the head in force is a fallback (loaded with fallback_head), else None
+        self._origin = os.path.realpath(bundle.path)  # what BUNDLE resolved to (a deploy swaps a link)
+
+    @property
+    def head_version(self) -> int:
+        """The version of the head being scored: the head store's (0: the bundle's own head)."""
+        return self.head.version if self.heads is not None else 0
 
     @classmethod
     def load(cls, path: str | Path, *, key: str | Path | None = None, threads: int | None = None,
-             machine: str | None = None, unpack_to: Path | None = None) -> Model:
+             machine: str | None = None, unpack_to: Path | None = None, fallback_head: bool = False) -> Model:
         """Verify the bundle (dir or .tar.gz) and open its engine; `machine="any"` skips the arch check.
         A signed bundle is only run once its signature is checked: with `key`, or the public key
-        file named by $EDGETL_BUNDLE_KEY (the device's trusted key)."""
+        file named by $EDGETL_BUNDLE_KEY (the device's trusted key). A damaged head in force is
+        refused (the error names the rollback); `fallback_head` loads the newest intact one
+        instead and says why in `head_note` (what adapt and rollback do)."""
         key = key or os.environ.get("EDGETL_BUNDLE_KEY") or None
         owned = None
         if unpack_to is None and not Path(path).is_dir():
             owned = unpack_to = Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
         try:
-            model = cls._load(path, key, threads, machine, unpack_to)
+            model = cls._load(path, key, threads, machine, unpack_to, fallback_head)
         except BaseException:
             if owned:
                 shutil.rmtree(owned, ignore_errors=True)
@@ -112,7 +127,7 @@ class Model:
         return model
 
     @classmethod
-    def _load(cls, path, key, threads, machine, unpack_to) -> Model:
+    def _load(cls, path, key, threads, machine, unpack_to, fallback_head=False) -> Model:
         bundle = open_bundle(path, key=key, machine=machine, unpack_to=unpack_to)
         if bundle.signed and not bundle.signature_checked:
             raise BundleError(f"{path} is signed, and no public key was given to check it",
@@ -130,8 +145,14 @@ class Model:
         base = Head.read(bundle.path / m["head"], tuple(m["labels"]))
         from edgetl.runtime.heads import HeadStore
 
-        heads = HeadStore.beside(bundle.path, base) if Path(path).is_dir() else None
-        return cls(bundle, engine, heads.current() if heads else base, spec, heads=heads)
+        if not Path(path).is_dir():
+            return cls(bundle, engine, base, spec)
+        heads = HeadStore.beside(bundle.path, base)
+        if not fallback_head:
+            return cls(bundle, engine, heads.current(), spec, heads=heads)
+        with heads.lock(exclusive=False):
+            state = heads.in_force()
+        return cls(bundle, engine, state.head, spec, heads=heads, head_note=state.problem)
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -158,7 +179,9 @@ class Model:
         return softmax(self.head.logits(self.embed(images)))
 
     def predict(self, images, *, top_k: int = 1) -> list[Prediction]:
-        """The best label and its probability per image, with the `top_k` best."""
+        """The best label and its probability per image, with the `top_k` best (top_k >= 1)."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+            raise ConfigError(f"top_k={top_k!r}: ask for at least the best label", "pass top_k=1 or more")
         probs = self.probabilities(images)
         out = []
         for row in probs:
@@ -167,18 +190,40 @@ class Model:
                                   tuple((self.labels[i], float(row[i])) for i in order)))
         return out
 
-    def adapt(self, images, labels, *, config=None, unguarded: bool = False):
+    def adapt(self, images, labels, *, config=None, unguarded: bool = False, lock_timeout: float | None = None):
         """Learn the head from `images` and their `labels` (new labels add classes); commit it to the
-        head store if the guard allows. Returns an `AdaptResult` saying what happened and why."""
+        head store if the guard allows. Returns an `AdaptResult` saying what happened and why.
+
+        The embeddings are computed first, unlocked (the slow part); then, holding the store's lock
+        (waiting up to `lock_timeout` s, default the store's, for another adapt or deploy), the head
+        in force is read again and trained from, so the version committed names it as its parent
+        and no concurrent commit is lost. A damaged head in force is trained past: from the newest
+        intact one, which the result names (`parent`, `recovered`)."""
         from edgetl.runtime.adapt import AdaptConfig, adapt_head
 
-        result = adapt_head(self.head, self.embed(images), labels, config or AdaptConfig(), unguarded=unguarded)
-        if result.committed:
-            if self.heads is None:
+        config = config or AdaptConfig()
+        labels = list(labels)
+        many = isinstance(images, list | tuple) or (isinstance(images, np.ndarray) and images.ndim == 4)
+        if many and len(images) != len(labels):  # refused before the slow part
+            raise ConfigError(f"{len(images)} images and {len(labels)} labels", "give one label per image")
+        embeddings = self.embed(images)
+        if self.heads is None:  # an archive: nothing to commit to, but the guard's verdict still comes back
+            result = adapt_head(self.head, embeddings, labels, config, unguarded=unguarded)
+            if result.committed:
                 raise ConfigError("this model has no head store (it was loaded from an archive)",
                                   "unpack the bundle and load its dir to adapt it")
-            result.version = self.heads.commit(result.head, result.to_dict())
-            self.head = self.heads.current()
+            return result
+        with self.heads.lock(exclusive=True, timeout=lock_timeout):
+            if os.path.realpath(self.bundle.path) != self._origin:
+                raise ConfigError(f"{self.bundle.path} was replaced (a deploy) while these images were embedded",
+                                  "adapt again: the new backbone needs its own embeddings")
+            state = self.heads.in_force()
+            result = adapt_head(state.head, embeddings, labels, config, unguarded=unguarded)
+            result.parent, result.recovered = state.version, state.problem
+            if result.committed:
+                result.version = self.heads.commit(result.head, result.to_dict(), parent=state.version)
+                result.head = replace(result.head, version=result.version)
+                self.head, self.head_note = result.head, None
         return result
 
 

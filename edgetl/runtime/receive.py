@@ -10,11 +10,16 @@ one. It is written to a temp file, checked, unpacked into a temp dir, verified a
 verifies it (hashes, signature, CPU, engine installed) and renamed; then a new symlink replaces
 NAME by rename, which is the commit. A process killed at any point before that rename leaves the
 previous version active and untouched; what it left half-done is removed by the next receive.
-Heads adapted on another backbone are set aside, never deleted. Standard library and numpy only.
+Two receives are serialised by BUNDLES/.lock. The switch and the setting aside of heads adapted
+on the old backbone (moved, never deleted) happen holding NAME.heads' lock, so a deploy waits for
+an adapt in progress on the device (up to `heads_timeout` s, then it is refused with the old
+bundle still active) and an adapt never commits a head into the wrong store. Standard library
+and numpy only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -24,6 +29,7 @@ import sys
 from pathlib import Path
 
 from edgetl.runtime.bundle import BundleError, _unpack
+from edgetl.runtime.heads import LOCK, LOCK_TIMEOUT_S, HeadStoreBusy, store_lock
 
 PARTIAL = ".incoming-"
 
@@ -63,7 +69,16 @@ def _model_sha(bundle_dir: Path) -> str | None:
         return None
 
 
-def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None, *, key=None) -> dict:
+def _holds_heads(heads: Path) -> bool:
+    """Whether NAME.heads holds anything but its lock file."""
+    try:
+        return any(p.name != LOCK for p in heads.iterdir())
+    except OSError:
+        return False
+
+
+def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None, *, key=None,
+            heads_timeout: float = LOCK_TIMEOUT_S) -> dict:
     """Take the bundle archive on `stream` (default stdin) in as BUNDLES/NAME; returns what happened."""
     from edgetl.runtime.model import Model
 
@@ -90,23 +105,43 @@ def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None,
             del model
             version = bundles / f".{name}-{sha256[:16]}"
             previous = os.readlink(active) if active.is_symlink() else None
-            if not version.is_dir():
+            new_version = not version.is_dir()
+            if new_version:
                 os.replace(unpacked, version)
             link = work / "link"
             os.symlink(version.name, link)
             _fsync_dir(bundles)
             old_model = _model_sha(active) if previous else None
-            os.replace(link, active)  # the commit
-            _fsync_dir(bundles)
+            heads = bundles / f"{name}.heads"
+            made = not heads.exists()
+            set_aside = None
+            try:
+                with store_lock(heads, exclusive=True, timeout=heads_timeout, what="head store of the active bundle"):
+                    os.replace(link, active)  # the commit
+                    _fsync_dir(bundles)
+                    if old_model and old_model != _model_sha(version) and _holds_heads(heads):
+                        set_aside = _free(bundles / f".{name}.heads-{old_model[:16]}")
+                        os.replace(heads, set_aside)  # learned on the old backbone: wrong on this one, kept
+                    elif made and not _holds_heads(heads):  # only the lock file this receive made: not left behind
+                        (heads / LOCK).unlink(missing_ok=True)
+                        with contextlib.suppress(OSError):  # an adapt wrote there meanwhile: it stays
+                            heads.rmdir()
+            except HeadStoreBusy:  # an adapt on the device held the heads: the old bundle stays active
+                if new_version:
+                    shutil.rmtree(version, ignore_errors=True)
+                raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        set_aside = None
-        heads = bundles / f"{name}.heads"
-        if old_model and old_model != _model_sha(version) and heads.is_dir():
-            set_aside = bundles / f".{name}.heads-{old_model[:16]}"
-            os.replace(heads, set_aside)  # learned on the old backbone: wrong on this one, kept all the same
         for old in bundles.glob(f".{name}-*"):  # the active version and the one before it stay
             if old.name not in (version.name, previous):
                 shutil.rmtree(old, ignore_errors=True)
     return {"active": str(active), "version": version.name, "previous": previous,
             "changed": previous != version.name, "heads_set_aside": str(set_aside) if set_aside else None}
+
+
+def _free(path: Path) -> Path:
+    """`path`, or `path-2`, ...: a set-aside store never replaces an older one set aside."""
+    n, alt = 2, path
+    while alt.exists():
+        alt, n = path.with_name(f"{path.name}-{n}"), n + 1
+    return alt

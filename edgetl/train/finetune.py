@@ -10,9 +10,11 @@ epoch on val, the head-only model counting as epoch 0, is what the run keeps.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 import edgetl
+from edgetl import fsutil
 from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import LoadedImages, load_images, scan
 from edgetl.data.split import split_train_val
-from edgetl.errors import ConfigError, DataError, RunError
-from edgetl.fsutil import staged_dir
+from edgetl.errors import ConfigError, DataError
 from edgetl.runtime.preprocess import RESIZE_MODES, PreprocessSpec
 from edgetl.train import distributed, freeze
 from edgetl.train.backbones import Backbone, get_spec, make_head
@@ -91,12 +93,10 @@ def validate(config: FinetuneConfig) -> None:
         if config.backbone is not None and config.backbone != trained:
             raise ConfigError(f"--backbone {config.backbone} does not match the weights run ({trained})",
                               "leave out --backbone to use the run's")
-    out = Path(config.out)
-    if out.exists() and not config.force:
-        raise RunError(f"{out} already exists", "choose a new --out, or pass --force to replace it")
-    if out.exists() and not (is_run(out) or (out.is_dir() and not any(out.iterdir()))):
-        raise RunError(f"{out} exists and is not an edgetl run; refusing to replace it",
-                       "choose a new --out")
+    inputs = [p for p in (config.data, config.val, config.test) if p is not None]
+    if config.weights and Path(config.weights).exists():
+        inputs.append(Path(config.weights))  # a weights run cannot be replaced while it is read
+    fsutil.claim(config.out, fsutil.RUN, force=config.force, inputs=inputs)
 
 
 @dataclass
@@ -322,8 +322,13 @@ def _load_split(name: str, samples, size: int, config: FinetuneConfig, console: 
 def _write_run(out: Path, backbone: Backbone, head: torch.nn.Linear, classes, spec: PreprocessSpec,
                result: Result) -> None:
     """Write the run to a temp dir beside `out`, then rename: a run is complete or absent."""
-    with staged_dir(out) as tmp:
-        torch.save({"backbone": backbone.state_dict(), "head": head.state_dict()}, tmp / CHECKPOINT)
+    with fsutil.staged_dir(out) as tmp:
+        try:
+            torch.save({"backbone": backbone.state_dict(), "head": head.state_dict()}, tmp / CHECKPOINT)
+        except RuntimeError as exc:  # torch says "file write failed" where the OS said ENOSPC
+            full = shutil.disk_usage(tmp).free < 64 << 20
+            raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
+                          str(exc).splitlines()[0][:200], str(out / CHECKPOINT)) from None
         np.savez(tmp / "head.npz", W=head.weight.detach().numpy().astype(np.float32),
                  b=head.bias.detach().numpy().astype(np.float32), version=np.int64(1))
         (tmp / "labels.json").write_text(json.dumps(list(classes), indent=2))

@@ -3,13 +3,13 @@ and scoring it on another labelled dataset (`edgetl eval`)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from edgetl import runfiles
 from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.data.split import split_train_val
@@ -32,6 +32,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """`top1` and `per_class_top1` are percentages (0-100, 2 decimals), as everywhere in edgetl."""
+
     top1: float
     images: int
     skipped: int
@@ -45,8 +47,8 @@ def load_run(path: str | Path) -> Run:
     if missing:
         raise RunError(f"{path} is not a complete edgetl run (missing {', '.join(missing)})",
                        "pass a run dir written by `edgetl finetune` or `edgetl pretrain`")
-    record = json.loads((path / RUN_RECORD).read_text())
-    spec = PreprocessSpec.from_json((path / "preprocess.json").read_text())
+    record = runfiles.check_run(path, RUN_RECORD)  # a damaged file is a RunError naming it
+    spec = runfiles.read_spec(path / "preprocess.json")
     weights = from_run(path)
     backbone = load_backbone(get_spec(record["backbone"]), spec.size[0], weights)
     head = make_head(backbone.embedding_dim, len(weights.classes))
@@ -59,16 +61,18 @@ def load_run(path: str | Path) -> Run:
 @torch.no_grad()
 def evaluate(run: Run, data: str | Path, *, strict: bool = False, console: Console = QUIET,
              batch_size: int = 128) -> Evaluation:
-    """Top-1 of `run` on an ImageFolder dir whose classes are (a subset of) the run's."""
+    """Top-1 (in percent) of `run` on an ImageFolder dir whose classes are (a subset of) the run's."""
     folder = scan(data, run.classes, what="eval")
-    with console.task("reading images", len(folder.samples)) as advance:
+    with console.task("reading images", len(folder.samples), "images") as advance:
         loaded = load_images(folder.samples, run.spec.size, run.spec.resize, strict=strict, progress=advance)
     if len(loaded.labels) == 0:
         raise DataError(f"no readable images in {data}", "run with --strict to see the first failure")
     preds = []
-    for start in range(0, len(loaded.labels), batch_size):
-        x = to_input(nchw(loaded.images[start : start + batch_size]), run.spec)
-        preds.append(run.head(run.backbone(x)).argmax(1))
+    with console.task("scoring", len(loaded.labels), "images") as advance:
+        for start in range(0, len(loaded.labels), batch_size):
+            x = to_input(nchw(loaded.images[start : start + batch_size]), run.spec)
+            preds.append(run.head(run.backbone(x)).argmax(1))
+            advance(len(x))
     pred = torch.cat(preds).numpy()
     hits = pred == loaded.labels
     per_class = {run.classes[c]: round(100.0 * float(hits[loaded.labels == c].mean()), 2)
