@@ -96,12 +96,12 @@ DATASET = Kind("dataset", lambda folder: False, error=DataError)  # synthesized 
 
 
 def _degenerate(out: Path) -> str | None:
-    if out.name in ("", ".", ".."):
-        return f"{out} names a directory by `.` or `..`"
     real = out.resolve()
-    cwd, home = Path.cwd().resolve(), Path.home().resolve()
     if real == Path(real.anchor):
         return f"{out} is the root of the file system"
+    if out.name in ("", ".", ".."):
+        return f"{out} names a directory by `.` or `..`"
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
     if real == home:
         return f"{out} is the home directory"
     if real == cwd or real in cwd.parents:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,18 +44,34 @@ class Weights:
     classes: tuple[str, ...] | None = None
 
 
+def _first_words(exc: BaseException, limit: int = 120) -> str:
+    """The first line of a library's message, cut at a word, never mid-word."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
 def load_state_dict(path: Path) -> dict:
     """Read a checkpoint as plain tensors; refuse anything that needs unpickling code."""
+    if path.is_dir():
+        raise WeightsError(f"{path} is a directory and not an edgetl run", "pass a run dir or a state_dict file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
+        raise WeightsError(f"{path} is not a PyTorch checkpoint (a file written by torch.save)",
+                           "pass a state_dict saved with torch.save(model.state_dict(), PATH)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on pickle protocols is not the user's to act on
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0][:160]
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         raise WeightsError(
-            f"refusing to load {path}: it holds objects other than tensors ({reason})",
+            f"refusing to load {path}: it holds objects other than tensors"
+            f"{f' ({found[1]})' if found else ''}",
             "save a plain state_dict: torch.save(model.state_dict(), PATH)",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read weights file {path}: {str(exc).splitlines()[0][:160]}",
+        raise WeightsError(f"cannot read weights file {path}: {_first_words(exc)}",
                            "pass a state_dict saved with torch.save") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
