@@ -70,10 +70,10 @@ def _raise_terminated(signum, frame):
 def process_scope() -> Iterator[Path]:
     """Run a command with one temp root (removed on the way out, whatever the way) and SIGTERM/SIGHUP
     raising `Terminated`. Nested scopes (a CLI called from Python) reuse nothing and restore everything."""
+    saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
     base = Path(tempfile.gettempdir())
     sweep(base)
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))
-    saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
     main = threading.current_thread() is threading.main_thread()
     saved_handlers = {s: signal.signal(s, _raise_terminated) for s in HANDLED} if main else {}
     tempfile.tempdir = str(root)
