@@ -14,6 +14,7 @@ import traceback
 from pathlib import Path
 
 from edgetl import __version__
+from edgetl.console import percent
 from edgetl.errors import ConfigError, DeviceError, EdgetlError
 from edgetl.runtime.lifecycle import Terminated, process_scope
 
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--split", default="val", help="the run's split the budget is judged on: val (default) | test")
     qz.add_argument("--data", type=Path, help="score on this labelled ImageFolder dir instead of the run's split")
     qz.add_argument("--io", default="int8", help="tflite input/output type: int8 (default) | uint8 (targets that ask)")
+    qz.add_argument("--search-trials", type=int,
+                    help="--method auto: at most this many float-layer trials (default 6)")
+    qz.add_argument("--search-seconds", type=float,
+                    help="--method auto: wall-clock bound of the float-layer search in seconds (default 120)")
     tg = sub.add_parser("targets", parents=[common], help="list the hardware targets, or explain one",
                         description="Targets are TOML files (targets/, $EDGETL_TARGETS): arch, engines, precisions, "
                                     "IO type, constraints and default budgets.")
@@ -334,7 +339,7 @@ def _cmd_check(args, console) -> int:
             head = f", head {r.head_version}" if r.head_version is not None else ""
             rows.append([r.device, f"{r.bundle} ({r.engine} {r.precision}{head})", r.status,
                          f"{lat['p50']:.2f}/{lat['p95']:.2f}/{lat['p99']:.2f}" if lat else "-",
-                         f"{m['peak_rss_mb']:.0f}" if m else "-", f"{m['accuracy']['top1']:.1f}" if m else "-",
+                         f"{m['peak_rss_mb']:.0f}" if m else "-", percent(m['accuracy']['top1']) if m else "-",
                          "; ".join(fails) or r.error or ("timings not judged (emulated)" if r.emulated else "-")])
         console.table("check", ["device", "bundle", "status", "p50/p95/p99 ms", "RSS MB", "top-1 %", "why"], rows)
     for path in report.write(results, args.report, args.junit):
@@ -376,8 +381,9 @@ def _cmd_compile(args, console) -> int:
     m = compile_bundle(args.source, args.target, args.out, sign=args.sign, allow_cpu_only=args.allow_cpu_only,
                        force=args.force, console=console)
     acc = m["accuracy"] or {}
-    console.table(f"bundle {m['name']} for {m['target']}", ["engine", "precision", "model", "top-1", "signed", "files"],
-                  [[m["engine"], m["precision"], m["model"], f"{acc.get('top1', '-')}% ({acc.get('split', '-')})",
+    console.table(f"bundle {m['name']} for {m['target']}",
+                  ["engine", "precision", "model", "top-1 %", "signed", "files"],
+                  [[m["engine"], m["precision"], m["model"], f"{percent(acc.get('top1'))} ({acc.get('split', '-')})",
                     "yes" if args.sign else "no", len(m["files"])]])
     console.log(f"{m['compatibility']['summary']}")
     return 0
@@ -428,12 +434,16 @@ def _cmd_synth(args, console) -> int:
 
 
 def _cmd_show(args, console) -> int:
-    from edgetl.data import scan
+    from edgetl.data import readable_counts, scan
 
     folder = scan(args.dir)
-    counts = folder.counts()
-    console.table(f"{args.dir}: {len(folder.classes)} classes, {sum(counts)} images", ["class", "images"],
-                  list(zip(folder.classes, counts, strict=True)))
+    with console.task(f"checking images in {args.dir}", len(folder.samples), "images") as advance:
+        counts = readable_counts(folder, progress=advance)
+    good, bad = sum(c.readable for c in counts), sum(c.unreadable for c in counts)
+    console.log(f"{args.dir}: {len(folder.classes)} classes, {good} readable images"
+                + (f", {bad} unreadable (training skips them; --strict refuses them)" if bad else ""))
+    console.table(f"data: {Path(args.dir).name}", ["class", "images", "unreadable"],
+                  [[name, c.readable, c.unreadable or "-"] for name, c in zip(folder.classes, counts, strict=True)])
     return 0
 
 
@@ -450,10 +460,10 @@ def _cmd_eval(args, console) -> int:
     from edgetl.train.run import evaluate, load_run
 
     result = evaluate(load_run(args.run), args.data, strict=args.strict, console=console)
-    console.table(f"{args.run} on {args.data}", ["top-1", "images", "skipped"],
-                  [[f"{result.top1:.1f}%", result.images, result.skipped]])
+    console.log(f"eval: {args.run} on {args.data}")
+    console.table("eval", ["top-1 %", "images", "skipped"], [[percent(result.top1), result.images, result.skipped]])
     if args.per_class:
-        console.table("per class", ["class", "top-1"], [[c, f"{v:.1f}%"] for c, v in result.per_class_top1.items()])
+        console.table("per class", ["class", "top-1 %"], [[c, percent(v)] for c, v in result.per_class_top1.items()])
     return 0
 
 
@@ -468,9 +478,10 @@ def _cmd_train(args, console) -> int:
         augment=not args.no_augment, force=args.force, stage=args.stage,
     )
     result = finetune(config, console)
-    test = "-" if result.test_top1 is None else f"{result.test_top1:.1f}%"
-    console.table(f"{args.stage}: {args.out}", ["backbone", "classes", "val top-1", "test top-1", "epochs", "seconds"],
-                  [[result.backbone, result.classes, f"{result.val_top1:.1f}%", test,
+    test = percent(result.test_top1)
+    console.table(f"{args.stage}: {args.out}",
+                  ["backbone", "classes", "val top-1 %", "test top-1 %", "epochs", "seconds"],
+                  [[result.backbone, result.classes, percent(result.val_top1), test,
                     f"{result.epochs} (+{result.head_epochs} head)", f"{result.seconds:.0f}"]])
     return 0
 
@@ -496,28 +507,30 @@ def _cmd_calib_show(args, console) -> int:
     selection = calibration.select(calibration.read(args.file))
     calibration.check_readable(selection)
     per_class = selection.per_class()
-    console.table(f"{args.file}: {len(selection.chosen)} of {selection.available} images from {selection.calib.source}"
-                  f" (seed {selection.calib.seed}, {len(per_class)} classes)", ["class", "images"],
-                  [[c, n] for c, n in per_class.items()])
+    console.log(f"{args.file}: {len(selection.chosen)} of {selection.available} images from "
+                f"{selection.calib.source} (seed {selection.calib.seed}, {len(per_class)} classes)")
+    console.table(f"calibration: {Path(args.file).name}", ["class", "images"], [[c, n] for c, n in per_class.items()])
     return 0
 
 
 def _cmd_quantize(args, console) -> int:
-    from edgetl.quantize import quantize
+    from edgetl.quantize import SearchBudget, quantize
 
+    search = SearchBudget(SearchBudget.trials if args.search_trials is None else args.search_trials,
+                          SearchBudget.seconds if args.search_seconds is None else args.search_seconds).check()
     r = quantize(args.run, args.calib, fmt=args.format, method=args.method, max_drop=args.max_drop,
-                 split=args.split, data=args.data, io=args.io, console=console)
+                 split=args.split, data=args.data, io=args.io, search=search, console=console)
     lat = r["latency_ms"]
-    console.table(f"quantize ({r['format']}, {r['method']}): {args.run}/quantize/{r['format']}",
-                  ["", "top-1", "MB", "p50 ms (1 thread)"],
-                  [["fp32", f"{r['fp32_top1']:.2f}%", f"{r['sizes_bytes']['fp32'] / 1e6:.1f}", lat["fp32"]["p50_ms"]],
-                   ["int8", f"{r['int8_top1']:.2f}%", f"{r['sizes_bytes']['int8'] / 1e6:.1f}", lat["int8"]["p50_ms"]]])
+    console.log(f"quantize ({r['format']}, {r['method']}) -> {args.run}/quantize/{r['format']}")
+    console.table(f"quantize {r['format']} ({r['method']})", ["", "top-1 %", "MB", "p50 ms (1 thread)"],
+                  [["fp32", percent(r["fp32_top1"]), f"{r['sizes_bytes']['fp32'] / 1e6:.1f}", lat["fp32"]["p50_ms"]],
+                   ["int8", percent(r["int8_top1"]), f"{r['sizes_bytes']['int8'] / 1e6:.1f}", lat["int8"]["p50_ms"]]])
     floats = ", ".join(r["float_layers"]) or "none"
     console.log(f"drop {r['drop']:.2f} points (budget {r['max_drop']}), agreement {r['agreement']:.1%} on {r['eval']}; "
                 f"int8 verified: {r['ops']['int8_ops']} int8 ops, {r['ops']['float_ops']} float; "
                 f"float layers: {floats}; int8/fp32 latency {r['int8_over_fp32_latency']:.2f}x")
     if r["test"]:
-        console.log(f"test split: fp32 {r['test']['fp32_top1']:.2f}%, int8 {r['test']['int8_top1']:.2f}% "
+        console.log(f"test split: fp32 {percent(r['test']['fp32_top1'])}, int8 {percent(r['test']['int8_top1'])} "
                     f"(drop {r['test']['drop']:.2f})")
     return 0
 

@@ -18,6 +18,10 @@ from edgetl.tomlfiles import bad as _bad
 ARCHES = ("x86_64", "aarch64", "armv7l")
 ENGINES = ("onnxruntime", "litert", "edgetpu", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+# What edgetl can ship to each engine: onnxruntime and LiteRT run the fp32 export or the int8
+# quantize result (edgetl makes no fp16 ONNX/TFLite model), the Edge TPU int8 only.
+ENGINE_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "litert": ("fp32", "int8"), "edgetpu": ("int8",),
+                     "tensorrt": ("fp32", "fp16", "int8")}
 IO_DTYPES = ("float32", "int8", "uint8")
 BUDGET_KEYS = {"latency_p95_ms": float, "min_top1": float, "max_rss_mb": float}
 CONSTRAINT_KEYS = {"full_integer": bool, "static_shapes": bool, "max_rank": int, "max_tensor_mb": float}
@@ -112,10 +116,17 @@ def parse(file: Path, raw: dict) -> Target:
             raise _bad(file, f"constraints.{key}", value, f"a {kind.__name__}")
     if not isinstance(raw["budgets"], dict):
         raise _bad(file, "budgets", raw["budgets"], "a [budgets] table")
+    engines = _choices(file, "engines", raw["engines"], ENGINES)
+    precisions = _choices(file, "precisions", raw["precisions"], PRECISIONS)
+    for engine in engines:  # each engine listed must be able to run one of the precisions
+        runs = ENGINE_PRECISIONS[engine]
+        if not set(precisions) & set(runs):
+            raise ConfigError(f"{file}: precisions = {list(precisions)} has none that engine {engine!r} runs",
+                              f"{engine} runs {', '.join(runs)} models here; add one of them to `precisions`, "
+                              f"or drop {engine!r} from `engines`")
     return Target(
         name=raw["name"], description=str(raw.get("description", "")), arch=arch,
-        engines=_choices(file, "engines", raw["engines"], ENGINES),
-        precisions=_choices(file, "precisions", raw["precisions"], PRECISIONS), io_dtype=raw["io_dtype"],
+        engines=engines, precisions=precisions, io_dtype=raw["io_dtype"],
         constraints=Constraints(**constraints), budgets=Budgets(**_budgets(raw["budgets"], file)), file=file,
         reference=dict(raw.get("reference", {})))
 

@@ -238,7 +238,7 @@ def test_verify_says_when_the_key_given_is_not_the_signers(compiled_run, tmp_pat
     compile_bundle(compiled_run, "host-cpu", tmp_path / "signed", sign=key)
     embedded = json.loads((tmp_path / "signed" / "manifest.json").read_text())["signer"]["id"]
     code, err = _verify(capsys, tmp_path / "signed", "--key", other)
-    assert code == 2 and f"signed by {embedded}, and the key given ({other})" in err
+    assert code == 2 and f"it is signed by {embedded}, and the key given ({other})" in err
     # re-signed by another key that leaves the first signer named: not what it says it is
     _resign(tmp_path / "signed", other_key)
     code, err = _verify(capsys, tmp_path / "signed", "--key", other)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from edgetl.cli import main
+from edgetl.console import percent
 
 
 def _edgetl(*args, **kw):
@@ -65,7 +66,7 @@ def test_finetune_then_eval_from_the_command_line(tmp_path, signs):
     record = json.loads((run / "finetune.json").read_text())
     proc = _edgetl("eval", str(run), "--data", str(signs["test"]), "--per-class")
     assert proc.returncode == 0, proc.stderr
-    assert f"{record['test_top1']:.1f}%" in proc.stdout  # eval agrees with the run's own test score
+    assert percent(record["test_top1"]) in proc.stdout  # eval agrees with the run's own test score
     assert _edgetl("eval", str(tmp_path), "--data", str(signs["test"])).returncode == 2
 
 

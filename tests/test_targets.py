@@ -44,6 +44,10 @@ def test_budgets_merge_device_overrides():
     (('io_dtype = "int8"', 'io_dtype = "int8"\nspeed = 3'), "speed = 3.*allowed: arch, budgets"),
     (("max_rss_mb = 300\n", ""), r"\[budgets\] lacks max_rss_mb"),
     (('arch = "aarch64"', 'arch = '), "not valid TOML"),
+    (('engines = ["litert"]\nprecisions = ["int8"]', 'engines = ["onnxruntime"]\nprecisions = ["fp16"]'),
+     r"precisions = \['fp16'\] has none that engine 'onnxruntime' runs.*onnxruntime runs fp32, int8"),
+    (('engines = ["litert"]\nprecisions = ["int8"]', 'engines = ["edgetpu"]\nprecisions = ["fp32"]'),
+     r"precisions = \['fp32'\] has none that engine 'edgetpu' runs.*edgetpu runs int8"),
 ])
 def test_a_bad_target_file_names_the_file_key_and_allowed_values(tmp_path, edit, message):
     file = tmp_path / "board.toml"

@@ -10,10 +10,10 @@ first op that would not map, the ops that would fall back to the CPU), and
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgetl import runfiles
 from edgetl.errors import ConfigError
 from edgetl.targets import Target
 
@@ -105,11 +105,13 @@ class Source:
             if not (path / "finetune.json").is_file():
                 raise ConfigError(f"{path} is not a run dir (no finetune.json)",
                                   "pass a run dir written by `edgetl finetune`, or a .onnx/.tflite file")
+            runfiles.check_run(path)  # a damaged labels/preprocess/finetune file: one line naming it
             return cls(path)
         if path.suffix not in MODEL_SUFFIXES:
             raise ConfigError(f"cannot compile {path}", "pass a run dir, or a .onnx or .tflite model file")
         if not path.is_file():
             raise ConfigError(f"model file {path} does not exist", "check the path")
+        check_model_file(path)
         return cls(path)
 
     @property
@@ -130,7 +132,20 @@ class Source:
     def record(self, stage: str, fmt: str) -> dict | None:
         """RUN/quantize/FMT/quantize.json or RUN/export/FMT/export.json, when the stage has run."""
         path = self.path / stage / fmt / f"{stage}.json"
-        return json.loads(path.read_text()) if self.is_run and path.is_file() else None
+        return runfiles.read_json(path, dict) if self.is_run and path.is_file() else None
+
+
+def check_model_file(path: Path) -> None:
+    """Refuse a .onnx or .tflite file that is not a readable model (truncated, or another kind of
+    file with that name), with one line, before any backend looks at it."""
+    if path.suffix == ".tflite":
+        from edgetl.backends import tflite_graph
+
+        tflite_graph.read(path)
+    else:
+        from edgetl.backends.onnxruntime import onnx_ops
+
+        onnx_ops(path)
 
 
 class Backend:

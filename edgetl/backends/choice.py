@@ -75,9 +75,9 @@ def choose(source: Source, fmt: str, target: Target) -> Choice:
 
 def trained_accuracy(source: Source) -> dict:
     """The fine-tune record's figures: the fp32 export matches PyTorch (its parity check held)."""
-    import json
+    from edgetl import runfiles
 
-    record = json.loads((source.path / "finetune.json").read_text())
+    record = runfiles.read_json(source.path / "finetune.json", dict, ("val_top1",))
     out = {"top1": record["val_top1"], "split": "run val split"}
     if record.get("test_top1") is not None:
         out["test_top1"] = record["test_top1"]

@@ -20,7 +20,8 @@ def onnx_ops(model_path: Path) -> tuple[list, int]:
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends on a damaged file
-        raise ConfigError(f"{model_path} is not a readable ONNX model ({type(exc).__name__})",
+        raise ConfigError(f"{model_path} is not a valid ONNX model (truncated, damaged or another kind of "
+                          f"file: {type(exc).__name__})",
                           "pass a .onnx file written by an ONNX exporter") from None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return list(model.graph.node), opset

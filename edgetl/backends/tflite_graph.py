@@ -65,11 +65,17 @@ def read(path: Path) -> Graph:
     except ImportError:
         raise ConfigError("reading .tflite files needs ai-edge-litert",
                           "pip install 'edgetl[runtime-litert]'") from None
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise ConfigError(f"{path} is not a valid TFLite model (no TFLite file identifier)",
+                          "pass a .tflite file written by a TFLite converter") from None
     try:
         model = flatbuffer_utils.read_model(str(path))
         graph = model.subgraphs[0]
-    except Exception as exc:  # the flatbuffer library raises anything on a damaged file
-        raise ConfigError(f"{path} is not a readable .tflite model ({type(exc).__name__})",
+        _ = [(op.opcodeIndex, op.inputs, op.outputs) for op in graph.operators]
+    except Exception:  # the flatbuffer library raises anything on a damaged file
+        raise ConfigError(f"{path} is not a valid TFLite model (truncated or damaged)",
                           "pass a .tflite file written by a TFLite converter") from None
     builtins, activations = _builtin_names(fb), _activation_names(fb)
 

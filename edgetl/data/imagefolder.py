@@ -91,6 +91,39 @@ def scan(root: str | Path, classes: Sequence[str] | None = None, *, what: str = 
     return ImageFolder(root=root, classes=classes, samples=samples)
 
 
+@dataclass(frozen=True)
+class ClassCount:
+    """One class folder's images: how many decode, and how many are unreadable (training skips those)."""
+
+    readable: int
+    unreadable: int
+
+
+def readable(path: Path) -> bool:
+    """Whether `path` opens as an image: its header and structure are checked (PIL `verify`), without
+    decoding the pixels, so a whole dataset is checked in a moment."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises many types for bad files; all mean "unreadable"
+        return False
+
+
+def readable_counts(folder: ImageFolder, *, workers: int = 4,
+                    progress: Callable[[int], None] | None = None) -> list[ClassCount]:
+    """Per class (in label order), the images that open and those that do not."""
+    good, bad = [0] * len(folder.classes), [0] * len(folder.classes)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (_, label), ok in zip(folder.samples, pool.map(readable, [p for p, _ in folder.samples]), strict=True):
+            (good if ok else bad)[label] += 1
+            if progress:
+                progress(1)
+    return [ClassCount(g, b) for g, b in zip(good, bad, strict=True)]
+
+
 def decode_image(path: Path, size: tuple[int, int], resize: str):
     """Read one image as RGB uint8 HWC at `size` (height, width); raises on a bad file.
     The device runtime's decoder, so training and the device resize alike."""

@@ -3,8 +3,8 @@
 The fp32 export and the int8 artifact are both scored on the run's own labelled images (val
 by default) with the run's float head; `--method auto` tries every calibration method, and
 when the best still loses more than `max_drop` points it keeps the layers most sensitive to
-quantization in float, as few as it can, within a bounded search (`SearchBudget`). The result is checked to really be int8, and its
-host latency is measured beside fp32's, because int8 is not always faster.
+quantization in float, as few as it can, within a bounded search (`SearchBudget`). The result
+is checked to really be int8, and its host latency is measured beside fp32's, because int8 is not always faster.
 Nothing is written unless the budget holds. Top-1 figures are percentages (0-100), drops are
 points of them.
 """

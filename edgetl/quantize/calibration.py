@@ -55,6 +55,9 @@ class Selection:
 
 def read(file: str | Path) -> CalibrationSet:
     file = Path(file)
+    if file.is_dir():
+        raise ConfigError(f"{file} is a directory, not a calibration set",
+                          "pass a calibration .toml file, e.g. calibration/NAME.toml (" + HINT + ")")
     if not file.is_file():
         raise ConfigError(f"calibration file {file} does not exist", "calibration sets live in calibration/*.toml")
     try:

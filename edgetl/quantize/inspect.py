@@ -40,7 +40,13 @@ def onnx_ops(path: Path) -> OpCount:
     goes straight into a QuantizeLinear (the pattern onnxruntime fuses into an integer kernel)."""
     import onnx
 
-    model = onnx.load(str(path))
+    from edgetl.errors import ConfigError
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError and friends on a damaged file
+        raise ConfigError(f"{path} is not a valid ONNX model ({type(exc).__name__})",
+                          "pass a .onnx file written by an ONNX exporter") from None
     produced_by = {out: node for node in model.graph.node for out in node.output}
     consumers: dict[str, list] = {}
     for node in model.graph.node:
@@ -77,7 +83,15 @@ def tflite_ops(path: Path) -> OpCount:
         kwargs = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     except ImportError:
         kwargs = {}
-    interpreter = interpreter_class()(model_path=str(path), **kwargs)
+    from edgetl.console import silenced
+    from edgetl.errors import ConfigError
+
+    try:
+        with silenced():
+            interpreter = interpreter_class()(model_path=str(path), **kwargs)
+    except ValueError as exc:  # "The model is not a valid Flatbuffer buffer" and the like
+        raise ConfigError(f"{path} is not a valid TFLite model ({str(exc).splitlines()[0]})",
+                          "pass a .tflite file written by a TFLite converter") from None
     dtypes = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
     int8, flt, float_nodes = Counter(), Counter(), []
     for op in interpreter._get_ops_details():  # the only public view of the op list without a flatbuffer parser

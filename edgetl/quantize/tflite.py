@@ -125,9 +125,10 @@ def quantize(backbone: torch.nn.Module, out: Path, inputs: np.ndarray, method: s
              keep_float: tuple[str, ...] = ()) -> tuple[tuple[str, ...], torch.fx.GraphModule]:
     """Write a full-int8 .tflite of `backbone` calibrated on `inputs` (float NHWC); returns the
     modules left float (`keep_float` and the layers feeding them) and the q/dq torch graph."""
-    from litert_torch.quantize.quant_config import QuantConfig
-
     graph, quantizer = convert(backbone, inputs, method, keep_float=keep_float)
+    with silenced():  # litert-torch's import wakes TensorFlow's and absl's loggers
+        from litert_torch.quantize.quant_config import QuantConfig
+
     to_tflite(graph, torch.from_numpy(inputs[:1]), out, quant_config=QuantConfig(pt2e_quantizer=quantizer))
     return getattr(quantizer, "kept", ()), graph
 

@@ -149,7 +149,8 @@ def verify_signature(manifest_bytes: bytes, signature: bytes, key: Path, embedde
         public.verify(signature, manifest_bytes)
     except InvalidSignature:
         if embedded is not None and embedded != given:
-            raise BundleError(f"the bundle is signed by {embedded}, and the key given ({key}) is {given}",
+            raise BundleError(f"the bundle's signature does not match this key: it is signed by {embedded}, "
+                              f"and the key given ({key}) is {given}",
                               "pass the public key of the bundle's signer, or sign the bundle with yours") from None
         raise BundleError("the bundle's signature does not match its manifest and this key",
                           "the bundle was changed after signing, or signed with another key") from None

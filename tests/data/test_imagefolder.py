@@ -92,3 +92,21 @@ def test_split_is_stratified_deterministic_and_stable_when_data_grows(tmp_path):
     train2, val2 = split_train_val(scan(tmp_path), 0.2, seed=0)
     old = {p for p, _ in train}
     assert not old & {p for p, _ in val2}
+
+
+def test_data_show_counts_unreadable_images_apart_per_class(tmp_path, capsys):
+    from edgetl.cli import main
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "cat" / "broken.png").write_bytes(b"not a png")
+    whole = (tmp_path / "dog" / "0.png").read_bytes()
+    (tmp_path / "dog" / "cut.png").write_bytes(whole[:20])
+    assert main(["data", "show", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    rows = {cells[0]: cells[1:] for line in captured.out.splitlines()
+            if len(cells := [c.strip() for c in line.split("│") if c.strip()]) == 3}
+    assert rows["cat"] == ["3", "1"] and rows["dog"] == ["3", "1"]
+    assert "6 readable images, 2 unreadable (training skips them" in captured.err

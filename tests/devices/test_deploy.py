@@ -162,3 +162,28 @@ def test_a_signed_bundle_goes_live_only_with_the_devices_trusted_key(compiled_ru
     assert main(["deploy", signed, "--device", str(local.file), "--device-key", str(pub), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["changed"] and r["bundle"] == "signs" and Path(r["active"]) == _active(local)
+
+
+def test_deploy_to_a_fleet_goes_to_every_device_built_for_the_bundle_and_exits_3_for_one_unreachable(
+        bundle, tmp_path, capsys):
+    from tests.standins import free_port
+
+    fleet = tmp_path / "lab"
+    bench = _device(fleet, "bench", 'name = "bench"\ntarget = "host-cpu"\ntransport = "local"\n'
+                                    '[local]\nworkdir = "../bench-board"\n')
+    _device(fleet, "pi", 'name = "pi"\ntarget = "rpi4"\ntransport = "local"\n')  # another CPU: not sent there
+    _device(fleet, "gone", f'name = "gone"\ntarget = "host-cpu"\ntransport = "ssh"\n'
+                           f'[ssh]\nhost = "127.0.0.1"\nport = {free_port()}\nconnect_timeout_s = 2\n')
+    assert main(["deploy", str(bundle), "--devices", str(fleet)]) == 3  # the lab, not the bundle
+    captured = capsys.readouterr()
+    table = captured.out
+    assert "bench" in table and "deployed" in table and "gone" in table and "unreachable" in table
+    assert "not built for pi" in captured.err and "Traceback" not in captured.err
+    assert _active(bench).is_symlink()
+    (fleet / "gone.toml").unlink()
+    assert main(["deploy", str(bundle), "--devices", str(fleet), "--json"]) == 0
+    (r,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert r["device"] == "bench" and r["status"] == "already active" and not r["changed"]
+    with pytest.raises(SystemExit) as info:  # one or the other
+        main(["deploy", str(bundle), "--devices", str(fleet), "--device", "local"])
+    assert info.value.code == 2 and "not allowed with" in capsys.readouterr().err

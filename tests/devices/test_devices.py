@@ -76,7 +76,7 @@ def test_ssh_runs_in_batch_mode_with_host_keys_checked_unless_told_otherwise(tmp
     argv = strict.argv(["python3", "-c", "print('a b')"])
     assert argv[0] == "ssh" and "BatchMode=yes" in argv and "StrictHostKeyChecking=yes" in argv
     assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-i") + 1] == str(Path("~/.ssh/k").expanduser())
-    assert argv[-3:-1] == ["pi@10.0.0.12", "--"]
+    assert argv[-3:-1] == ["--", "pi@10.0.0.12"]  # options end before anything from the file
     assert shlex.split(argv[-1]) == ["python3", "-c", "print('a b')"]  # quoted once, for the remote shell
     lax = devices.read(_write(tmp_path, "b", SSH + "strict_host_key_checking = false\n"))
     assert "StrictHostKeyChecking=accept-new" in lax.argv(["true"])
@@ -150,3 +150,65 @@ def test_an_emulated_raspberry_pi_answers_as_aarch64_with_its_engines(arm64_root
     # a relative root is taken from the device file's folder, as the shipped example does it
     example = devices.read(EXAMPLES / "emulated-pi4.toml")
     assert Path(example.emulated.root) == (EXAMPLES.parent.parent / ".hil" / "arm64-root").absolute()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("host", "-oProxyCommand=touch /tmp/pwned"),
+    ("host", "-p2222"),
+    ("host", "10.0.0.12 -v"),
+    ("host", "pi\nProxyCommand x"),
+    ("host", "pi@10.0.0.12"),
+    ("host", "host;reboot"),
+    ("host", "10.0.0.300"),
+    ("host", ""),
+    ("host", "a..b"),
+    ("host", "-lab.local"),
+    ("user", "-oProxyCommand=x"),
+    ("user", "pi root"),
+    ("user", "pi@evil"),
+    ("user", "pi\t"),
+    ("user", ""),
+    ("port", 0),
+    ("port", 65536),
+    ("identity", "-oProxyCommand=x"),
+    ("identity", "~/.ssh/k\n"),
+    ("known_hosts", "/lab/known hosts"),
+    ("known_hosts", "-x"),
+    ("python", "python3 -I"),
+    ("python", "-c"),
+    ("workdir", "-rf"),
+    ("workdir", "edgetl\x00"),
+    ("connect_timeout_s", 0),
+])
+def test_an_ssh_value_that_could_become_an_option_is_refused_naming_the_key(tmp_path, key, value):
+    text = SSH.replace('host = "10.0.0.12"\n', "") if key == "host" else SSH
+    file = _write(tmp_path, "bad", text + f"{key} = {json.dumps(value)}\n")
+    with pytest.raises(ConfigError, match=f"ssh.{key} = ") as info:
+        devices.read(file)
+    assert str(file) in info.value.message and "allowed: " in str(info.value)
+
+
+@pytest.mark.parametrize("host, user", [
+    ("10.0.0.12", "pi"), ("::1", "ci-runner"), ("fe80::1%eth0", "edge_user"), ("lab-pi5.local", "pi.lab"),
+    ("lab_pi", "_svc"), ("raspberrypi", None), ("192.168.1.1", "u1"),
+])
+def test_ordinary_hosts_and_users_are_accepted_and_stay_out_of_the_options(tmp_path, host, user):
+    text = SSH.replace("10.0.0.12", host) + (f'user = "{user}"\n' if user else "") + "port = 2222\n"
+    board = devices.read(_write(tmp_path, "ok", text))
+    argv = board.argv(["true"])
+    assert board.ssh.host == host and argv[-2] == (f"{user}@{host}" if user else host)
+    assert argv[argv.index("--") + 1] == argv[-2]  # after `--`: a destination, never an option
+
+
+def test_a_fleet_named_by_edgetl_devices_is_that_dir_alone_and_local_still_resolves(tmp_path, monkeypatch, capsys):
+    fleet = tmp_path / "fleet"
+    _write(fleet, "bench", 'name = "bench"\ntarget = "host-cpu"\ntransport = "local"\n')
+    monkeypatch.setenv("EDGETL_DEVICES", str(fleet))
+    monkeypatch.chdir(tmp_path)  # no ./devices here
+    assert [d.name for d in devices.fleet()] == ["bench"]  # not the shipped `local`
+    assert main(["devices", "--json"]) == 0
+    assert [json.loads(line)["name"] for line in capsys.readouterr().out.splitlines()] == ["bench"]
+    assert devices.load("local").file == devices.SHIPPED / "local.toml"  # by name it is still there
+    assert devices.load("bench").file == fleet / "bench.toml"
+    monkeypatch.delenv("EDGETL_DEVICES")  # nothing configured: the shipped files
+    assert "local" in [d.name for d in devices.fleet()]

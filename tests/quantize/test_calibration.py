@@ -76,5 +76,13 @@ def test_bad_keys_and_values(tmp_path):
 def test_calib_show_prints_per_class_counts(signs, tmp_path, capsys):
     path = _write(tmp_path, f'data = "{signs["train"]}"\nsamples = 32\n')
     assert main(["calib", "show", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "32 of 48 images" in out and "8" in out
+    captured = capsys.readouterr()
+    assert "32 of 48 images" in captured.err and "8" in captured.out  # the detail in a log line, counts in the table
+    assert all(len(line) < 100 for line in captured.out.splitlines())  # a short title, on one line
+
+
+def test_calib_show_of_a_directory_says_a_toml_file_is_wanted(tmp_path, capsys):
+    assert main(["calib", "show", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path} is a directory, not a calibration set" in err and ".toml file" in err
+    assert "does not exist" not in err
