@@ -24,6 +24,7 @@ import json
 import os
 import re
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,12 +69,15 @@ def store_lock(root: Path, *, exclusive: bool, timeout: float = LOCK_TIMEOUT_S, 
     """flock ROOT/LOCK, exclusive for writers, shared for readers; refused with `HeadStoreBusy`
     after `timeout` s. A writer creates ROOT; a reader of a store that does not exist (or cannot
     be written, so nobody writes it) reads unlocked. When the store is moved away while waiting
-    (a deploy sets it aside), the lock of the store now at ROOT is taken instead."""
+    (a deploy sets it aside), the lock of the store now at ROOT is taken instead. A store this
+    writer made and left holding only its lock file is removed again: nothing left behind."""
     deadline = time.monotonic() + max(0.0, timeout)
     path = root / LOCK
     while True:
-        if exclusive:
+        made = False
+        if exclusive and not root.is_dir():
             root.mkdir(parents=True, exist_ok=True)
+            made = True
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -105,7 +109,13 @@ def store_lock(root: Path, *, exclusive: bool, timeout: float = LOCK_TIMEOUT_S, 
             except FileNotFoundError:
                 same = False
             if same:
-                yield
+                try:
+                    yield
+                finally:
+                    if made and [p.name for p in root.iterdir()] == [LOCK]:
+                        path.unlink(missing_ok=True)  # a waiter finds its lock file gone and retries
+                        with contextlib.suppress(OSError):
+                            root.rmdir()
                 return
         finally:
             os.close(fd)  # releases the lock
