@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Devices are TOML files (devices/, $EDGETL_DEVICES, or --devices DIR): a target, "
                                     "a transport (local, ssh, emulated), budget overrides and tags. Each is asked for "
                                     "its Python's architecture and version, all at once.")
-    dv.add_argument("--devices", type=Path, help="a directory of device files (default: the search path)")
+    dv.add_argument("--devices", type=Path, help="a directory of device files (default: $EDGETL_DEVICES alone "
+                    "when set, else ./devices, else the shipped ones)")
     dv.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each device (default 30)")
     dv.add_argument("--json", action="store_true", help="one JSON record per device")
 

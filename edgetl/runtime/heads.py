@@ -17,6 +17,7 @@ they fall back to the newest intact head and rename the damaged file aside
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import io
@@ -24,7 +25,6 @@ import json
 import os
 import re
 import time
-import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -112,9 +112,9 @@ def store_lock(root: Path, *, exclusive: bool, timeout: float = LOCK_TIMEOUT_S, 
                 try:
                     yield
                 finally:
-                    if made and [p.name for p in root.iterdir()] == [LOCK]:
-                        path.unlink(missing_ok=True)  # a waiter finds its lock file gone and retries
-                        with contextlib.suppress(OSError):
+                    with contextlib.suppress(OSError):  # (moved away meanwhile: a deploy set it aside)
+                        if made and [p.name for p in root.iterdir()] == [LOCK]:
+                            path.unlink(missing_ok=True)  # a waiter finds its lock file gone and retries
                             root.rmdir()
                 return
         finally:

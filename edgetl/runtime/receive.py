@@ -19,7 +19,6 @@ and numpy only.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -113,7 +112,6 @@ def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None,
             _fsync_dir(bundles)
             old_model = _model_sha(active) if previous else None
             heads = bundles / f"{name}.heads"
-            made = not heads.exists()
             set_aside = None
             try:
                 with store_lock(heads, exclusive=True, timeout=heads_timeout, what="head store of the active bundle"):
@@ -122,10 +120,6 @@ def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None,
                     if old_model and old_model != _model_sha(version) and _holds_heads(heads):
                         set_aside = _free(bundles / f".{name}.heads-{old_model[:16]}")
                         os.replace(heads, set_aside)  # learned on the old backbone: wrong on this one, kept
-                    elif made and not _holds_heads(heads):  # only the lock file this receive made: not left behind
-                        (heads / LOCK).unlink(missing_ok=True)
-                        with contextlib.suppress(OSError):  # an adapt wrote there meanwhile: it stays
-                            heads.rmdir()
             except HeadStoreBusy:  # an adapt on the device held the heads: the old bundle stays active
                 if new_version:
                     shutil.rmtree(version, ignore_errors=True)

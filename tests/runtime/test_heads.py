@@ -241,3 +241,11 @@ def test_a_full_disk_leaves_the_previous_head_in_force_and_names_the_file(tmp_pa
         assert store.current_version() == 1 and float(store.current().W[0, 0]) == 1
         assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "LOCK", "head-000001.json", "head-000001.npz"]
         assert json.loads((root / "head-000001.json").read_text())["version"] == 1
+
+
+def test_a_rollback_with_nothing_to_roll_back_leaves_no_store_behind(tmp_path):
+    store = HeadStore(tmp_path / "host.heads", _base())
+    with pytest.raises(ConfigError, match="nothing to roll back"):
+        store.rollback()
+    assert not store.root.exists()  # the lock's dir and file were this writer's alone: removed again
+    assert store.commit(_head(1), {}) == 1 and (store.root / "LOCK").is_file()
