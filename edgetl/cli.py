@@ -16,14 +16,8 @@ from pathlib import Path
 from edgetl import __version__
 from edgetl.console import percent
 from edgetl.errors import ConfigError, DeviceError, EdgetlError
+from edgetl.runtime.cli import Parser
 from edgetl.runtime.lifecycle import Terminated, process_scope
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with a bad flag as one line and a hint, like every other error (exit 2)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (hint: {self.prog} --help)\n")
 
 
 def _common() -> argparse.ArgumentParser:

@@ -15,8 +15,17 @@ import traceback
 from pathlib import Path
 
 from edgetl.errors import ConfigError, EdgetlError
+from edgetl.runtime.lifecycle import Terminated, process_scope
 
 SKIPPED_LISTED = 3  # unreadable images named in a result (all are counted)
+
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag as one line and a hint, like every other error (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (hint: {self.prog} --help)\n")
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -171,8 +180,8 @@ def device_command(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgetl.runtime", description=__doc__.splitlines()[0])
-    common = argparse.ArgumentParser(add_help=False)
+    parser = Parser(prog="python -m edgetl.runtime", description=__doc__.splitlines()[0])
+    common = Parser(add_help=False)
     common.add_argument("--verbose", "-v", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_predict_args(sub.add_parser("predict", parents=[common], help="labels and probabilities of images"))
@@ -181,20 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     add_device_args(sub, parents=[common])
     args = parser.parse_args(argv)
     try:
-        if args.command == "predict":
-            for record in predict(args):
-                print(json.dumps(record) if args.json else
-                      f"{record['image']}\t{record['label']}\t{record['probability']:.3f}")
-            return 0
-        if args.command == "adapt":
-            r = adapt(args)
-            print(json.dumps(r) if args.json else adapt_summary(r))
-            return 0 if r.get("committed", True) else 1  # 1: the guard refused the new head
-        if args.command in ("verify", "check", "receive"):
-            print(json.dumps(device_command(args)))
-            return 0
-        parser.print_help()
-        return 2
+        with process_scope():  # one temp root, removed on any exit; SIGTERM/SIGHUP unwind like Ctrl-C
+            return _run(args, parser)
     except EdgetlError as exc:
         if args.verbose:
             traceback.print_exc()
@@ -207,6 +204,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where} (hint: check the path, its permissions and free space)",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Terminated`
+        print(f"interrupted ({exc.args[0] if isinstance(exc, Terminated) else 'SIGINT'}); "
+              "nothing half-written was kept", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Terminated) else 130
+
+
+def _run(args, parser) -> int:
+    if args.command == "predict":
+        for record in predict(args):
+            print(json.dumps(record) if args.json else
+                  f"{record['image']}\t{record['label']}\t{record['probability']:.3f}")
+        return 0
+    if args.command == "adapt":
+        r = adapt(args)
+        print(json.dumps(r) if args.json else adapt_summary(r))
+        return 0 if r.get("committed", True) else 1  # 1: the guard refused the new head
+    if args.command in ("verify", "check", "receive"):
+        print(json.dumps(device_command(args)))
+        return 0
+    parser.print_help()
+    return 2
