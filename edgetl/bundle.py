@@ -21,7 +21,7 @@ from edgetl.backends import Artifacts, Source
 from edgetl.checkset import FILE as CHECKSET
 from edgetl.checkset import build as build_checkset
 from edgetl.errors import ConfigError
-from edgetl.fsutil import staged
+from edgetl.fsutil import claim_bundle, staged
 from edgetl.runtime.bundle import MANIFEST, SIGNATURE, key_id, raw_public_key, sha256
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.targets import Target
@@ -139,6 +139,9 @@ def keygen(path: Path) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     path, pub = Path(path), Path(f"{path}.pub")
+    if str(path).startswith("~") or path.name in ("", ".", ".."):
+        raise ConfigError(f"{path} is not a key file name (a literal `~`, `.` or `..`)",
+                          "give the full path of the key to create, e.g. keys/fleet")
     if path.exists() or pub.exists():
         raise ConfigError(f"{path} or {pub} already exists", "choose another name; keys are never overwritten")
     if path.parent.exists() and not path.parent.is_dir():
@@ -187,7 +190,8 @@ def archive_path(out: Path) -> Path:
     return out.with_name(out.name + ".tar.gz")
 
 
-def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, sign: Path | None = None) -> dict:
+def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, sign: Path | None = None,
+          force: bool = False) -> dict:
     """The bundle dir at `out` and `out`.tar.gz, both replaced at once or left as they were (the caller has
     claimed them: `edgetl.compile`); returns the manifest."""
     signer = _private_key(sign) if sign is not None else None  # a bad key fails before anything is written
@@ -196,7 +200,7 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
     if artifacts.model.name.endswith("_edgetpu.tflite"):
         model_name = "backbone_edgetpu.tflite"
     files = {model_name: artifacts.model, "head.npz": source.path / "head.npz", **artifacts.extra}
-    with staged(out, [archive_path(out)]) as (tmp, (tmp_archive,)):  # the dir and its archive land together
+    with staged(out, [archive_path(out)], recheck=lambda: claim_bundle(out, force=force)) as (tmp, (tmp_archive,)):
         for name, path in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, tmp / name)

@@ -11,12 +11,12 @@ split, or its val split when it has no test set; a run whose images are gone get
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from edgetl import runfiles
 from edgetl.errors import EdgetlError
 
 FILE = "checkset.npz"
@@ -40,12 +40,11 @@ def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) ->
     """Write `out` (checkset.npz) from the run's own held-out images; returns its manifest entry,
     or None when the run's test and val images cannot be found any more."""
     from edgetl.data.imagefolder import load_images
-    from edgetl.runtime.preprocess import PreprocessSpec
     from edgetl.train.run import recorded_split, stratified
 
-    record = json.loads((run / "finetune.json").read_text())
-    classes = tuple(json.loads((run / "labels.json").read_text()))
-    spec = PreprocessSpec.from_json((run / "preprocess.json").read_text())
+    record = runfiles.read_json(run / "finetune.json")
+    classes = runfiles.read_labels(run / "labels.json")
+    spec = runfiles.read_spec(run / "preprocess.json")
     for split in ("test", "val"):
         try:
             samples = recorded_split(run, record, classes, split)

@@ -16,7 +16,7 @@ from pathlib import Path
 from edgetl import __version__
 from edgetl.console import percent
 from edgetl.errors import ConfigError, DeviceError, EdgetlError
-from edgetl.runtime.cli import Parser
+from edgetl.runtime.cli import Parser, seconds
 from edgetl.runtime.lifecycle import Terminated, process_scope
 
 
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "its Python's architecture and version, all at once.")
     dv.add_argument("--devices", type=Path, help="a directory of device files (default: $EDGETL_DEVICES alone "
                     "when set, else ./devices, else the shipped ones)")
-    dv.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each device (default 30)")
+    dv.add_argument("--timeout", type=seconds, default=30.0, help="seconds to wait for each device (default 30)")
     dv.add_argument("--json", action="store_true", help="one JSON record per device")
 
     dp = sub.add_parser("deploy", parents=[common], help="put a bundle on a device, active once complete and verified",
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     to.add_argument("--devices", type=Path, help="a directory of device files: every device built for the "
                     "bundle's CPU, in parallel (exit 3 when one cannot be reached)")
     dp.add_argument("--device-key", help="signed bundles: the trusted public key's path on the device")
-    dp.add_argument("--timeout", type=float, default=600.0, help="seconds for each step on the device (default 600)")
+    dp.add_argument("--timeout", type=seconds, default=600.0, help="seconds for each step on the device (default 600)")
     dp.add_argument("--json", action="store_true", help="the result as one JSON object (one per device)")
 
     ck = sub.add_parser("check", parents=[common], help="measure bundles on devices and hold them to their budgets",
@@ -161,14 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--devices", type=Path, help="a directory of device files: the whole fleet, in parallel")
     how_long = ck.add_mutually_exclusive_group()
     how_long.add_argument("--runs", type=int, default=200, help="timed frames per bundle (default 200)")
-    how_long.add_argument("--duration", type=float, help="time frames for this many seconds instead")
+    how_long.add_argument("--duration", type=seconds, help="time frames for this many seconds instead")
     ck.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
     ck.add_argument("--data", help="labelled images DIR/<label>/*.png on the device, instead of the checkset")
     ck.add_argument("--report", type=Path, help="write report.json and report.html into this dir (an earlier "
                     "edgetl report there is replaced; a dir holding anything else is refused)")
     ck.add_argument("--junit", type=Path, help="write JUnit XML here, a testcase per budget (an earlier edgetl "
                     "JUnit file is replaced; any other file is refused)")
-    ck.add_argument("--timeout", type=float, default=600.0, help="seconds for each step on a device (default 600)")
+    ck.add_argument("--timeout", type=seconds, default=600.0, help="seconds for each step on a device (default 600)")
     ck.add_argument("--json", action="store_true", help="one JSON record per bundle and device")
 
     cp = sub.add_parser("compile", parents=[common], help="compile a run for a target into a verifiable bundle",

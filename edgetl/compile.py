@@ -33,14 +33,13 @@ def compile_bundle(source: str | Path, target: str | Path, out: str | Path | Non
         raise ConfigError(f"a bundle needs a run (labels, head, preprocessing), and {src.path} is a model file",
                           "use --dry-run to check a model file against a target")
     out = Path(out) if out is not None else src.path / "bundles" / t.name
-    fsutil.claim(out, fsutil.BUNDLE, force=force, inputs=[src.path])
-    fsutil.claim_archive(bundle.archive_path(out), out.name, force=force)
+    fsutil.claim_bundle(out, force=force, inputs=[src.path])
     if sign is not None and Path(sign).resolve() in (out.resolve(), bundle.archive_path(out).resolve()):
         raise ConfigError(f"--sign {sign} is the bundle's own output", "keep signing keys outside the bundle")
     backend = backends.for_target(t)
     with tempfile.TemporaryDirectory(prefix="edgetl-compile-") as work:
         artifacts = backend.compile(src, t, Path(work), allow_cpu_only=allow_cpu_only)
-        record = bundle.write(out, src, t, artifacts, sign=Path(sign) if sign else None)
+        record = bundle.write(out, src, t, artifacts, sign=Path(sign) if sign else None, force=force)
     console.log(f"{t.name}: {artifacts.engine} {artifacts.precision} ({artifacts.choice}) -> {out} and "
                 f"{out.name}.tar.gz")
     if artifacts.deferred:

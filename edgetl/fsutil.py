@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import gzip
 import json
 import os
@@ -69,12 +70,33 @@ def _report(folder: Path) -> bool:
                for p in folder.iterdir())
 
 
-def _run(folder: Path) -> bool:
-    return (folder / "finetune.json").is_file() and (folder / "labels.json").is_file()
+STAGE_FILES = {"head.npz", "labels.json", "preprocess.json"}
+MODEL_FILE = re.compile(r"^(backbone|model)[\w.-]*\.(onnx|tflite)$")
+RUN_FILES = {"finetune.json", "checkpoint.pt", *STAGE_FILES}  # what `finetune` writes (train.weights.CHECKPOINT)
 
 
 def _stage_record(record: str) -> Callable[[Path], bool]:
-    return lambda folder: (folder / record).is_file()
+    """A stage's dir inside a run (RUN/export/onnx): its record, and only the files that stage writes."""
+    def holds(folder: Path) -> bool:
+        return (folder / record).is_file() and all(
+            p.is_file() and not p.is_symlink() and (p.name in STAGE_FILES | {record} or MODEL_FILE.match(p.name))
+            for p in folder.iterdir())
+    return holds
+
+
+def _all(folder: Path, ours: Callable[[Path], bool]) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and all(ours(p) for p in folder.iterdir())
+
+
+def _run(folder: Path) -> bool:
+    """A run edgetl wrote, and nothing else in it: its files, its stages' dirs and its bundles (with their
+    archives; a bundle with adapted heads beside it is not replaced: the heads are the user's)."""
+    if not ((folder / "finetune.json").is_file() and (folder / "labels.json").is_file()):
+        return False
+    stages = {"export": EXPORT.holds, "quantize": QUANTIZED.holds,
+              "bundles": lambda p: _listed_bundle(p) if p.is_dir() else p.name.endswith(".tar.gz")}
+    return all((p.name in RUN_FILES and p.is_file() and not p.is_symlink())
+               or (p.name in stages and _all(p, stages[p.name])) for p in folder.iterdir())
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,8 @@ DATASET = Kind("dataset", lambda folder: False, error=DataError)  # synthesized 
 
 
 def _degenerate(out: Path) -> str | None:
+    if str(out).startswith("~"):
+        return f"{out} starts with a literal `~` (the shell did not expand it, and a dir named `~` invites rm -rf ~)"
     real = out.resolve()
     if real == Path(real.anchor):
         return f"{out} is the root of the file system"
@@ -169,9 +193,25 @@ def claim_archive(archive: Path, name: str, *, force: bool) -> Path:
     return archive
 
 
+def claim_bundle(out: str | Path, *, force: bool, inputs: Sequence[str | Path] = ()) -> Path:
+    """A bundle dir and its OUT.tar.gz (see `claim`). One with heads adapted beside it (OUT.heads) is not
+    replaced: the new backbone would run heads learned on the old one."""
+    out = claim(out, BUNDLE, force=force, inputs=inputs)
+    claim_archive(out.with_name(out.name + ".tar.gz"), out.name, force=force)
+    heads = out.with_name(out.name + ".heads")
+    if out.exists() and (heads.exists() or heads.is_symlink()):
+        raise OutputError(f"{out} has heads adapted on it in {heads}; a new bundle there would run them on "
+                          "another backbone", f"move {heads} away first, or choose a new --out "
+                          "(`edgetl deploy` sets such heads aside on a device)")
+    return out
+
+
 def claim_file(path: str | Path, holds: Callable[[Path], bool], what: str, *, flag: str) -> Path:
     """A single output file: new, or one that `holds` says edgetl wrote (replaced by default)."""
     path = Path(path)
+    if str(path).startswith("~"):
+        raise OutputError(f"{flag} {path} starts with a literal `~` (the shell did not expand it)",
+                          f"give the full path, e.g. {flag} $HOME/{str(path)[1:].lstrip('/')}")
     if path.name in ("", ".", "..") or path.is_dir():
         raise OutputError(f"{flag} {path} is a directory, and {what} is a file", f"give a file name, e.g. {flag} "
                           f"{path / 'junit.xml' if path.is_dir() else 'junit.xml'}")
@@ -223,10 +263,25 @@ def write_failed(exc: OSError, out: Path) -> OutputError:
 
 
 @contextmanager
-def staged(out: Path, files: Sequence[Path] = ()) -> Iterator[tuple[Path, list[Path]]]:
+def _parent_locked(out: Path) -> Iterator[None]:
+    """flock on `out`'s parent dir itself (no lock file left behind): two edgetl processes that write
+    the same output commit one after the other, each re-checking what is there."""
+    fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def staged(out: Path, files: Sequence[Path] = (), *,
+           recheck: Callable[[], object] | None = None) -> Iterator[tuple[Path, list[Path]]]:
     """Yield (a temp dir beside `out`, a temp path beside each of `files`). On success the dir replaces
-    `out` and each temp file its file, all in one step that no signal cuts; on any error or interrupt
-    they are removed, parents this made are removed again, and what was there before stays."""
+    `out` and each temp file its file, all in one step that no signal cuts, after `recheck` (the
+    caller's `claim`) has passed again under a lock on the parent dir, so another process that wrote
+    `out` meanwhile is not overwritten. On any error or interrupt they are removed, parents this made
+    are removed again, and what was there before stays."""
     out, files = Path(out), [Path(f) for f in files]
     made = _made_parents(out)
     _sweep_staging(out)
@@ -244,7 +299,9 @@ def staged(out: Path, files: Sequence[Path] = ()) -> Iterator[tuple[Path, list[P
             if exc.errno in FULL:
                 raise write_failed(exc, out) from None
             raise
-        with signals_held():
+        with _parent_locked(out), signals_held():
+            if recheck is not None:
+                recheck()
             if out.exists():
                 old = tmp.with_name(tmp.name + ".replaced")
                 os.replace(out, old)
@@ -266,8 +323,8 @@ def staged(out: Path, files: Sequence[Path] = ()) -> Iterator[tuple[Path, list[P
 
 
 @contextmanager
-def staged_dir(out: Path) -> Iterator[Path]:
-    """`staged` for a directory alone."""
-    with staged(out) as (tmp, _):
+def staged_dir(out: Path, kind: Kind | None = None, *, force: bool = False) -> Iterator[Path]:
+    """`staged` for a directory alone; with `kind`, the claim is checked again at the commit."""
+    with staged(out, recheck=(lambda: claim(out, kind, force=force)) if kind else None) as (tmp, _):
         yield tmp
 

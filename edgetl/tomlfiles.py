@@ -49,7 +49,7 @@ def names(path: list[Path]) -> list[str]:
 def find(name: str | Path, path: list[Path], kind: str) -> Path:
     """The file `name` is (a .toml path), or the first NAME.toml along `path`."""
     given = Path(name)
-    if given.suffix == ".toml":
+    if given.suffix == ".toml" or len(given.parts) > 1:  # a path, not a name: never looked up by its stem
         if not given.is_file():
             raise ConfigError(f"{kind} file {given} does not exist", f"edgetl {kind}s lists the known {kind}s")
         return given

@@ -8,6 +8,7 @@ in the workspace it was run in (every file hashed before and after).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -80,6 +81,22 @@ def ws(quantized_run, signs, tmp_path_factory) -> Path:
                         "baduser": 'host = "10.0.0.12"\nuser = "-lroot"', "ctrl": 'host = "pi\\u0007"'}.items():
         (devices / f"{name}.toml").write_text(f'name = "{name}"\ntarget = "rpi4"\ntransport = "ssh"\n[ssh]\n{table}\n')
     (devices / "typo.toml").write_text('name = "typo"\ntarget = "host-cpu"\ntransport = "locale"\n')
+    userrun = Path(shutil.copytree(run, root / "userrun"))
+    (userrun / "export" / "onnx" / "mine.txt").write_text("my measurements")
+    (userrun / "quantize" / "onnx" / "mine.txt").write_text("my measurements")
+    (root / "calib.toml").write_text(f'data = "{root / "data"}"\nsamples = 8\nseed = 0\n')
+    (root / "latin1.txt").write_bytes(b"caf\xe9/\xff.png\n")
+    (root / "list-calib.toml").write_text('list = "latin1.txt"\nsamples = 32\nseed = 0\n')
+    meanrun = Path(shutil.copytree(run, root / "meanrun", ignore=shutil.ignore_patterns("quantize", "export")))
+    spec = json.loads((meanrun / "preprocess.json").read_text())
+    (meanrun / "preprocess.json").write_text(json.dumps({**spec, "mean": [0.5]}))
+    headrun = Path(shutil.copytree(run, root / "headrun", ignore=shutil.ignore_patterns("quantize", "export")))
+    (headrun / "head.npz").write_bytes(b"garbage")
+    compile_bundle(run, "host-cpu", root / "bundles" / "emptydir")
+    (root / "bundles" / "emptydir" / "sub").mkdir()
+    compile_bundle(run, "host-cpu", root / "bundles" / "adapted")
+    (root / "bundles" / "adapted.heads").mkdir()
+    (root / "bundles" / "adapted.heads" / "head-000001.json").write_text("{}")
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     (root / "adapt-empty").mkdir()
     (root / "adapt-empty" / "cat").mkdir()
@@ -100,7 +117,21 @@ CASES = [
     ("compile-out-dot", ["compile", R, "--target", "host-cpu", "--out", "."], 2, "`.`"),
     ("compile-out-dotdot", ["compile", R, "--target", "host-cpu", "--out", ".."], 2, "`..`"),
     ("compile-out-root", ["compile", R, "--target", "host-cpu", "--out", "/"], 2, "root"),
-    ("compile-out-home", ["compile", R, "--target", "host-cpu", "--out", "~"], 2, ""),
+    ("compile-out-home", ["compile", R, "--target", "host-cpu", "--out", "{home}"], 2, "home"),
+    ("compile-out-literal-tilde", ["compile", R, "--target", "host-cpu", "--out", "~", "--force"], 2, "`~`"),
+    ("compile-force-over-adapted-heads", ["compile", R, "--target", "host-cpu", "--out", "{ws}/bundles/adapted",
+                                          "--force"], 2, "heads"),
+    ("export-over-user-file", ["export", "{ws}/userrun"], 2, "did not write"),
+    ("quantize-over-user-file", ["quantize", "{ws}/userrun", "--calib", "{ws}/calib.toml", "--method", "minmax"], 2,
+     "did not write"),
+    ("finetune-force-over-run-with-user-file", ["finetune", "--data", D, "--out", "{ws}/userrun", "--force"], 2,
+     "did not write"),
+    ("synth-literal-tilde", ["data", "synth", "--domain", "city-a", "--per-class", "1", "--out", "~/x"], 2, "`~`"),
+    ("synth-seed-negative", ["data", "synth", "--domain", "city-a", "--per-class", "1", "--seed", "-1", "--out",
+                             "{ws}/new"], 2, "--seed"),
+    ("synth-per-class-huge", ["data", "synth", "--domain", "city-a", "--per-class", "1000000000000", "--out",
+                              "{ws}/new"], 2, "--per-class"),
+    ("keygen-literal-tilde", ["bundle", "keygen", "~"], 2, "`~`"),
     ("compile-out-symlink", ["compile", R, "--target", "host-cpu", "--out", "{ws}/link"], 2, "symlink"),
     ("compile-out-bundle-no-force", ["compile", R, "--target", "host-cpu", "--out", B], 2, "--force"),
     ("compile-out-archive-is-mine", ["compile", R, "--target", "host-cpu", "--out", "{ws}/archive"], 2,
@@ -129,6 +160,7 @@ CASES = [
     ("keygen-existing", ["bundle", "keygen", "{ws}/keys/fleet"], 2, "already exists"),
     ("keygen-in-file", ["bundle", "keygen", "{ws}/notes.txt/key"], 2, ""),
     # trust
+    ("verify-empty-subdir", ["bundle", "verify", "{ws}/bundles/emptydir"], 2, "sub"),
     ("verify-tampered", ["bundle", "verify", "{ws}/bundles/tampered"], 2, "sha256"),
     ("verify-bad-signature-no-key", ["bundle", "verify", "{ws}/bundles/badsig"], 2, "signature"),
     ("verify-key-not-a-key", ["bundle", "verify", B, "--key", "{ws}/notes.txt"], 2, ""),
@@ -162,6 +194,11 @@ CASES = [
     ("device-user-option", ["check", B, "--device", "{ws}/devices/baduser.toml"], 2, "user"),
     ("device-transport-typo", ["deploy", B, "--device", "{ws}/devices/typo.toml"], 2, "transport"),
     ("device-unknown-name", ["deploy", B, "--device", "nosuch-board"], 2, "nosuch-board"),
+    ("devices-timeout-nan", ["devices", "--timeout", "nan"], 2, "--timeout"),
+    ("devices-timeout-inf", ["devices", "--timeout", "inf"], 2, "--timeout"),
+    ("devices-timeout-0", ["devices", "--timeout", "0"], 2, "--timeout"),
+    ("deploy-timeout-negative", ["deploy", B, "--device", "local", "--timeout", "-1"], 2, "--timeout"),
+    ("check-duration-nan", ["check", B, "--duration", "nan"], 2, "--duration"),
     ("devices-dir-missing", ["devices", "--devices", "{ws}/missing"], 2, "missing"),
     ("check-runs-0", ["check", B, "--runs", "0"], 2, "--runs"),
     ("check-warmup-negative", ["check", B, "--warmup", "-1"], 2, "--warmup"),
@@ -169,6 +206,16 @@ CASES = [
     ("check-runs-and-duration", ["check", B, "--runs", "5", "--duration", "1"], 2, "not allowed"),
     # the host stages
     ("eval-corrupt-labels", ["eval", "{ws}/badrun", "--data", D], 2, "labels.json"),
+    ("eval-preprocess-one-mean", ["eval", "{ws}/meanrun", "--data", D], 2, "mean"),
+    ("eval-garbage-head", ["eval", "{ws}/headrun", "--data", D], 2, "head.npz"),
+    ("compile-garbage-head", ["compile", "{ws}/headrun", "--target", "host-cpu", "--out", "{ws}/new"], 2, "head.npz"),
+    ("finetune-weights-damaged-run", ["finetune", "--data", D, "--out", "{ws}/new", "--weights", "{ws}/badrun"], 2,
+     "labels.json"),
+    ("finetune-lr-inf", ["finetune", "--data", D, "--out", "{ws}/new", "--lr", "inf"], 2, "--lr"),
+    ("finetune-lr-nan", ["finetune", "--data", D, "--out", "{ws}/new", "--lr", "nan"], 2, "--lr"),
+    ("finetune-weights-empty", ["finetune", "--data", D, "--out", "{ws}/new", "--weights", ""], 2, "--weights"),
+    ("calib-list-not-utf8", ["calib", "show", "{ws}/list-calib.toml"], 2, "UTF-8"),
+    ("targets-show-missing-path", ["targets", "show", "../targets/host-cpu"], 2, "does not exist"),
     ("eval-not-a-run", ["eval", "{ws}/userdir", "--data", D], 2, ""),
     ("eval-data-missing", ["eval", R, "--data", "{ws}/missing"], 2, "missing"),
     ("export-tolerance-negative", ["export", R, "--tolerance", "-1"], 2, "tolerance"),
@@ -206,7 +253,7 @@ CASES = [
 def _argv(argv: list[str], ws: Path) -> list[str]:
     first_class = sorted(p.name for p in (ws / "data").iterdir())[0]
     first_image = sorted(p.name for p in (ws / "data" / first_class).iterdir())[0]
-    return [os.path.expanduser(a.format(ws=ws, first_class=first_class, first_image=first_image)) for a in argv]
+    return [a.format(ws=ws, home=Path.home(), first_class=first_class, first_image=first_image) for a in argv]
 
 
 def test_the_table_is_large_and_every_id_is_unique():
@@ -262,6 +309,15 @@ API_CASES = [
         [np.zeros((32, 32, 3), np.uint8)], top_k=0), "top"),
     ("predict-4d-image", lambda ws, m: m.Model.load(ws / "bundles" / "host").predict(
         [np.zeros((1, 32, 32, 3, 1), np.uint8)]), ""),
+    ("load-none", lambda ws, m: m.Model.load(None), "path"),
+    ("load-int", lambda ws, m: m.Model.load(123), "path"),
+    ("load-key-int", lambda ws, m: m.Model.load(ws / "bundles" / "host", key=123), "key"),
+    ("adapt-labels-none", lambda ws, m: m.Model.load(ws / "bundles" / "host").adapt(
+        [np.zeros((32, 32, 3), np.uint8)], None), "labels"),
+    ("adapt-labels-ints", lambda ws, m: m.Model.load(ws / "bundles" / "host").adapt(
+        [np.zeros((32, 32, 3), np.uint8)] * 2, [0, 1], unguarded=True), "labels"),
+    ("adapt-labels-empty-name", lambda ws, m: m.Model.load(ws / "bundles" / "host").adapt(
+        [np.zeros((32, 32, 3), np.uint8)] * 2, ["", ""], unguarded=True), "labels"),
     ("adapt-labels-mismatch", lambda ws, m: m.Model.load(ws / "bundles" / "host").adapt(
         [np.zeros((32, 32, 3), np.uint8)] * 2, ["a"]), ""),
 ]

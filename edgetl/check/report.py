@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgetl import __version__
 from edgetl.check import ERROR, FAIL, NOT_JUDGED, PASS, SKIPPED, Result, exit_code
-from edgetl.fsutil import staged_dir
+from edgetl.fsutil import REPORT, staged_dir
 
 
 def as_json(results: list[Result]) -> dict:
@@ -263,7 +263,7 @@ def write(results: list[Result], report_dir: Path | None = None, junit_file: Pat
     written = []
     if report_dir is not None:
         report_dir = Path(report_dir)
-        with staged_dir(report_dir) as tmp:
+        with staged_dir(report_dir, REPORT) as tmp:
             (tmp / "report.json").write_text(json.dumps(as_json(results), indent=2) + "\n")
             (tmp / "report.html").write_text(page(results))
         written += [report_dir / "report.json", report_dir / "report.html"]

@@ -362,6 +362,9 @@ def _city_b_conditions(rng: np.random.Generator, x: np.ndarray, size: int) -> np
     return x + rng.normal(0, rng.uniform(4, 14), x.shape)
 
 
+MAX_PER_CLASS = 100_000  # 1.5 M images: more than any demo or test needs, and a typo stops here
+
+
 def synthesize(
     out: str | Path,
     domain: str,
@@ -373,12 +376,14 @@ def synthesize(
     """Write `per_class` PNGs per class under OUT/<NN-class>/; all-or-nothing (temp dir, then rename)."""
     if domain not in DOMAINS:
         raise DataError(f"unknown domain {domain!r}", f"available: {', '.join(DOMAINS)}")
-    if per_class < 1:
-        raise DataError(f"--per-class must be at least 1, not {per_class}", "e.g. --per-class 50")
+    if not 1 <= per_class <= MAX_PER_CLASS:
+        raise DataError(f"--per-class must be between 1 and {MAX_PER_CLASS}, not {per_class}", "e.g. --per-class 50")
+    if seed < 0:
+        raise DataError(f"--seed must be >= 0, not {seed}", "e.g. --seed 1")
     if not 16 <= size <= 512:
         raise DataError(f"--size must be between 16 and 512 px, not {size}", "e.g. --size 64")
     out = fsutil.claim(out, fsutil.DATASET)
-    with fsutil.staged_dir(out) as tmp:
+    with fsutil.staged_dir(out, fsutil.DATASET) as tmp:
         for label in range(len(CLASSES)):
             folder = tmp / class_dir_name(label)
             folder.mkdir()

@@ -127,7 +127,7 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
     images = real_images(run, PARITY_IMAGES)
     sample = torch.zeros((1, 3, *run.spec.size), dtype=torch.float32)
     t0 = time.perf_counter()
-    with staged_dir(out) as tmp:
+    with staged_dir(out, EXPORT) as tmp:
         backbone_file, model_file = tmp / f"backbone{suffix}", tmp / f"model{suffix}"
         with console.task(f"exporting {run.record['backbone']} to {fmt}", 3, "steps") as advance:
             write_artifact(run.backbone, sample, backbone_file, fmt, output_name="embedding")

@@ -284,7 +284,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
             "seconds": round(time.perf_counter() - started, 1),
             "versions": versions(),
         }
-        with staged_dir(out) as tmp:
+        with staged_dir(out, QUANTIZED) as tmp:
             shutil.copy2(best.path, tmp / name)
             shutil.copy2(run.path / "head.npz", tmp / "head.npz")
             shutil.copy2(run.path / "labels.json", tmp / "labels.json")

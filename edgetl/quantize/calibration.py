@@ -84,8 +84,13 @@ def read(file: str | Path) -> CalibrationSet:
 def _list_samples(calib: CalibrationSet) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
     if not calib.source.is_file():
         raise DataError(f"{calib.file}: list file {calib.source} does not exist", "list = a file of image paths")
+    try:
+        text = calib.source.read_text()
+    except UnicodeDecodeError:
+        raise DataError(f"{calib.file}: list file {calib.source} is not UTF-8 text",
+                        "list = a text file with one image path per line") from None
     paths = []
-    for n, line in enumerate(calib.source.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue

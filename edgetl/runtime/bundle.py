@@ -191,6 +191,12 @@ def _check_dir(root: Path, key: Path | None) -> Bundle:
         raise BundleError(f"the manifest lists a path outside the bundle: {bad[0]!r}", "do not run this bundle")
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
     links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
+    parents = {q.as_posix() for n in present for q in PurePosixPath(n).parents}
+    empty = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_dir() and not p.is_symlink() and p.relative_to(root).as_posix() not in parents)
+    if empty:
+        raise BundleError(f"{root}: directory not in the manifest: {empty[0]}",
+                          "something was added to the bundle after it was built; remove it or compile again")
     if links:
         raise BundleError(f"{root} holds a symlink: {links[0]}", "a bundle holds plain files only")
     missing = sorted(set(listed) - present)

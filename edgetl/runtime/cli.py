@@ -21,6 +21,17 @@ SKIPPED_LISTED = 3  # unreadable images named in a result (all are counted)
 
 
 
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (never NaN, inf, 0 or negative)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, not {text!r}")
+    return value
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad flag as one line and a hint, like every other error (exit 2)."""
 
@@ -148,7 +159,7 @@ def add_device_args(sub, parents=()) -> None:
     p = sub.add_parser("check", parents=parents, help="time and score a bundle on this device (JSON out)")
     p.add_argument("bundle", type=Path)
     p.add_argument("--runs", type=int, default=200, help="timed frames (default 200)")
-    p.add_argument("--duration", type=float, help="time frames for this many seconds instead of a count")
+    p.add_argument("--duration", type=seconds, help="time frames for this many seconds instead of a count")
     p.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
     p.add_argument("--data", type=Path, help="labelled images DIR/<label>/*.png instead of the checkset")
     p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")

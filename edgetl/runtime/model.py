@@ -112,6 +112,10 @@ class Model:
         file named by $EDGETL_BUNDLE_KEY (the device's trusted key). A damaged head in force is
         refused (the error names the rollback); `fallback_head` loads the newest intact one
         instead and says why in `head_note` (what adapt and rollback do)."""
+        if not isinstance(path, str | os.PathLike) or (key is not None and not isinstance(key, str | os.PathLike)):
+            raise ConfigError(f"Model.load takes a bundle path (str or Path), not {type(path).__name__}"
+                              + ("" if key is None or isinstance(key, str | os.PathLike) else
+                                 f", and a key path, not {type(key).__name__}"), "Model.load('bundles/rpi4')")
         key = key or os.environ.get("EDGETL_BUNDLE_KEY") or None
         owned = None
         if unpack_to is None and not Path(path).is_dir():
@@ -202,7 +206,13 @@ class Model:
         from edgetl.runtime.adapt import AdaptConfig, adapt_head
 
         config = config or AdaptConfig()
+        if labels is None or isinstance(labels, str | bytes):
+            raise ConfigError("labels must be a list of class names, one per image", "e.g. ['stop', 'yield']")
         labels = list(labels)
+        bad = next((lab for lab in labels if not isinstance(lab, str) or not lab.strip()), None)
+        if bad is not None or not labels:
+            raise ConfigError(f"labels must be non-empty class names (strings), not {bad!r}",
+                              f"use the names the head knows ({', '.join(self.labels[:3])}, ...) or new ones")
         many = isinstance(images, list | tuple) or (isinstance(images, np.ndarray) and images.ndim == 4)
         if many and len(images) != len(labels):  # refused before the slow part
             raise ConfigError(f"{len(images)} images and {len(labels)} labels", "give one label per image")

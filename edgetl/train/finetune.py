@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import edgetl
-from edgetl import fsutil
+from edgetl import fsutil, runfiles
 from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import LoadedImages, load_images, scan
 from edgetl.data.split import split_train_val
@@ -74,9 +74,13 @@ def validate(config: FinetuneConfig) -> None:
         (config.img_size is None or 16 <= config.img_size <= 1024,
          f"--img-size must be between 16 and 1024, not {config.img_size}", "e.g. --img-size 96"),
         (config.batch_size >= 2, f"--batch-size must be >= 2, not {config.batch_size}", "e.g. --batch-size 32"),
-        (config.lr > 0, f"--lr must be > 0, not {config.lr}", "e.g. --lr 1e-3"),
-        (config.backbone_lr_scale > 0, f"--backbone-lr-scale must be > 0, not {config.backbone_lr_scale}",
+        (0 < config.lr < math.inf, f"--lr must be a finite number > 0, not {config.lr}", "e.g. --lr 1e-3"),
+        (0 < config.backbone_lr_scale < math.inf,
+         f"--backbone-lr-scale must be a finite number > 0, not {config.backbone_lr_scale}",
          "e.g. 0.1 to move pretrained stages more gently"),
+        (config.weights is None or bool(str(config.weights).strip()), "--weights is empty",
+         "imagenet (default) | none | a torchvision weights name | a state_dict path | a run dir"),
+        (config.seed >= 0, f"--seed must be >= 0, not {config.seed}", "e.g. --seed 0"),
         (0 < config.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {config.val_fraction}", "e.g. 0.2"),
         (config.patience >= 1, f"--patience must be >= 1, not {config.patience}", "e.g. --patience 4"),
         (config.resize in RESIZE_MODES, f"unknown --resize {config.resize!r}", f"available: {', '.join(RESIZE_MODES)}"),
@@ -320,9 +324,9 @@ def _load_split(name: str, samples, size: int, config: FinetuneConfig, console: 
 
 
 def _write_run(out: Path, backbone: Backbone, head: torch.nn.Linear, classes, spec: PreprocessSpec,
-               result: Result) -> None:
+               result: Result, *, force: bool = False) -> None:
     """Write the run to a temp dir beside `out`, then rename: a run is complete or absent."""
-    with fsutil.staged_dir(out) as tmp:
+    with fsutil.staged_dir(out, fsutil.RUN, force=force) as tmp:
         try:
             torch.save({"backbone": backbone.state_dict(), "head": head.state_dict()}, tmp / CHECKPOINT)
         except RuntimeError as exc:  # torch says "file write failed" where the OS said ENOSPC
@@ -356,7 +360,7 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
     spec_b = get_spec(name)
     img_size = config.img_size
     if img_size is None and weights_run is not None:
-        img_size = PreprocessSpec.from_json((weights_run / "preprocess.json").read_text()).size[0]
+        img_size = runfiles.read_spec(weights_run / "preprocess.json").size[0]
     img_size = img_size or spec_b.default_img_size
     weights: Weights = resolve(spec_b, config.weights)
     backbone = load_backbone(spec_b, img_size, weights)
@@ -428,6 +432,6 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
         history=history,
     )
     if world.is_main:
-        _write_run(Path(config.out), backbone, head, folder.classes, spec, result)
+        _write_run(Path(config.out), backbone, head, folder.classes, spec, result, force=config.force)
     world.barrier()
     return result

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from edgetl.errors import WeightsError
+from edgetl.runfiles import check_run, read_labels
 from edgetl.train.backbones import BackboneSpec
 
 RUN_RECORD = "finetune.json"
@@ -98,9 +99,9 @@ def is_run(path: Path) -> bool:
 
 def from_run(run: Path) -> Weights:
     """A run's trained backbone and head, with the classes the head scores."""
-    run_backbone_name(run)
+    check_run(run)  # a damaged labels.json or preprocess.json is one line naming it
     ckpt = load_state_dict(run / CHECKPOINT)
-    classes = tuple(json.loads((run / "labels.json").read_text()))
+    classes = read_labels(run / "labels.json")
     return Weights(source=f"run:{run}", backbone=ckpt["backbone"], head=ckpt["head"], classes=classes)
 
 
