@@ -19,9 +19,7 @@ import signal
 import stat
 import struct
 import subprocess
-import sys
 import tarfile
-import threading
 import time
 import traceback
 import zlib
@@ -1246,6 +1244,7 @@ def _heads_consistent(C, rc, out, err):
 def cases_api(ctx, W):
     """the runtime API in Python: Model.load / predict / embed / adapt."""
     import numpy as np
+
     from edgetl.errors import EdgetlError
     from edgetl.runtime import Model
     B, SB = f"{W}/bundles/b", f"{W}/bundles/sb"

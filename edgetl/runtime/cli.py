@@ -159,7 +159,7 @@ def add_device_args(sub, parents=()) -> None:
     p = sub.add_parser("check", parents=parents, help="time and score a bundle on this device (JSON out)")
     p.add_argument("bundle", type=Path)
     p.add_argument("--runs", type=int, default=200, help="timed frames (default 200)")
-    p.add_argument("--duration", type=seconds, help="time frames for this many seconds instead of a count")
+    p.add_argument("--duration", type=float, help="time frames for this many seconds instead of a count")
     p.add_argument("--warmup", type=int, default=20, help="untimed frames first (default 20)")
     p.add_argument("--data", type=Path, help="labelled images DIR/<label>/*.png instead of the checkset")
     p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
