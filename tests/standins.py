@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,19 @@ class LoopbackSshd:
         lines = [f'name = "{name}"', f'target = "{target}"', 'transport = "ssh"', "[ssh]"]
         lines += [f"{key} = {json.dumps(value)}" for key, value in table.items()]  # JSON scalars are TOML ones
         return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def tiny_fs(path, size="64k"):
+    """A tmpfs of `size` mounted at `path` (root only); skipped where mounting is not allowed, unless CI=true."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {done.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from edgetl.runtime.bundle import open_bundle
 from edgetl.runtime.lifecycle import process_scope, signals_held
+from tests.standins import tiny_fs
 
 HOST = "x86_64"
 
@@ -114,21 +114,6 @@ def test_a_process_scope_removes_its_temp_root_on_any_exit_and_restores_tempfile
     assert list(tmp_path.iterdir()) == [] and tempfile.tempdir is None
 
 
-@contextmanager
-def _tiny_disk(where: Path, size: str):
-    where.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a small tmpfs to fill: {mounted.stderr.strip()}")
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
 def _one_line_disk_full(proc: subprocess.CompletedProcess, out: Path) -> None:
     lines = [line for line in proc.stderr.strip().splitlines() if "error" in line.lower()]  # progress lines aside
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -136,7 +121,7 @@ def _one_line_disk_full(proc: subprocess.CompletedProcess, out: Path) -> None:
 
 
 def test_a_full_disk_under_compile_is_one_line_naming_the_bundle_and_leaves_nothing(compiled_run, tmp_path):
-    with _tiny_disk(tmp_path / "disk", "1m") as disk:
+    with tiny_fs(tmp_path / "disk", "1m") as disk:
         (disk / "keep.txt").write_text("already here")
         proc = subprocess.run([sys.executable, "-m", "edgetl", "compile", str(compiled_run), "--target", "host-cpu",
                                "--out", str(disk / "bundles" / "host")], capture_output=True, text=True)
@@ -145,7 +130,7 @@ def test_a_full_disk_under_compile_is_one_line_naming_the_bundle_and_leaves_noth
 
 
 def test_a_full_disk_under_finetune_is_one_line_naming_the_run_not_a_torch_traceback(signs, tmp_path):
-    with _tiny_disk(tmp_path / "disk", "2m") as disk:
+    with tiny_fs(tmp_path / "disk", "2m") as disk:
         proc = subprocess.run([sys.executable, "-m", "edgetl", "finetune", "--data", str(signs["train"]), "--out",
                                str(disk / "run"), "--img-size", "32", "--epochs", "1", "--head-epochs", "2",
                                "--freeze", "all"], capture_output=True, text=True, timeout=600)

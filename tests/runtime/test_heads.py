@@ -3,10 +3,8 @@
 import json
 import multiprocessing
 import os
-import subprocess
 import threading
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from edgetl.errors import ConfigError
 from edgetl.runtime import Head
 from edgetl.runtime.heads import HeadStore, HeadStoreBusy
+from tests.standins import tiny_fs
 
 LABELS = ("a", "b", "c")
 DIM = 8
@@ -197,22 +196,6 @@ def test_with_no_intact_head_left_rollback_puts_the_bundles_own_head_back(tmp_pa
 
 
 # --- a full disk ---------------------------------------------------------------------------------
-
-@contextmanager
-def tiny_fs(path, size="64k"):
-    """A tmpfs of `size` mounted at `path` (root only); skipped where mounting is not allowed, unless CI=true."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {done.stderr.strip()}")
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
 
 def fill(root) -> None:
     """Fill the file system under `root` to the last byte."""

@@ -17,7 +17,8 @@ from edgetl.runtime import Head, Model
 from edgetl.runtime.cli import main as device_main
 from edgetl.runtime.heads import HeadStore
 from edgetl.runtime.images import InputError
-from tests.runtime.test_heads import fill, tiny_fs
+from tests.runtime.test_heads import fill
+from tests.standins import tiny_fs
 
 
 @pytest.fixture(scope="module")
