@@ -78,16 +78,14 @@ def store_lock(root: Path, *, exclusive: bool, timeout: float = LOCK_TIMEOUT_S, 
         if exclusive and not root.is_dir():
             root.mkdir(parents=True, exist_ok=True)
             made = True
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        made_lock = exclusive and not path.exists()
+        try:  # a reader creates nothing: with no lock file, no writer has been (or is) here
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if exclusive else os.open(path, os.O_RDONLY)
         except OSError as exc:
             if exclusive:
                 raise OSError(exc.errno, exc.strerror, str(path)) from None
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                yield  # no store, or a read-only one: nothing can change under the reader
-                return
+            yield  # no store, or a read-only one: nothing can change under the reader
+            return
         try:
             delay = 0.001
             while True:
@@ -113,9 +111,11 @@ def store_lock(root: Path, *, exclusive: bool, timeout: float = LOCK_TIMEOUT_S, 
                     yield
                 finally:
                     with contextlib.suppress(OSError):  # (moved away meanwhile: a deploy set it aside)
-                        if made and [p.name for p in root.iterdir()] == [LOCK]:
+                        ours = [p.name for p in root.iterdir() if p.name == CURRENT or ANY_VERSION.match(p.name)]
+                        if (made or made_lock) and not ours:  # nothing written: leave nothing behind
                             path.unlink(missing_ok=True)  # a waiter finds its lock file gone and retries
-                            root.rmdir()
+                            if made:
+                                root.rmdir()
                 return
         finally:
             os.close(fd)  # releases the lock

@@ -19,6 +19,7 @@ and numpy only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -79,11 +80,23 @@ def _holds_heads(heads: Path) -> bool:
 def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None, *, key=None,
             heads_timeout: float = LOCK_TIMEOUT_S) -> dict:
     """Take the bundle archive on `stream` (default stdin) in as BUNDLES/NAME; returns what happened."""
-    from edgetl.runtime.model import Model
-
     stream = stream or sys.stdin.buffer
     bundles = Path(bundles).expanduser()
+    made = not bundles.exists()
     bundles.mkdir(parents=True, exist_ok=True)
+    try:
+        return _receive(bundles, name, size, sha256, stream, key, heads_timeout)
+    except BaseException:
+        if made:  # a first deploy that failed leaves no empty bundles dir behind
+            with contextlib.suppress(OSError):
+                (bundles / ".lock").unlink(missing_ok=True)
+                bundles.rmdir()
+        raise
+
+
+def _receive(bundles: Path, name: str, size: int, sha256: str, stream, key, heads_timeout: float) -> dict:
+    from edgetl.runtime.model import Model
+
     active = bundles / name
     if active.exists() and not active.is_symlink():
         raise BundleError(f"{active} is a directory edgetl deploy did not make",

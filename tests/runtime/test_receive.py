@@ -1,6 +1,7 @@
 """`receive` (the device side of deploy) against adapts on the same device, and against another deploy."""
 
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from edgetl.compile import compile_bundle
-from edgetl.errors import ConfigError
+from edgetl.errors import ConfigError, EdgetlError
 from edgetl.runtime import Model
 from edgetl.runtime.heads import HeadStore, HeadStoreBusy
 from edgetl.runtime.receive import receive
@@ -120,3 +121,20 @@ def test_two_deploys_of_one_bundle_at_once_are_serialised(archives, tmp_path):
     assert os.readlink(bundles / "host") == b["version"]
     assert not list(bundles.glob(".incoming-*"))
     assert Model.load(bundles / "host").predict(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_a_first_deploy_that_fails_leaves_no_bundles_dir_and_a_reader_makes_no_lock(archives, tmp_path):
+    data = archives["v1"].read_bytes()
+    bundles = tmp_path / "board" / "bundles"
+    with pytest.raises(EdgetlError, match="ended after"):
+        receive(bundles, "host", len(data) + 10, hashlib.sha256(data).hexdigest(), io.BytesIO(data))
+    assert not bundles.exists()
+    receive(bundles, "host", len(data), hashlib.sha256(data).hexdigest(), io.BytesIO(data))
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    (bundles / "host.heads").symlink_to(user)  # heads kept elsewhere, by the user's own link
+    Model.load(bundles / "host").predict([np.zeros((32, 32, 3), np.uint8)])
+    with pytest.raises(ConfigError, match="nothing to roll back"):
+        Model.load(bundles / "host", fallback_head=True).heads.rollback()
+    assert sorted(p.name for p in user.iterdir()) == ["notes.txt"]  # neither reader nor refused writer left a LOCK
