@@ -2,8 +2,8 @@
 edgetl itself, arguments refused up front, unreadable images skipped, a full disk, the head scored."""
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
