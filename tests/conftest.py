@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def quantized_run(trained_run, signs, tmp_path_factory) -> Path:
     calib.write_text(f'data = "{signs["train"]}"\nsamples = 32\nseed = 0\n')
     for fmt in ("onnx", "tflite"):
         quantize(out, calib, fmt=fmt, method="minmax", max_drop=100)
+    # compile picks int8 only where it measured faster; on this tiny model the two are within noise, so
+    # the tests pin what they build on (host: fp32), as test_bundle's precision test sets it both ways
+    record_file = out / "quantize" / "onnx" / "quantize.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({**record, "int8_over_fp32_latency": max(1.2, record["int8_over_fp32_latency"])}))
     return out
 
 
