@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
-import json
 import os
 import shutil
 import tarfile
@@ -21,15 +19,18 @@ from edgetl.backends import Artifacts, Source
 from edgetl.checkset import FILE as CHECKSET
 from edgetl.checkset import build as build_checkset
 from edgetl.errors import ConfigError
-from edgetl.fsutil import claim_bundle, staged
+from edgetl.fsutil import claim_bundle
+from edgetl.rundir import FORMATS, HEAD
+from edgetl.runtime.atomic import staged
 from edgetl.runtime.bundle import MANIFEST, SIGNATURE, key_id, raw_public_key, sha256
-from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.runtime.engines import TensorSpec
+from edgetl.runtime.manifest import Checkset, Compatibility, FileEntry, Manifest, Signer, SourceRun
 from edgetl.targets import Target
 
 SCHEMA_VERSION = 1
 
 
-def tensor_specs(model: Path) -> tuple[list[dict], list[dict]]:
+def tensor_specs(model: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """(inputs, outputs) of a model file as the device sees them: name, shape, dtype, scale, zero_point."""
     if model.suffix == ".tflite":
         from edgetl.backends import tflite_graph
@@ -37,10 +38,9 @@ def tensor_specs(model: Path) -> tuple[list[dict], list[dict]]:
         graph = tflite_graph.read(model)
 
         def spec(t):
-            return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "scale": t.scale,
-                    "zero_point": t.zero_point}
+            return TensorSpec(t.name, tuple(t.shape), t.dtype, t.scale, t.zero_point)
 
-        return [spec(t) for t in graph.inputs], [spec(t) for t in graph.outputs]
+        return tuple(spec(t) for t in graph.inputs), tuple(spec(t) for t in graph.outputs)
     import onnx
     from onnx import helper
 
@@ -48,67 +48,62 @@ def tensor_specs(model: Path) -> tuple[list[dict], list[dict]]:
 
     def value(v):
         t = v.type.tensor_type
-        return {"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim],
-                "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name, "scale": None, "zero_point": None}
+        return TensorSpec(v.name, tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim),
+                          helper.tensor_dtype_to_np_dtype(t.elem_type).name)
 
-    return [value(v) for v in graph.input], [value(v) for v in graph.output]
-
-
-def _preprocess(source: Source, model: Path, inputs: list[dict]) -> dict:
-    """The run's preprocessing spec in the model's layout, with the input quantization of the model itself."""
-    spec = PreprocessSpec.from_json((source.path / "preprocess.json").read_text())
-    spec = replace(spec, layout="NHWC" if model.suffix == ".tflite" else "NCHW")  # as export writes them
-    first = inputs[0]
-    if first["scale"] is not None and first["dtype"] in ("int8", "uint8"):
-        spec = replace(spec, dtype=first["dtype"], input_scale=first["scale"], input_zero_point=first["zero_point"])
-    return asdict(spec)
+    return tuple(value(v) for v in graph.input), tuple(value(v) for v in graph.output)
 
 
 def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, files: dict[str, Path],
-             checkset: dict | None = None, signer: dict | None = None) -> dict:
+             checkset: Checkset | None = None, signer: Signer | None = None) -> Manifest:
     """The manifest of DESIGN.md: everything the device checks and needs, and nothing that varies
     between two builds of the same inputs (no timestamps, no paths of this machine: the run is
-    named by its dir's name and the hash of its record). `signer` (see `signer_entry`) names the
-    key a signed bundle is signed with."""
+    named by its dir's name and the hash of its record). The preprocessing spec is the one of the
+    artifact packed, as export and quantize wrote it. `signer` (see `signer_entry`) names the key
+    a signed bundle is signed with."""
     inputs, outputs = tensor_specs(artifacts.model)
-    run_record = (source.path / "finetune.json").read_bytes()
+    run = source.run
     model_name = next(n for n, p in files.items() if p == artifacts.model)
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "target": target.name,
-        "arch": list(target.arch),
-        "engine": artifacts.engine,
-        "precision": artifacts.precision,
-        "created_by": f"edgetl {__version__}",
-        "source_run": {"name": source.path.resolve().name, "id": hashlib.sha256(run_record).hexdigest()[:16],
-                       "backbone": json.loads(run_record)["backbone"]},
-        "labels": json.loads((source.path / "labels.json").read_text()),
-        "preprocess": _preprocess(source, artifacts.model, inputs),
-        "model": model_name,
-        "inputs": inputs,
-        "outputs": outputs,
-        "head": "head.npz",
-        "files": {n: {"sha256": sha256(p), "bytes": p.stat().st_size} for n, p in sorted(files.items())},
-        "budgets": asdict(target.budgets),
-        "checkset": checkset,
-        "accuracy": artifacts.accuracy,
-        "choice": artifacts.choice,
-        "deferred": artifacts.deferred,
-        "compatibility": {"summary": artifacts.report.summary(), "source": artifacts.report.source,
-                          "first_unmapped": (artifacts.report.first_unmapped.name
-                                             if artifacts.report.first_unmapped else None),
-                          "cpu_ops": len(artifacts.report.cpu_ops)},
-        "signer": signer,
-    }
+    report = artifacts.report
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        name=name,
+        target=target.name,
+        arch=tuple(target.arch),
+        engine=artifacts.engine,
+        precision=artifacts.precision,
+        created_by=f"edgetl {__version__}",
+        source_run=SourceRun(name=run.path.resolve().name, id=run.record_id, backbone=run.record.backbone),
+        labels=run.labels,
+        preprocess=source.spec(artifact_format(artifacts.model), artifacts.precision),
+        model=model_name,
+        inputs=inputs,
+        outputs=outputs,
+        head=HEAD,
+        files={n: FileEntry(sha256=sha256(p), bytes=p.stat().st_size) for n, p in sorted(files.items())},
+        budgets=asdict(target.budgets),
+        checkset=checkset,
+        accuracy=artifacts.accuracy,
+        choice=artifacts.choice,
+        deferred=artifacts.deferred,
+        compatibility=Compatibility(summary=report.summary(), source=report.source,
+                                    first_unmapped=report.first_unmapped.name if report.first_unmapped else None,
+                                    cpu_ops=len(report.cpu_ops)),
+        signer=signer,
+    )
 
 
-def signer_entry(private) -> dict:
+def artifact_format(model: Path) -> str:
+    """The export format a backend's model file was made from (an Edge TPU model is a .tflite too)."""
+    return next(fmt for fmt, suffix in FORMATS.items() if model.name.endswith(suffix))
+
+
+def signer_entry(private) -> Signer:
     """What a signed manifest says of its signer: the raw ed25519 public key (base64) and its id.
     It lets anyone see that the bundle is unchanged since it was signed; only a key the device was
     given (`--key`, $EDGETL_BUNDLE_KEY) says by whom."""
     raw = raw_public_key(private.public_key())
-    return {"key": base64.b64encode(raw).decode(), "id": key_id(raw)}
+    return Signer(key=base64.b64encode(raw).decode(), id=key_id(raw))
 
 
 def _private_key(key: Path):
@@ -191,7 +186,7 @@ def archive_path(out: Path) -> Path:
 
 
 def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, sign: Path | None = None,
-          force: bool = False) -> dict:
+          force: bool = False) -> Manifest:
     """The bundle dir at `out` and `out`.tar.gz, both replaced at once or left as they were (the caller has
     claimed them: `edgetl.compile`); returns the manifest."""
     signer = _private_key(sign) if sign is not None else None  # a bad key fails before anything is written
@@ -199,7 +194,7 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
     model_name = f"backbone{artifacts.model.suffix}"
     if artifacts.model.name.endswith("_edgetpu.tflite"):
         model_name = "backbone_edgetpu.tflite"
-    files = {model_name: artifacts.model, "head.npz": source.path / "head.npz", **artifacts.extra}
+    files = {model_name: artifacts.model, HEAD: source.run.head, **artifacts.extra}
     with staged(out, [archive_path(out)], recheck=lambda: claim_bundle(out, force=force)) as (tmp, (tmp_archive,)):
         for name, path in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +205,7 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
             placed[CHECKSET] = tmp / CHECKSET
         record = manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed, checks,
                           signer_entry(signer) if signer is not None else None)
-        text = json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"
+        text = record.to_bytes()
         (tmp / MANIFEST).write_bytes(text)
         if signer is not None:
             (tmp / SIGNATURE).write_bytes(signer.sign(text))  # ed25519 is deterministic: still reproducible

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl import runfiles
 from edgetl.errors import EdgetlError
+from edgetl.rundir import RunDir
+from edgetl.runtime.manifest import Checkset
 
 FILE = "checkset.npz"
 PER_CLASS = 4
@@ -36,15 +37,14 @@ def _npz(arrays: dict[str, np.ndarray]) -> bytes:
     return out.getvalue()
 
 
-def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) -> dict | None:
+def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) -> Checkset | None:
     """Write `out` (checkset.npz) from the run's own held-out images; returns its manifest entry,
     or None when the run's test and val images cannot be found any more."""
     from edgetl.data.imagefolder import load_images
     from edgetl.train.run import recorded_split, stratified
 
-    record = runfiles.read_json(run / "finetune.json")
-    classes = runfiles.read_labels(run / "labels.json")
-    spec = runfiles.read_spec(run / "preprocess.json")
+    d = RunDir(run)
+    record, classes, spec = d.record, d.labels, d.spec
     for split in ("test", "val"):
         try:
             samples = recorded_split(run, record, classes, split)
@@ -62,4 +62,4 @@ def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) ->
         return None
     labels = np.array([classes[i] for i in loaded.labels])
     out.write_bytes(_npz({"pixels": loaded.images, "labels": labels}))
-    return {"file": out.name, "images": int(len(labels)), "from": f"run {split} split", "per_class": per_class}
+    return Checkset(file=out.name, images=int(len(labels)), from_=f"run {split} split", per_class=per_class)

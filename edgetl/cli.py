@@ -27,29 +27,9 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
-    p.add_argument("--data", type=Path, required=True, help="ImageFolder dir: DATA/<class>/*.png|jpg|ppm|bmp")
-    p.add_argument("--out", type=Path, required=True, help="run dir to write, e.g. runs/city-b")
-    p.add_argument("--backbone", help="registered backbone (see `edgetl backbones`); "
-                   "default: the --weights run's, else efficientnet_lite0")
-    p.add_argument("--weights", help="imagenet (default) | none | torchvision weights name | state_dict path | run dir")
-    p.add_argument("--val", type=Path, help="val ImageFolder dir (default: a seeded split of --data)")
-    p.add_argument("--test", type=Path, help="test ImageFolder dir; its top-1 goes into the run record")
-    p.add_argument("--freeze", default="none", help="all (head only) | none (default) | until:STAGE")
-    p.add_argument("--epochs", type=int, default=10, help="epochs with unfrozen stages (default 10)")
-    p.add_argument("--head-epochs", type=int, default=60, help="head-only epochs on cached embeddings (default 60)")
-    p.add_argument("--img-size", type=int, help="model input size in px (default: the weights run's, else 96)")
-    p.add_argument("--resize", default="stretch", help="stretch (whole crop, default) | crop (centre crop)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="fine-tuning learning rate (default 1e-3); the head-only phase uses 3 x lr")
-    p.add_argument("--backbone-lr-scale", type=float, default=1.0,
-                   help="unfrozen stages learn at lr x this (default 1.0; e.g. 0.1 for gentler updates)")
-    p.add_argument("--patience", type=int, default=4, help="early stopping: epochs without val gain")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--strict", action="store_true", help="refuse unreadable images instead of skipping them")
-    p.add_argument("--force", action="store_true", help="replace an existing run dir")
+    from edgetl.train.config import FinetuneConfig
+
+    FinetuneConfig.add_flags(p)
     p.set_defaults(stage=stage)
 
 
@@ -277,14 +257,11 @@ def _cmd_deploy(args, console) -> int:
         else:
             console.log(deploy_summary(r))
         return 0
-    from edgetl.check import manifest_of, pairs
+    from edgetl.check import manifest_of, paired
 
-    fleet = devices.fleet(args.devices)
+    fleet = devices.select(folder=args.devices)
     manifest = manifest_of(args.bundle)  # verified here once, before any device is asked
-    chosen = [d for _, _, d in pairs([(args.bundle, manifest)], fleet)]
-    if not chosen:
-        raise EdgetlError(f"no device among {', '.join(d.name for d in fleet)} runs {'/'.join(manifest['arch'])} "
-                          f"bundles", "compile for the devices' targets, or pick devices with --device/--devices")
+    chosen = [d for _, _, d in paired([(args.bundle, manifest)], fleet)]
     results = deploy_fleet(args.bundle, chosen, timeout=args.timeout, key=args.device_key)
     if args.json:
         for r in results:
@@ -295,16 +272,16 @@ def _cmd_deploy(args, console) -> int:
                  f"{r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s" if "bytes" in r else "-", r["error"] or "-"]
                 for r in results]
         skipped = [d.name for d in fleet if d not in chosen]
-        console.table(f"deploy {manifest['name']} ({manifest['target']}, {manifest['engine']} "
-                      f"{manifest['precision']})", ["device", "status", "active", "runtime", "copied", "why"], rows)
+        console.table(f"deploy {manifest.name} ({manifest.target}, {manifest.engine} {manifest.precision})",
+                      ["device", "status", "active", "runtime", "copied", "why"], rows)
         if skipped:
-            console.log(f"not built for {', '.join(skipped)} ({'/'.join(manifest['arch'])} bundle): skipped")
+            console.log(f"not built for {', '.join(skipped)} ({'/'.join(manifest.arch)} bundle): skipped")
     return fleet_exit_code(results)
 
 
 def _cmd_check(args, console) -> int:
     from edgetl import devices, fsutil
-    from edgetl.check import Plan, check_fleet, exit_code, manifest_of, pairs, report
+    from edgetl.check import Plan, check_fleet, exit_code, manifest_of, paired, report
 
     if args.runs < 1 or args.warmup < 0 or (args.duration is not None and args.duration <= 0):
         raise EdgetlError("--runs must be >= 1, --warmup >= 0 and --duration > 0", "edgetl check B --runs 200")
@@ -312,29 +289,24 @@ def _cmd_check(args, console) -> int:
         fsutil.claim(args.report, fsutil.REPORT, inputs=args.bundles, flag="--report")
     if args.junit is not None:
         fsutil.claim_file(args.junit, fsutil.JUNIT, "a JUnit report", flag="--junit")
-    fleet = devices.fleet(args.devices) if args.devices else [devices.load(args.device or "local")]
+    fleet = devices.select(args.device, args.devices)
     bundles = [(path, manifest_of(path)) for path in args.bundles]
-    if not pairs(bundles, fleet):
-        raise EdgetlError(f"no device among {', '.join(d.name for d in fleet)} runs "
-                          f"{'/'.join(sorted({a for _, m in bundles for a in m['arch']}))} bundles",
-                          "compile for the devices' targets, or pick devices with --device/--devices")
+    paired(bundles, fleet)
     results = check_fleet(bundles, fleet, Plan(runs=args.runs, duration_s=args.duration, warmup=args.warmup,
                                                data=args.data, timeout_s=args.timeout))
     if args.json:
         for r in results:
-            print(json.dumps({k: v for k, v in r.to_dict().items() if k != "measured"} | {
-                "latency_ms": {k: v for k, v in (r.measured or {}).get("latency_ms", {}).items() if k != "samples"},
-                "top1": (r.measured or {}).get("accuracy", {}).get("top1")}))
+            print(json.dumps(r.summary()))
     else:
         rows = []
         for r in results:
-            m = r.measured or {}
-            lat = m.get("latency_ms", {})
+            m = r.measured
+            lat = m.latency_ms if m else None
             fails = [v.why for v in r.verdicts if v.status == "fail"]
             head = f", head {r.head_version}" if r.head_version is not None else ""
             rows.append([r.device, f"{r.bundle} ({r.engine} {r.precision}{head})", r.status,
-                         f"{lat['p50']:.2f}/{lat['p95']:.2f}/{lat['p99']:.2f}" if lat else "-",
-                         f"{m['peak_rss_mb']:.0f}" if m else "-", percent(m['accuracy']['top1']) if m else "-",
+                         f"{lat.p50:.2f}/{lat.p95:.2f}/{lat.p99:.2f}" if lat else "-",
+                         f"{m.peak_rss_mb:.0f}" if m else "-", percent(m.accuracy.top1) if m else "-",
                          "; ".join(fails) or r.error or ("timings not judged (emulated)" if r.emulated else "-")])
         console.table("check", ["device", "bundle", "status", "p50/p95/p99 ms", "RSS MB", "top-1 %", "why"], rows)
     for path in report.write(results, args.report, args.junit):
@@ -362,12 +334,12 @@ def _cmd_devices(args, console) -> int:
 
 
 def _cmd_compile(args, console) -> int:
-    from edgetl.compile import check, compile_bundle
+    from edgetl.compile import compatibility, compile_bundle
 
     if args.json and not args.dry_run:
         raise EdgetlError("--json goes with --dry-run", "edgetl compile SRC --target T --dry-run --json")
     if args.dry_run:
-        report = check(args.source, args.target)
+        report = compatibility(args.source, args.target)
         if args.json:
             print(json.dumps(report.to_dict()))
         else:
@@ -375,12 +347,12 @@ def _cmd_compile(args, console) -> int:
         return 0
     m = compile_bundle(args.source, args.target, args.out, sign=args.sign, allow_cpu_only=args.allow_cpu_only,
                        force=args.force, console=console)
-    acc = m["accuracy"] or {}
-    console.table(f"bundle {m['name']} for {m['target']}",
+    acc = m.accuracy or {}
+    console.table(f"bundle {m.name} for {m.target}",
                   ["engine", "precision", "model", "top-1 %", "signed", "files"],
-                  [[m["engine"], m["precision"], m["model"], f"{percent(acc.get('top1'))} ({acc.get('split', '-')})",
-                    "yes" if args.sign else "no", len(m["files"])]])
-    console.log(f"{m['compatibility']['summary']}")
+                  [[m.engine, m.precision, m.model, f"{percent(acc.get('top1'))} ({acc.get('split', '-')})",
+                    "yes" if args.sign else "no", len(m.files)]])
+    console.log(m.compatibility.summary)
     return 0
 
 
@@ -409,9 +381,9 @@ def _cmd_bundle(args, console) -> int:
                           "pip install 'edgetl[runtime-sign]', or pass --key PUB")
     else:
         sig = "unsigned"
-    console.log(f"ok: {args.bundle}: {b.manifest['name']} for {b.target} ({', '.join(b.manifest['arch'])}), "
-                f"{b.manifest['engine']} {b.manifest['precision']}, {len(b.manifest['files'])} files match their "
-                f"sha256, schema {b.manifest['schema_version']}, {sig}")
+    m = b.manifest
+    console.log(f"ok: {args.bundle}: {m.name} for {b.target} ({', '.join(m.arch)}), {m.engine} {m.precision}, "
+                f"{len(m.files)} files match their sha256, schema {m.schema_version}, {sig}")
     return 0
 
 
@@ -465,13 +437,7 @@ def _cmd_eval(args, console) -> int:
 def _cmd_train(args, console) -> int:
     from edgetl.train.finetune import FinetuneConfig, finetune
 
-    config = FinetuneConfig(
-        data=args.data, out=args.out, backbone=args.backbone, weights=args.weights, val=args.val, test=args.test,
-        freeze=args.freeze, epochs=args.epochs, head_epochs=args.head_epochs, img_size=args.img_size,
-        resize=args.resize, batch_size=args.batch_size, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale,
-        patience=args.patience, val_fraction=args.val_fraction, seed=args.seed, strict=args.strict,
-        augment=not args.no_augment, force=args.force, stage=args.stage,
-    )
+    config = FinetuneConfig.from_args(args, stage=args.stage)
     result = finetune(config, console)
     test = percent(result.test_top1)
     console.table(f"{args.stage}: {args.out}",
@@ -487,11 +453,11 @@ def _cmd_export(args, console) -> int:
     check_format(args.format)
     check_tolerance(args.tolerance)
     result = export(args.run, args.format, tolerance=args.tolerance, console=console)
-    p = result.record["parity"]
+    p, sizes = result.record.parity, result.record.sizes_bytes
     console.table(f"export: {result.path}", ["file", "MB", "max |diff|", "top-1 agreement"],
-                  [[result.backbone.name, f"{result.record['sizes_bytes']['backbone'] / 1e6:.1f}",
+                  [[result.backbone.name, f"{sizes['backbone'] / 1e6:.1f}",
                     f"{p['max_abs_diff']:.1e}", f"{p['top1_agreement']:.1%}"],
-                   [result.model.name, f"{result.record['sizes_bytes']['model'] / 1e6:.1f}", "-",
+                   [result.model.name, f"{sizes['model'] / 1e6:.1f}", "-",
                     f"{p['model_top1_agreement']:.1%}"]])
     return 0
 

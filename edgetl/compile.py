@@ -13,17 +13,20 @@ from edgetl import backends, bundle, fsutil, targets
 from edgetl.backends import CompatibilityReport, Source
 from edgetl.console import QUIET, Console
 from edgetl.errors import ConfigError
+from edgetl.runtime.manifest import Manifest
 
 
-def check(source: str | Path, target: str | Path) -> CompatibilityReport:
-    """The target engine's compatibility report for a run or model file: nothing is written."""
+def compatibility(source: str | Path, target: str | Path) -> CompatibilityReport:
+    """The target engine's compatibility report for a run or model file (`--dry-run`): nothing is
+    written and nothing is exported, so torch is never imported; a run without the export the
+    target needs is told how to make it."""
     t = targets.load(target)
-    return backends.for_target(t).check(Source.of(source), t)
+    return backends.for_target(t).check(Source.of(source, writes=False), t)
 
 
 def compile_bundle(source: str | Path, target: str | Path, out: str | Path | None = None, *,
                    sign: str | Path | None = None, allow_cpu_only: bool = False, force: bool = False,
-                   console: Console = QUIET) -> dict:
+                   console: Console = QUIET) -> Manifest:
     """Compile a run for `target` into the bundle dir `out` (default RUN/bundles/TARGET) and
     `out`.tar.gz; returns the manifest. An earlier bundle there is replaced only with `force`;
     anything else there is refused before any work (`edgetl.fsutil.claim`)."""
@@ -32,16 +35,16 @@ def compile_bundle(source: str | Path, target: str | Path, out: str | Path | Non
     if not src.is_run:
         raise ConfigError(f"a bundle needs a run (labels, head, preprocessing), and {src.path} is a model file",
                           "use --dry-run to check a model file against a target")
-    out = Path(out) if out is not None else src.path / "bundles" / t.name
+    out = Path(out) if out is not None else src.run.bundle_dir(t.name)
     fsutil.claim_bundle(out, force=force, inputs=[src.path])
     if sign is not None and Path(sign).resolve() in (out.resolve(), bundle.archive_path(out).resolve()):
         raise ConfigError(f"--sign {sign} is the bundle's own output", "keep signing keys outside the bundle")
     backend = backends.for_target(t)
     with tempfile.TemporaryDirectory(prefix="edgetl-compile-") as work:
         artifacts = backend.compile(src, t, Path(work), allow_cpu_only=allow_cpu_only)
-        record = bundle.write(out, src, t, artifacts, sign=Path(sign) if sign else None, force=force)
+        manifest = bundle.write(out, src, t, artifacts, sign=Path(sign) if sign else None, force=force)
     console.log(f"{t.name}: {artifacts.engine} {artifacts.precision} ({artifacts.choice}) -> {out} and "
                 f"{out.name}.tar.gz")
     if artifacts.deferred:
         console.log(f"  deferred to the device: {artifacts.deferred}")
-    return record
+    return manifest

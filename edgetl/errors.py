@@ -1,6 +1,10 @@
-"""User-facing errors: one-line cause plus a hint. Anything else that escapes is a bug."""
+"""Every error kind edgetl raises, in one place: one-line cause plus a hint. Anything else that
+escapes is a bug. Standard library only: the device's runtime raises these too."""
 
 from __future__ import annotations
+
+import signal
+from pathlib import Path
 
 
 class EdgetlError(Exception):
@@ -37,3 +41,61 @@ class RunError(EdgetlError):
 
 class OutputError(EdgetlError):
     """An output path edgetl may not write to (it holds something else), or could not write (disk full)."""
+
+
+class InputError(EdgetlError):
+    """An image the runtime cannot turn into the model's input."""
+
+
+class BundleError(EdgetlError):
+    """A bundle that must not be run: tampered, incomplete, unknown, or for another machine."""
+
+
+class DamagedHead(ConfigError):
+    """A head file that cannot be read, does not fit together, or holds NaN/inf."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"head file {path} is damaged ({why})",
+                         "roll back to the previous head (edgetl adapt BUNDLE --rollback) or reinstall the bundle")
+        self.path, self.why = Path(path), why
+
+
+class HeadStoreBusy(EdgetlError):
+    """Another adapt, rollback or deploy holds the head store for longer than this one waits."""
+
+
+class ParityError(EdgetlError):
+    """An exported artifact disagrees with the model it was exported from."""
+
+
+class QuantizeError(EdgetlError):
+    """Quantization could not meet its accuracy budget, or its result is not int8.
+
+    `trials` holds what was tried (each trial's summary, as in quantize.json), so a caller can
+    report the best it got even though nothing was written."""
+
+    def __init__(self, message: str, hint: str | None = None, trials: list[dict] | None = None):
+        super().__init__(message, hint)
+        self.trials = trials or []
+
+
+class RecordError(ValueError):
+    """A record's JSON (a stage record, a manifest, a measurement) does not fit its type; the
+    message names the key. Readers turn it into the RunError or BundleError of their file."""
+
+
+class DeviceRunBroke(Exception):
+    """pytest plugin: the device could not be reached during the check, or its run broke
+    (infrastructure: the test errors, it does not fail)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is so that `finally` and `except BaseException` clean up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

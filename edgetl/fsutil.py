@@ -7,32 +7,27 @@ dir inside a run, a check report). Anything else is refused before any work: a f
 directory is wanted, files edgetl did not write, the command's own inputs or a folder above them,
 and degenerate paths (`.`, `/`, the home or working directory). A refusal touches nothing.
 
-`staged` then writes the output beside its final place and renames it in, so it is complete or
-absent, never half-written; a failure or an interrupt leaves whatever was there before.
+`staged_dir` then writes the output through `edgetl.runtime.atomic` (beside its final place,
+renamed in), so it is complete or absent, never half-written; a failure or an interrupt leaves
+whatever was there before.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import gzip
 import json
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgetl import rundir
 from edgetl.errors import DataError, EdgetlError, OutputError, RunError
-from edgetl.runtime.lifecycle import pid_alive, signals_held
-
-STAGING = re.compile(r"^\.(?P<name>.+)\.edgetl-(?P<pid>\d+)-[A-Za-z0-9_]+(?P<replaced>\.replaced)?$")
-FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+from edgetl.runtime.atomic import staged
+from edgetl.runtime.manifest import MANIFEST, SIGNATURE
 
 
 def _json(path: Path) -> dict | None:
@@ -44,12 +39,13 @@ def _json(path: Path) -> dict | None:
 
 
 def _listed_bundle(folder: Path) -> bool:
-    """A bundle edgetl wrote: a manifest whose files are exactly what the dir holds."""
-    manifest = _json(folder / "manifest.json")
+    """A bundle edgetl wrote: a manifest whose files are exactly what the dir holds (read leniently,
+    not as a `Manifest`: a bundle of another schema is still edgetl's to replace)."""
+    manifest = _json(folder / MANIFEST)
     if not manifest or "schema_version" not in manifest or not isinstance(manifest.get("files"), dict):
         return False
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
-    return present <= set(manifest["files"]) | {"manifest.json", "manifest.json.sig"}
+    return present <= set(manifest["files"]) | {MANIFEST, SIGNATURE}
 
 
 def _junit_file(path: Path) -> bool:
@@ -70,16 +66,14 @@ def _report(folder: Path) -> bool:
                for p in folder.iterdir())
 
 
-STAGE_FILES = {"head.npz", "labels.json", "preprocess.json"}
 MODEL_FILE = re.compile(r"^(backbone|model)[\w.-]*\.(onnx|tflite)$")
-RUN_FILES = {"finetune.json", "checkpoint.pt", *STAGE_FILES}  # what `finetune` writes (train.weights.CHECKPOINT)
 
 
 def _stage_record(record: str) -> Callable[[Path], bool]:
     """A stage's dir inside a run (RUN/export/onnx): its record, and only the files that stage writes."""
     def holds(folder: Path) -> bool:
         return (folder / record).is_file() and all(
-            p.is_file() and not p.is_symlink() and (p.name in STAGE_FILES | {record} or MODEL_FILE.match(p.name))
+            p.is_file() and not p.is_symlink() and (p.name in rundir.STAGE_FILES | {record} or MODEL_FILE.match(p.name))
             for p in folder.iterdir())
     return holds
 
@@ -91,11 +85,11 @@ def _all(folder: Path, ours: Callable[[Path], bool]) -> bool:
 def _run(folder: Path) -> bool:
     """A run edgetl wrote, and nothing else in it: its files, its stages' dirs and its bundles (with their
     archives; a bundle with adapted heads beside it is not replaced: the heads are the user's)."""
-    if not ((folder / "finetune.json").is_file() and (folder / "labels.json").is_file()):
+    if not ((folder / rundir.RUN_RECORD).is_file() and (folder / rundir.LABELS).is_file()):
         return False
-    stages = {"export": EXPORT.holds, "quantize": QUANTIZED.holds,
-              "bundles": lambda p: _listed_bundle(p) if p.is_dir() else p.name.endswith(".tar.gz")}
-    return all((p.name in RUN_FILES and p.is_file() and not p.is_symlink())
+    stages = {rundir.EXPORT_DIR: EXPORT.holds, rundir.QUANTIZE_DIR: QUANTIZED.holds,
+              rundir.BUNDLES_DIR: lambda p: _listed_bundle(p) if p.is_dir() else p.name.endswith(".tar.gz")}
+    return all((p.name in rundir.RUN_FILES and p.is_file() and not p.is_symlink())
                or (p.name in stages and _all(p, stages[p.name])) for p in folder.iterdir())
 
 
@@ -112,8 +106,8 @@ class Kind:
 BUNDLE = Kind("bundle", _listed_bundle)
 RUN = Kind("run", _run, error=RunError)
 REPORT = Kind("check report", _report, replace_by_default=True)
-EXPORT = Kind("export", _stage_record("export.json"), replace_by_default=True, error=RunError)
-QUANTIZED = Kind("quantized model", _stage_record("quantize.json"), replace_by_default=True, error=RunError)
+EXPORT = Kind("export", _stage_record(rundir.EXPORT_RECORD), replace_by_default=True, error=RunError)
+QUANTIZED = Kind("quantized model", _stage_record(rundir.QUANTIZE_RECORD), replace_by_default=True, error=RunError)
 DATASET = Kind("dataset", lambda folder: False, error=DataError)  # synthesized data goes to a new or empty dir
 
 
@@ -227,99 +221,6 @@ def claim_file(path: str | Path, holds: Callable[[Path], bool], what: str, *, fl
 
 
 JUNIT = _junit_file
-
-
-def _sweep_staging(out: Path) -> None:
-    """Staging dirs left beside `out` by an edgetl process that was killed (its pid is gone)."""
-    try:
-        siblings = list(out.parent.iterdir())
-    except OSError:
-        return
-    for p in siblings:
-        m = STAGING.match(p.name)
-        if m and m["name"] == out.name and int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"])):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
-
-
-def _made_parents(out: Path) -> list[Path]:
-    """Create the missing parents of `out`; returns the ones made, deepest first (to remove on failure)."""
-    missing = []
-    for parent in out.parents:
-        if parent.exists():
-            break
-        missing.append(parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-def write_failed(exc: OSError, out: Path) -> OutputError:
-    """Disk full (or read-only, or over quota) as one line naming the real output and the space left."""
-    try:
-        free = f"; {shutil.disk_usage(out.parent if out.parent.exists() else Path('.')).free / 1e6:.0f} MB free there"
-    except OSError:
-        free = ""
-    return OutputError(f"could not write {out}: {exc.strerror or exc}{free}",
-                       "free some space (or choose another --out) and run it again; nothing was replaced")
-
-
-@contextmanager
-def _parent_locked(out: Path) -> Iterator[None]:
-    """flock on `out`'s parent dir itself (no lock file left behind): two edgetl processes that write
-    the same output commit one after the other, each re-checking what is there."""
-    fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def staged(out: Path, files: Sequence[Path] = (), *,
-           recheck: Callable[[], object] | None = None) -> Iterator[tuple[Path, list[Path]]]:
-    """Yield (a temp dir beside `out`, a temp path beside each of `files`). On success the dir replaces
-    `out` and each temp file its file, all in one step that no signal cuts, after `recheck` (the
-    caller's `claim`) has passed again under a lock on the parent dir, so another process that wrote
-    `out` meanwhile is not overwritten. On any error or interrupt they are removed, parents this made
-    are removed again, and what was there before stays."""
-    out, files = Path(out), [Path(f) for f in files]
-    made = _made_parents(out)
-    _sweep_staging(out)
-    tag = f".edgetl-{os.getpid()}-"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{tag}", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would follow the dir to its final name
-    tmp_files = [f.with_name(f".{f.name}{tag}{tmp.name.rsplit('-', 1)[1]}") for f in files]
-    old = None
-    try:
-        try:
-            yield tmp, tmp_files
-        except OSError as exc:
-            if exc.errno in FULL:
-                raise write_failed(exc, out) from None
-            raise
-        with _parent_locked(out), signals_held():
-            if recheck is not None:
-                recheck()
-            if out.exists():
-                old = tmp.with_name(tmp.name + ".replaced")
-                os.replace(out, old)
-            os.replace(tmp, out)
-            for t, f in zip(tmp_files, files, strict=True):
-                os.replace(t, f)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for t in tmp_files:
-            t.unlink(missing_ok=True)
-        if old is not None and not out.exists():
-            os.replace(old, out)
-        for parent in made:
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

@@ -9,7 +9,7 @@
         edgetl_device.assert_latency(p95_ms=33)   # skipped on emulated devices: their timings are qemu's
 
     def test_knows_stop_signs(edgetl_device):
-        assert edgetl_device.check().measured["accuracy"]["top1"] > 80
+        assert edgetl_device.check().measured.accuracy.top1 > 80
 
 A test taking `edgetl_device` runs once per device (the test id names it). A device that does
 not answer is skipped with the reason, or fails the test under `--edgetl-require-all`; a device
@@ -24,6 +24,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from edgetl.errors import DeviceRunBroke
 
 _PROBES = pytest.StashKey[dict]()
 _CHECKS = pytest.StashKey[dict]()
@@ -55,7 +57,7 @@ def pytest_generate_tests(metafunc) -> None:
 
     folder = metafunc.config.getoption("edgetl_devices")
     try:
-        fleet = devices.fleet(folder) if folder else [devices.load("local")]
+        fleet = devices.select(folder=folder)
     except EdgetlError as exc:
         raise pytest.UsageError(f"--edgetl-devices: {exc}") from None
     metafunc.parametrize("edgetl_device", fleet, ids=[d.name for d in fleet], indirect=True)
@@ -99,19 +101,15 @@ class DeviceUnderTest:
     def assert_latency(self, p95_ms: float) -> None:
         if self.emulated:
             pytest.skip(f"{self.name} is emulated: its timings are qemu's")
-        p95 = self.check().measured["latency_ms"]["p95"]
+        p95 = self.check().measured.latency_ms.p95
         assert p95 <= p95_ms, f"{self.name}: p95 {p95:g} ms > {p95_ms:g} ms"
 
     def assert_top1(self, at_least: float) -> None:
-        top1 = self.check().measured["accuracy"]["top1"]
+        top1 = self.check().measured.accuracy.top1
         assert top1 >= at_least, f"{self.name}: top-1 {top1:g}% < {at_least:g}%"
 
     def __repr__(self) -> str:
         return f"<edgetl device {self.name} ({self.device.transport}, {self.device.target.name})>"
-
-
-class DeviceRunBroke(Exception):
-    """The device could not be reached during the check, or its run broke: infrastructure."""
 
 
 @pytest.fixture
@@ -137,7 +135,7 @@ def edgetl_device(request) -> DeviceUnderTest:
     return under_test
 
 
-def _manifest(config, path: Path) -> dict:
+def _manifest(config, path: Path):
     """A bundle's manifest, verified once per session (not once per test and device)."""
     from edgetl.check import manifest_of
     from edgetl.errors import EdgetlError
@@ -153,6 +151,6 @@ def _manifest(config, path: Path) -> dict:
 
 def _bundle_for(device, config) -> Path | None:
     for path in config.getoption("edgetl_bundle"):
-        if set(_manifest(config, path)["arch"]) & set(device.target.arch):
+        if _manifest(config, path).runs_on(device.target.arch):
             return path
     return None

@@ -8,39 +8,49 @@ the key and the values allowed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Annotated, Literal
 
-from edgetl import tomlfiles
+from pydantic import BeforeValidator
+
+from edgetl import config, tomlfiles
+from edgetl.config import Choices, NonNegative
 from edgetl.errors import ConfigError
-from edgetl.tomlfiles import bad as _bad
+from edgetl.runtime.engines import table as engine_table
 
 ARCHES = ("x86_64", "aarch64", "armv7l")
-ENGINES = ("onnxruntime", "litert", "edgetpu", "tensorrt")
+ENGINES = engine_table.NAMES
 PRECISIONS = ("fp32", "fp16", "int8")
 # What edgetl can ship to each engine: onnxruntime and LiteRT run the fp32 export or the int8
 # quantize result (edgetl makes no fp16 ONNX/TFLite model), the Edge TPU int8 only.
-ENGINE_PRECISIONS = {"onnxruntime": ("fp32", "int8"), "litert": ("fp32", "int8"), "edgetpu": ("int8",),
-                     "tensorrt": ("fp32", "fp16", "int8")}
+ENGINE_PRECISIONS = {r.name: r.precisions for r in engine_table.ENGINES}
 IO_DTYPES = ("float32", "int8", "uint8")
-BUDGET_KEYS = {"latency_p95_ms": float, "min_top1": float, "max_rss_mb": float}
-CONSTRAINT_KEYS = {"full_integer": bool, "static_shapes": bool, "max_rank": int, "max_tensor_mb": float}
-KEYS = {"name", "description", "arch", "engines", "precisions", "io_dtype", "constraints", "budgets", "reference"}
+# The values a target file may name, as the types its schema (the dataclasses below) is checked against
+Arch = Literal[ARCHES]
+Engine = Literal[tuple(ENGINES)]
+Precision = Literal[PRECISIONS]
+IoDtype = Literal[IO_DTYPES]
 # Where target files are looked for, after an explicit path: $EDGETL_TARGETS, ./targets, the ones shipped.
 SHIPPED = Path(__file__).resolve().parent.parent / "targets"
+
+
+def _listed(value):
+    """`arch = "aarch64"` is a list of one (as a tuple: what strict validation takes after this hook)."""
+    return (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)
 class Budgets:
     """What a device must meet: p95 latency of one inference, top-1 on the checkset, peak memory."""
 
-    latency_p95_ms: float
-    min_top1: float
-    max_rss_mb: float
+    latency_p95_ms: NonNegative
+    min_top1: NonNegative
+    max_rss_mb: NonNegative
 
-    def merged(self, overrides: dict) -> Budgets:
+    def merged(self, overrides: dict, file: Path | str = "device budgets") -> Budgets:
         """These budgets with a device file's overrides applied (same keys, same checks)."""
-        return Budgets(**{**self.__dict__, **_budgets(overrides, "device budgets", partial=True)})
+        return config.parse(Budgets, {**self.__dict__, **overrides}, file, at="budgets")
 
 
 @dataclass(frozen=True)
@@ -53,17 +63,18 @@ class Constraints:
     max_tensor_mb: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Target:
     name: str
-    description: str
-    arch: tuple[str, ...]  # CPU architectures the target's host can be (a USB accelerator has several)
-    engines: tuple[str, ...]
-    precisions: tuple[str, ...]
-    io_dtype: str
-    constraints: Constraints
+    description: str = ""
+    # CPU architectures the target's host can be (a USB accelerator has several)
+    arch: Annotated[Choices[Arch], BeforeValidator(_listed)]
+    engines: Choices[Engine]
+    precisions: Choices[Precision]
+    io_dtype: IoDtype
+    constraints: Constraints = field(default_factory=Constraints)
     budgets: Budgets
-    file: Path
+    file: Path  # not a key of the file: the file itself
     reference: dict = field(default_factory=dict)  # published figures the budgets were set from
 
     @property
@@ -71,64 +82,22 @@ class Target:
         return self.engines[0]
 
 
-def _budgets(raw: dict, where, *, partial: bool = False) -> dict:
-    out = {}
-    for key, value in raw.items():
-        if key not in BUDGET_KEYS:
-            raise _bad(where, f"budgets.{key}", value, sorted(BUDGET_KEYS))
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise _bad(where, f"budgets.{key}", value, "a number >= 0")
-        out[key] = float(value)
-    missing = set(BUDGET_KEYS) - set(out)
-    if missing and not partial:
-        raise ConfigError(f"{where}: [budgets] lacks {', '.join(sorted(missing))}",
-                          f"a target sets all of: {', '.join(BUDGET_KEYS)}")
-    return out
-
-
-def _choices(file: Path, key: str, value, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else None
-    if not items or any(v not in allowed for v in items) or len(set(items)) != len(items):
-        raise _bad(file, key, value, allowed)
-    return tuple(items)
-
-
 def parse(file: Path, raw: dict) -> Target:
     """A target from its TOML table; every key and value checked against what is allowed."""
-    for key in raw:
-        if key not in KEYS:
-            raise _bad(file, key, raw[key], sorted(KEYS))
-    for key in ("name", "arch", "engines", "precisions", "io_dtype", "budgets"):
-        if key not in raw:
-            raise ConfigError(f"{file}: missing key {key!r}", f"a target sets: {', '.join(sorted(KEYS))}")
-    if raw["name"] != file.stem:
-        raise _bad(file, "name", raw["name"], f"the file's own name, {file.stem!r}")
-    arch = _choices(file, "arch", [raw["arch"]] if isinstance(raw["arch"], str) else raw["arch"], ARCHES)
-    if raw["io_dtype"] not in IO_DTYPES:
-        raise _bad(file, "io_dtype", raw["io_dtype"], IO_DTYPES)
-    constraints = raw.get("constraints", {})
-    for key, value in constraints.items():
-        kind = CONSTRAINT_KEYS.get(key)
-        if kind is None:
-            raise _bad(file, f"constraints.{key}", value, sorted(CONSTRAINT_KEYS))
-        wanted = int | float if kind is float else kind
-        if isinstance(value, bool) != (kind is bool) or not isinstance(value, wanted):
-            raise _bad(file, f"constraints.{key}", value, f"a {kind.__name__}")
-    if not isinstance(raw["budgets"], dict):
-        raise _bad(file, "budgets", raw["budgets"], "a [budgets] table")
-    engines = _choices(file, "engines", raw["engines"], ENGINES)
-    precisions = _choices(file, "precisions", raw["precisions"], PRECISIONS)
-    for engine in engines:  # each engine listed must be able to run one of the precisions
+    budgets, known = raw.get("budgets"), [f.name for f in fields(Budgets)]
+    if isinstance(budgets, dict) and budgets.keys() <= set(known) and budgets.keys() != set(known):
+        raise ConfigError(f"{file}: [budgets] lacks {', '.join(k for k in known if k not in budgets)}",  # all at once
+                          f"a target sets all of: {', '.join(known)}")
+    target = config.parse(Target, raw, file, given={"file": file})
+    if target.name != file.stem:
+        raise config.bad(file, "name", target.name, f"the file's own name, {file.stem!r}")
+    for engine in target.engines:  # each engine listed must be able to run one of the precisions
         runs = ENGINE_PRECISIONS[engine]
-        if not set(precisions) & set(runs):
-            raise ConfigError(f"{file}: precisions = {list(precisions)} has none that engine {engine!r} runs",
+        if not set(target.precisions) & set(runs):
+            raise ConfigError(f"{file}: precisions = {list(target.precisions)} has none that engine {engine!r} runs",
                               f"{engine} runs {', '.join(runs)} models here; add one of them to `precisions`, "
                               f"or drop {engine!r} from `engines`")
-    return Target(
-        name=raw["name"], description=str(raw.get("description", "")), arch=arch,
-        engines=engines, precisions=precisions, io_dtype=raw["io_dtype"],
-        constraints=Constraints(**constraints), budgets=Budgets(**_budgets(raw["budgets"], file)), file=file,
-        reference=dict(raw.get("reference", {})))
+    return target
 
 
 def read(file: Path) -> Target:

@@ -1,5 +1,5 @@
-"""One TOML file per thing (a target, a device): found by path or by name along a search path,
-read with errors that name the file, the key and what is allowed."""
+"""One TOML file per thing (a target, a device): found by path or by name along a search path, and
+read into its table (`edgetl.config` checks the table)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,6 @@ from pathlib import Path
 import tomllib
 
 from edgetl.errors import ConfigError
-
-
-def bad(file: Path, key: str, got, allowed) -> ConfigError:
-    allowed = ", ".join(map(str, allowed)) if isinstance(allowed, tuple | list | set | dict) else allowed
-    return ConfigError(f"{file}: {key} = {got!r} is not allowed", f"allowed: {allowed}")
 
 
 def read(file: Path, example: str) -> dict:

@@ -1,25 +1,26 @@
-"""Host-side compile, one module per engine, one small interface, found through a registry.
+"""Host-side compile, one module per engine, one small interface, found through the engine table.
 
 A backend answers two questions about a source (a run dir, or a bare .onnx/.tflite model a
 user brings): `check(source, target)` -> a `CompatibilityReport` (every op's verdict, the
 first op that would not map, the ops that would fall back to the CPU), and
 `compile(source, target, work)` -> the `Artifacts` a bundle carries. Targets are data
-(`edgetl.targets`); backends are code.
+(`edgetl.targets`); backends are code, one per row of `edgetl.runtime.engines.table`.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from edgetl import runfiles
 from edgetl.errors import ConfigError
+from edgetl.rundir import QuantizeRecord, RunDir
+from edgetl.runtime.engines import table
+from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.targets import Target
 
-REGISTRY = {"onnxruntime": "edgetl.backends.onnxruntime", "litert": "edgetl.backends.litert",
-            "edgetpu": "edgetl.backends.edgetpu", "tensorrt": "edgetl.backends.tensorrt"}
-MODEL_SUFFIXES = (".onnx", ".tflite")
+MODEL_SUFFIXES = table.SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -42,23 +43,25 @@ class CompatibilityReport:
     target: str
     engine: str
     model: str
-    ops: tuple[OpVerdict, ...]
-    cpu_ops: tuple[str, ...] = ()  # ops that would run on the host CPU instead of the accelerator
+    ops: tuple[OpVerdict, ...]  # in execution order, indexed from 0
     notes: tuple[str, ...] = ()
     source: str = "static"  # "static" (read from the file) or the compiler that reported it
 
     @classmethod
     def of(cls, target: str, engine: str, model, ops, notes=(), source: str = "static") -> CompatibilityReport:
-        """The report for `ops` (in execution order, indexed from 0): the first unmapped op and every
-        op after it run on the CPU, as an accelerator's compiler maps the graph up to there only."""
-        ops = tuple(ops)
-        first = next((op for op in ops if not op.mapped), None)
-        cpu = tuple(op.name for op in ops[first.index:]) if first else ()
-        return cls(target, engine, str(model), ops, cpu, tuple(notes), source)
+        return cls(target, engine, str(model), tuple(ops), tuple(notes), source)
 
-    @property
+    @cached_property
     def first_unmapped(self) -> OpVerdict | None:
+        """The first op that does not map (found once): it and every op after it run on the CPU, as an
+        accelerator's compiler maps the graph up to there only."""
         return next((op for op in self.ops if not op.mapped), None)
+
+    @cached_property
+    def cpu_ops(self) -> tuple[str, ...]:
+        """The ops that would run on the host CPU instead of the accelerator."""
+        first = self.first_unmapped
+        return tuple(op.name for op in self.ops[first.index:]) if first else ()
 
     @property
     def fully_mapped(self) -> bool:
@@ -94,45 +97,67 @@ class Artifacts:
 
 @dataclass(frozen=True)
 class Source:
-    """What to compile: a run dir (with its exports and quantized models), or a bare model file."""
+    """What to compile: a run dir (with its exports and quantized models), or a bare model file.
+
+    `writes=False` (a dry run) never makes a missing export: it says how to make one instead."""
 
     path: Path
+    writes: bool = True
 
     @classmethod
-    def of(cls, path: str | Path) -> Source:
+    def of(cls, path: str | Path, *, writes: bool = True) -> Source:
         path = Path(path)
         if path.is_dir():
-            if not (path / "finetune.json").is_file():
+            if not RunDir(path).is_run():
                 raise ConfigError(f"{path} is not a run dir (no finetune.json)",
                                   "pass a run dir written by `edgetl finetune`, or a .onnx/.tflite file")
-            runfiles.check_run(path)  # a damaged labels/preprocess/finetune file: one line naming it
-            return cls(path)
+            RunDir(path).check()  # a damaged labels/preprocess/finetune file: one line naming it
+            return cls(path, writes)
         if path.suffix not in MODEL_SUFFIXES:
             raise ConfigError(f"cannot compile {path}", "pass a run dir, or a .onnx or .tflite model file")
         if not path.is_file():
             raise ConfigError(f"model file {path} does not exist", "check the path")
         check_model_file(path)
-        return cls(path)
+        return cls(path, writes)
 
     @property
     def is_run(self) -> bool:
         return self.path.is_dir()
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.path)
+
+    def quantized(self, fmt: str) -> QuantizeRecord | None:
+        """The run's int8 result in `fmt` (RUN/quantize/FMT/quantize.json), when quantize has run."""
+        found = self.run.quantized(fmt) if self.is_run else None
+        return found.record() if found else None
 
     def model(self, fmt: str, precision: str) -> Path | None:
         """The run's model file in `fmt` at `precision` (fp32 export or int8 quantize), made if it can be."""
         if not self.is_run:
             return self.path if self.path.suffix == f".{fmt}" else None
         if precision == "int8":
-            record = self.record("quantize", fmt)
-            return self.path / "quantize" / fmt / record["file"] if record else None
-        from edgetl.export import export, load_export
+            found = self.run.quantized(fmt)
+            return found.model if found else None
+        found = self.run.exported(fmt)
+        if found is not None:
+            return found.backbone
+        if not self.writes:
+            raise ConfigError(f"{self.path} has no {fmt} export yet, and a dry run writes nothing",
+                              f"export it first: edgetl export {self.path} --format {fmt}")
+        from edgetl.export import export
 
-        return (load_export(self.path, fmt) or export(self.path, fmt)).backbone
+        return export(self.path, fmt).backbone
 
-    def record(self, stage: str, fmt: str) -> dict | None:
-        """RUN/quantize/FMT/quantize.json or RUN/export/FMT/export.json, when the stage has run."""
-        path = self.path / stage / fmt / f"{stage}.json"
-        return runfiles.read_json(path, dict) if self.is_run and path.is_file() else None
+    def spec(self, fmt: str, precision: str) -> PreprocessSpec:
+        """The preprocessing spec of the artifact a bundle packs: the int8 result's (with its input
+        scale and zero-point) or the export's (with its layout), as those stages wrote it."""
+        found = self.run.quantized(fmt) if precision == "int8" else self.run.exported(fmt)
+        if found is None:
+            raise ConfigError(f"{self.path} has no {precision} {fmt} model",
+                              f"edgetl export {self.path} --format {fmt}")
+        return found.spec()
 
 
 def check_model_file(path: Path) -> None:
@@ -143,9 +168,9 @@ def check_model_file(path: Path) -> None:
 
         tflite_graph.read(path)
     else:
-        from edgetl.backends.onnxruntime import onnx_ops
+        from edgetl.backends.onnx_graph import load_onnx
 
-        onnx_ops(path)
+        load_onnx(path)
 
 
 class Backend:
@@ -161,9 +186,8 @@ class Backend:
 
 
 def get(name: str) -> Backend:
-    if name not in REGISTRY:
-        raise ConfigError(f"backend {name!r} not available", f"available: {', '.join(REGISTRY)}")
-    return importlib.import_module(REGISTRY[name]).BACKEND
+    """The backend of the engine `name` (an unknown name: an error listing the known ones)."""
+    return importlib.import_module(table.row(name).backend).BACKEND
 
 
 def for_target(target: Target) -> Backend:

@@ -25,21 +25,13 @@ class Choice:
     accuracy: dict | None
 
 
-def quantized_accuracy(record: dict, precision: str) -> dict:
-    key = "int8_top1" if precision == "int8" else "fp32_top1"
-    out = {"top1": record[key], "split": record["eval"], "images": record["images"]}
-    if record.get("test"):
-        out["test_top1"] = record["test"][key]
-    return out
-
-
 def _bare(source: Source, fmt: str, target: Target) -> Choice:
-    from edgetl.quantize import inspect
+    from edgetl.quantize import opcount
 
     if source.path.suffix != f".{fmt}":
         raise ConfigError(f"{target.name} runs .{fmt} models ({target.engine}), and {source.path.name} is not one",
                           f"pass the .{fmt} export of the model, or pick a target whose engine takes it")
-    ops = inspect.count(source.path)
+    ops = opcount.count(source.path)
     precision = "int8" if ops.weighted_int8 else "fp32"
     if precision not in target.precisions:
         raise ConfigError(f"{source.path.name} is {precision}; {target.name} takes {', '.join(target.precisions)}",
@@ -51,21 +43,21 @@ def choose(source: Source, fmt: str, target: Target) -> Choice:
     """The precision and model file for `target` from the run's fp32 export and int8 quantize results."""
     if not source.is_run:
         return _bare(source, fmt, target)
-    quantized = source.record("quantize", fmt)
+    quantized = source.quantized(fmt)
     proxy = "" if platform.machine() in target.arch else f" (timed on this {platform.machine()} host)"
     if "int8" in target.precisions and quantized is not None:
-        ratio = quantized["int8_over_fp32_latency"]
-        within = f"top-1 drop {quantized['drop']:.2f} within {quantized['max_drop']}"
+        ratio = quantized.int8_over_fp32_latency
+        within = f"top-1 drop {quantized.drop:.2f} within {quantized.max_drop}"
         int8 = source.model(fmt, "int8")
         if "fp32" not in target.precisions:
             return Choice("int8", int8, f"int8: the only precision {target.name} runs; {within}",
-                          quantized_accuracy(quantized, "int8"))
+                          quantized.accuracy("int8"))
         if ratio < 1.0:
             return Choice("int8", int8, f"int8: {ratio:.2f}x fp32's latency{proxy}, {within}",
-                          quantized_accuracy(quantized, "int8"))
+                          quantized.accuracy("int8"))
         return Choice("fp32", source.model(fmt, "fp32"),
-                      f"fp32: int8 was {ratio:.2f}x fp32's latency{proxy}, so not worth its {quantized['drop']:.2f} "
-                      "point drop", quantized_accuracy(quantized, "fp32"))
+                      f"fp32: int8 was {ratio:.2f}x fp32's latency{proxy}, so not worth its {quantized.drop:.2f} "
+                      "point drop", quantized.accuracy("fp32"))
     if "fp32" not in target.precisions:
         raise ConfigError(f"{target.name} runs {', '.join(target.precisions)} only and {source.path} has no int8 "
                           f"{fmt} model", f"run `edgetl quantize {source.path} --calib CALIB.toml --format {fmt}`")
@@ -75,10 +67,8 @@ def choose(source: Source, fmt: str, target: Target) -> Choice:
 
 def trained_accuracy(source: Source) -> dict:
     """The fine-tune record's figures: the fp32 export matches PyTorch (its parity check held)."""
-    from edgetl import runfiles
-
-    record = runfiles.read_json(source.path / "finetune.json", dict, ("val_top1",))
-    out = {"top1": record["val_top1"], "split": "run val split"}
-    if record.get("test_top1") is not None:
-        out["test_top1"] = record["test_top1"]
+    record = source.run.record
+    out = {"top1": record.val_top1, "split": "run val split"}
+    if record.test_top1 is not None:
+        out["test_top1"] = record.test_top1
     return out

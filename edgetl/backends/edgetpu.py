@@ -17,11 +17,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgetl.backends import Artifacts, Backend, CompatibilityReport, OpVerdict, Source, tflite_graph
+from edgetl.backends import Artifacts, Backend, CompatibilityReport, OpVerdict, Source, litert, tflite_graph
 from edgetl.backends.choice import choose
-from edgetl.backends.litert import with_io
 from edgetl.errors import ConfigError
+from edgetl.runtime.engines import table
 from edgetl.targets import Target
+
+ROW = table.of_module(__name__)
 
 COMPILER = "edgetpu_compiler"
 COMPILE_TIMEOUT_S = 600
@@ -101,7 +103,7 @@ def static_report(model: Path, target: Target) -> CompatibilityReport:
         ops = ops[: first.index + 1] + [
             op if not op.mapped else OpVerdict(op.index, op.name, op.op, False, f"after the split at {first.name}")
             for op in ops[first.index + 1 :]]
-    return CompatibilityReport.of(target.name, "edgetpu", model, ops)
+    return CompatibilityReport.of(target.name, ROW.name, model, ops)
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def compiler_report(model: Path, log: CompilerLog, target: Target) -> Compatibil
         else:
             ops.append(OpVerdict(op.index, op.name, op.op, True, ""))
     notes = (f"edgetpu_compiler {log.version}: {log.tpu_ops} ops on the Edge TPU, {log.cpu_ops} on the CPU",)
-    return CompatibilityReport.of(target.name, "edgetpu", model, ops, notes, source=COMPILER)
+    return CompatibilityReport.of(target.name, ROW.name, model, ops, notes, source=COMPILER)
 
 
 def run_compiler(model: Path, work: Path, compiler: str) -> tuple[Path, str]:
@@ -165,14 +167,14 @@ def run_compiler(model: Path, work: Path, compiler: str) -> tuple[Path, str]:
 
 
 class EdgeTPUBackend(Backend):
-    name = "edgetpu"
+    name = ROW.name
 
     def _model(self, source: Source, target: Target, work: Path | None = None):
         choice = choose(source, "tflite", target)
         if choice.precision != "int8":
             raise ConfigError(f"the Edge TPU runs full-int8 models and {choice.model.name} is {choice.precision}",
                               f"run `edgetl quantize RUN --calib CALIB.toml --format tflite --io {target.io_dtype}`")
-        return choice, (with_io(choice.model, target.io_dtype, work) if work is not None else choice.model)
+        return choice, (litert.with_io(choice.model, target.io_dtype, work) if work is not None else choice.model)
 
     def check(self, source: Source, target: Target) -> CompatibilityReport:
         return static_report(self._model(source, target)[1], target)
@@ -187,7 +189,7 @@ class EdgeTPUBackend(Backend):
                                   f"(static check: {report.summary()})",
                                   "install it (coral.ai/docs/edgetpu/compiler), or pass --allow-cpu-only to ship "
                                   "the int8 model for the CPU")
-            return Artifacts("litert", "int8", model, report,
+            return Artifacts(litert.ROW.name, "int8", model, report,
                              f"int8 on the CPU: {COMPILER} not on PATH (--allow-cpu-only); {choice.reason}",
                              choice.accuracy)
         compiled, log = run_compiler(model, work, compiler)

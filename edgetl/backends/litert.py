@@ -8,7 +8,10 @@ from pathlib import Path
 from edgetl.backends import Artifacts, Backend, CompatibilityReport, OpVerdict, Source, tflite_graph
 from edgetl.backends.choice import choose
 from edgetl.errors import ConfigError
+from edgetl.runtime.engines import table
 from edgetl.targets import Target
+
+ROW = table.of_module(__name__)
 
 
 def _cpu_supported(op: tflite_graph.Op) -> str | None:
@@ -19,7 +22,7 @@ def _cpu_supported(op: tflite_graph.Op) -> str | None:
     return None
 
 
-def report(model: Path, target: Target, engine: str = "litert") -> CompatibilityReport:
+def report(model: Path, target: Target, engine: str = ROW.name) -> CompatibilityReport:
     graph = tflite_graph.read(model)
     ops = [OpVerdict(op.index, op.name, op.op, (p := _cpu_supported(op)) is None, p or "") for op in graph.ops]
     return CompatibilityReport.of(target.name, engine, model, ops)
@@ -27,7 +30,7 @@ def report(model: Path, target: Target, engine: str = "litert") -> Compatibility
 
 def with_io(model: Path, io_dtype: str, work: Path) -> Path:
     """`model` with the integer IO type the target asks (int8 as written, or uint8)."""
-    from edgetl.quantize.interface import to_uint8
+    from edgetl.quantize.tflite_io import to_uint8
 
     inputs = tflite_graph.read(model).inputs
     if io_dtype != "uint8" or not any(t.dtype == "int8" for t in inputs):
@@ -38,7 +41,7 @@ def with_io(model: Path, io_dtype: str, work: Path) -> Path:
 
 
 class LiteRTBackend(Backend):
-    name = "litert"
+    name = ROW.name
 
     def check(self, source: Source, target: Target) -> CompatibilityReport:
         return report(choose(source, "tflite", target).model, target)

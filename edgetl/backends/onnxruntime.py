@@ -7,29 +7,18 @@ from pathlib import Path
 
 from edgetl.backends import Artifacts, Backend, CompatibilityReport, OpVerdict, Source
 from edgetl.backends.choice import choose
+from edgetl.backends.onnx_graph import nodes_and_opset
 from edgetl.errors import ConfigError
+from edgetl.runtime.engines import table
 from edgetl.targets import Target
 
+ROW = table.of_module(__name__)
 MIN_OPSET, MAX_OPSET = 7, 21  # what the onnxruntime releases edgetl supports (1.17+) run
-
-
-def onnx_ops(model_path: Path) -> tuple[list, int]:
-    """(nodes, default-domain opset) of an ONNX file; a clear error when it is not one."""
-    import onnx
-
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends on a damaged file
-        raise ConfigError(f"{model_path} is not a valid ONNX model (truncated, damaged or another kind of "
-                          f"file: {type(exc).__name__})",
-                          "pass a .onnx file written by an ONNX exporter") from None
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return list(model.graph.node), opset
 
 
 def report(model_path: Path, target: Target, engine: str, supported) -> CompatibilityReport:
     """Each node's verdict from `supported(node, opset) -> reason or None`."""
-    nodes, opset = onnx_ops(model_path)
+    nodes, opset = nodes_and_opset(model_path)
     ops = []
     for i, node in enumerate(nodes):
         problem = supported(node, opset)
@@ -46,7 +35,7 @@ def _cpu_supported(node, opset: int) -> str | None:
 
 
 class OnnxRuntimeBackend(Backend):
-    name = "onnxruntime"
+    name = ROW.name
 
     def check(self, source: Source, target: Target) -> CompatibilityReport:
         return report(choose(source, "onnx", target).model, target, self.name, _cpu_supported)

@@ -9,10 +9,13 @@ import importlib.util
 from pathlib import Path
 
 from edgetl.backends import Artifacts, Backend, CompatibilityReport, OpVerdict, Source
-from edgetl.backends.choice import Choice, choose, quantized_accuracy, trained_accuracy
-from edgetl.backends.onnxruntime import onnx_ops
+from edgetl.backends.choice import Choice, choose, trained_accuracy
+from edgetl.backends.onnx_graph import nodes_and_opset
 from edgetl.errors import ConfigError
+from edgetl.runtime.engines import table
 from edgetl.targets import Target
+
+ROW = table.of_module(__name__)
 
 
 def tensorrt_available() -> bool:
@@ -26,11 +29,11 @@ def _choice(source: Source, target: Target) -> Choice:
         if choice.precision == "fp32" and "fp16" in target.precisions:
             return Choice("fp16", choice.model, "fp16: the fp32 model built with TensorRT's FP16 flag", None)
         return choice
-    quantized = source.record("quantize", "onnx")
+    quantized = source.quantized("onnx")
     if "int8" in target.precisions and quantized is not None:
         return Choice("int8", source.model("onnx", "int8"),
                       f"int8: explicit quantization from the QDQ model (top-1 drop {quantized['drop']:.2f} "
-                      f"within {quantized['max_drop']} on onnxruntime)", quantized_accuracy(quantized, "int8"))
+                      f"within {quantized['max_drop']} on onnxruntime)", quantized.accuracy("int8"))
     for precision in ("fp16", "fp32"):
         if precision in target.precisions:
             why = "no int8 ONNX in the run" if "int8" in target.precisions else f"{target.name} takes no int8"
@@ -41,7 +44,7 @@ def _choice(source: Source, target: Target) -> Choice:
 
 
 def _report(model: Path, target: Target) -> CompatibilityReport:
-    nodes, opset = onnx_ops(model)
+    nodes, opset = nodes_and_opset(model)
     if tensorrt_available():
         from edgetl.runtime.engines.tensorrt import import_tensorrt, parse_onnx
 
@@ -55,11 +58,11 @@ def _report(model: Path, target: Target) -> CompatibilityReport:
     else:
         ops = [OpVerdict(i, n.name or f"{n.op_type}#{i}", n.op_type, True, "") for i, n in enumerate(nodes)]
         note = "TensorRT is not importable here: its ONNX parser checks the model when the engine is built"
-    return CompatibilityReport.of(target.name, "tensorrt", model, ops, (f"opset {opset}", note))
+    return CompatibilityReport.of(target.name, ROW.name, model, ops, (f"opset {opset}", note))
 
 
 class TensorRTBackend(Backend):
-    name = "tensorrt"
+    name = ROW.name
 
     def check(self, source: Source, target: Target) -> CompatibilityReport:
         return _report(_choice(source, target).model, target)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import ConfigError
+from edgetl.runtime.engines import table
 
 # TensorType enum values of the TFLite schema, by name
 TYPE_NAMES = {0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string", 6: "bool", 7: "int16",
@@ -64,7 +65,7 @@ def read(path: Path) -> Graph:
         from ai_edge_litert.tools import flatbuffer_utils
     except ImportError:
         raise ConfigError("reading .tflite files needs ai-edge-litert",
-                          "pip install 'edgetl[runtime-litert]'") from None
+                          f"pip install 'edgetl[{table.for_suffix('.tflite').extra}]'") from None
     with open(path, "rb") as f:
         head = f.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":

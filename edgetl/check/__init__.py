@@ -24,6 +24,9 @@ from pathlib import Path
 from edgetl.devices import Device
 from edgetl.devices.deploy import call, deploy, runtime_argv
 from edgetl.errors import DeviceError, EdgetlError
+from edgetl.runtime.manifest import Manifest
+from edgetl.runtime.measure import Measurement
+from edgetl.runtime.records import RecordError
 
 PASS, FAIL, ERROR, SKIPPED = "pass", "fail", "error", "skipped"
 NOT_JUDGED = "not judged"
@@ -52,14 +55,22 @@ class Result:
     engine: str | None = None
     precision: str | None = None
     verdicts: list[Verdict] = field(default_factory=list)
-    measured: dict | None = None  # what the device said (`edgetl.runtime.measure`)
+    measured: Measurement | None = None  # what the device said (`edgetl.runtime.measure`)
     head_version: int | None = None  # the head the device scored (0: the bundle's own; None: not measured)
     error: str | None = None
     attempts: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "measured": self.measured.to_dict() if self.measured else None}
+
+    def summary(self) -> dict:
+        """What `edgetl check --json` prints per pair: the result without the raw samples and predictions
+        (top-1 in percent)."""
+        m = self.measured
+        return {k: v for k, v in self.to_dict().items() if k != "measured"} | {
+            "latency_ms": {k: v for k, v in m.latency_ms.to_dict().items() if k != "samples"} if m else {},
+            "top1": m.accuracy.top1 if m else None}
 
     def verdict(self, budget: str) -> Verdict | None:
         return next((v for v in self.verdicts if v.budget == budget), None)
@@ -85,11 +96,11 @@ class Plan:
         return args + (["--data", self.data] if self.data else [])
 
 
-def judge(device: Device, measured: dict) -> list[Verdict]:
+def judge(device: Device, measured: Measurement) -> list[Verdict]:
     """Each budget against what the device measured; timings on an emulated device are not judged."""
     b = device.budgets
-    lat, rss, top1 = measured["latency_ms"]["p95"], measured["peak_rss_mb"], measured["accuracy"]["top1"]
-    throttled = measured["thermals"]["throttled"]
+    lat, rss, top1 = measured.latency_ms.p95, measured.peak_rss_mb, measured.accuracy.top1
+    throttled = measured.thermals.throttled
     note = " (the board throttled during the run)" if throttled else ""
     out = []
     if device.emulation:
@@ -103,24 +114,28 @@ def judge(device: Device, measured: dict) -> list[Verdict]:
         out.append(Verdict("max_rss_mb", b.max_rss_mb, rss, PASS if ok else FAIL,
                            f"peak RSS {rss:g} MB {'<=' if ok else '>'} {b.max_rss_mb:g} MB"))
     ok = top1 >= b.min_top1
-    images = measured["accuracy"]["images"]
+    images = measured.accuracy.images
     out.append(Verdict("min_top1", b.min_top1, top1, PASS if ok else FAIL,
                        f"top-1 {top1:g}% {'>=' if ok else '<'} {b.min_top1:g}% on {images} images "
-                       f"({measured['accuracy']['source']})"))
+                       f"({measured.accuracy.source})"))
     return out
 
 
-def check_one(bundle: Path, device: Device, plan: Plan, manifest: dict) -> Result:
+def check_one(bundle: Path, device: Device, plan: Plan, manifest: Manifest) -> Result:
     """`bundle` on `device`: deployed, measured, judged; infrastructure failures retried once."""
-    result = Result(device.name, device.target.name, device.transport, device.emulation, manifest["name"],
-                    engine=manifest["engine"], precision=manifest["precision"])
+    result = Result(device.name, device.target.name, device.transport, device.emulation, manifest.name,
+                    engine=manifest.engine, precision=manifest.precision)
     started = time.monotonic()
     for attempt in (1, 2):
         result.attempts = attempt
         try:
             deployed = deploy(bundle, device, timeout=plan.timeout_s)
-            measured = call(device, runtime_argv(device, ["check", deployed["active"], *plan.args(device)]),
-                            timeout=plan.timeout_s)
+            said = call(device, runtime_argv(device, ["measure", deployed["active"], *plan.args(device)]),
+                        timeout=plan.timeout_s)
+            measured = Measurement.from_dict(said, f"{device.name}'s measurement")
+        except RecordError as exc:  # a device runtime that speaks another schema: its run broke, for us
+            result.error = f"{device.name}: {exc}"
+            break
         except DeviceError as exc:
             result.error = str(exc)
             continue  # the device or the transport: once more
@@ -128,7 +143,7 @@ def check_one(bundle: Path, device: Device, plan: Plan, manifest: dict) -> Resul
             result.error = str(exc)
             break
         result.measured, result.error = measured, None
-        result.head_version = measured.get("head_version")
+        result.head_version = measured.head_version
         result.verdicts = judge(device, measured)
         result.status = FAIL if any(v.status == FAIL for v in result.verdicts) else PASS
         break
@@ -136,7 +151,7 @@ def check_one(bundle: Path, device: Device, plan: Plan, manifest: dict) -> Resul
     return result
 
 
-def manifest_of(bundle: str | Path) -> dict:
+def manifest_of(bundle: str | Path) -> Manifest:
     """A bundle's manifest, once the bundle verifies here (an archive is unpacked to a temp dir for it)."""
     from edgetl.runtime.bundle import open_bundle
 
@@ -144,12 +159,22 @@ def manifest_of(bundle: str | Path) -> dict:
         return open_bundle(bundle, machine="any", unpack_to=Path(tmp) / "b").manifest
 
 
-def pairs(bundles: list[tuple[Path, dict]], fleet: list[Device]) -> list[tuple[Path, dict, Device]]:
+def pairs(bundles: list[tuple[Path, Manifest]], fleet: list[Device]) -> list[tuple[Path, Manifest, Device]]:
     """Every bundle with every device whose CPU it is built for."""
-    return [(path, m, d) for d in fleet for path, m in bundles if set(m["arch"]) & set(d.target.arch)]
+    return [(path, m, d) for d in fleet for path, m in bundles if m.runs_on(d.target.arch)]
 
 
-def check_fleet(bundles: list[tuple[Path, dict]], fleet: list[Device], plan: Plan) -> list[Result]:
+def paired(bundles: list[tuple[Path, Manifest]], fleet: list[Device]) -> list[tuple[Path, Manifest, Device]]:
+    """`pairs`, refused in one line when no device of `fleet` is built for any of the bundles."""
+    work = pairs(bundles, fleet)
+    if not work:
+        arches = "/".join(sorted({a for _, m in bundles for a in m.arch}))
+        raise EdgetlError(f"no device among {', '.join(d.name for d in fleet)} runs {arches} bundles",
+                          "compile for the devices' targets, or pick devices with --device/--devices")
+    return work
+
+
+def check_fleet(bundles: list[tuple[Path, Manifest]], fleet: list[Device], plan: Plan) -> list[Result]:
     """All pairs; devices in parallel, one bundle at a time per device. Bundles no device can run
     are reported as skipped."""
     work = pairs(bundles, fleet)
@@ -161,9 +186,9 @@ def check_fleet(bundles: list[tuple[Path, dict]], fleet: list[Device], plan: Pla
         results = [r for rs in done for r in rs]
     for path, manifest in bundles:
         if not any(p == path for p, _, _ in work):
-            results.append(Result("-", manifest["target"], "-", False, manifest["name"], SKIPPED,
-                                  manifest["engine"], manifest["precision"],
-                                  error=f"no device in the fleet is {'/'.join(manifest['arch'])}"))
+            results.append(Result("-", manifest.target, "-", False, manifest.name, SKIPPED,
+                                  manifest.engine, manifest.precision,
+                                  error=f"no device in the fleet is {'/'.join(manifest.arch)}"))
     return results
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import platform
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 from edgetl import __version__
 from edgetl.check import ERROR, FAIL, NOT_JUDGED, PASS, SKIPPED, Result, exit_code
 from edgetl.fsutil import REPORT, staged_dir
+from edgetl.runtime.atomic import write_file
 
 
 def as_json(results: list[Result]) -> dict:
@@ -76,13 +75,12 @@ def junit(results: list[Result]) -> bytes:
 
 def _summary_text(r: Result) -> str:
     m = r.measured
-    lat = m["latency_ms"]
-    th = m["thermals"]
+    lat, th = m.latency_ms, m.thermals
     return (f"{r.bundle} ({r.engine} {r.precision}) on {r.device} ({r.target}, {r.transport})\n"
-            f"latency ms: p50 {lat['p50']} p90 {lat['p90']} p95 {lat['p95']} p99 {lat['p99']} max {lat['max']} "
-            f"over {lat['runs']} runs; {m['throughput_fps']} frames/s\n"
-            f"peak RSS {m['peak_rss_mb']} MB; top-1 {m['accuracy']['top1']}% on {m['accuracy']['images']} images\n"
-            f"thermals: {th['before']} -> {th['after']}; throttled: {th['throttled']} ({th['evidence']})\n")
+            f"latency ms: p50 {lat.p50} p90 {lat.p90} p95 {lat.p95} p99 {lat.p99} max {lat.max} "
+            f"over {lat.runs} runs; {m.throughput_fps} frames/s\n"
+            f"peak RSS {m.peak_rss_mb} MB; top-1 {m.accuracy.top1}% on {m.accuracy.images} images\n"
+            f"thermals: {th.before.to_dict()} -> {th.after.to_dict()}; throttled: {th.throttled} ({th.evidence})\n")
 
 
 # ---- HTML -------------------------------------------------------------------------------------
@@ -190,8 +188,7 @@ def scatter(points: list[tuple[str, float, float, str]], width: int = 620, heigh
 
 
 def _row(r: Result) -> str:
-    m = r.measured or {}
-    lat, th, acc = m.get("latency_ms", {}), m.get("thermals", {}), m.get("accuracy", {})
+    m = r.measured
     verdicts = {v.budget: v for v in r.verdicts}
 
     def judged(budget: str, text: str) -> str:
@@ -201,14 +198,15 @@ def _row(r: Result) -> str:
 
     cells = "".join(f"<td>{html.escape(c)}</td>" for c in (r.device, r.target, r.transport,
                                                           f"{r.bundle} {r.engine or ''} {r.precision or ''}"))
-    cells += f'<td class="n">{_num(lat.get("p50"))}</td>' + judged("latency_p95_ms", _num(lat.get("p95")))
-    cells += f'<td class="n">{_num(lat.get("p99"))}</td>'
-    cells += f'<td class="n">{_num(m.get("throughput_fps"), "{:.1f}")}</td>'
-    cells += judged("max_rss_mb", _num(m.get("peak_rss_mb"), "{:.0f}"))
-    cells += judged("min_top1", _num(acc.get("top1"), "{:.1f}"))
-    temps = th.get("before", {}).get("temp_c"), th.get("after", {}).get("temp_c")
+    lat = m.latency_ms if m else None
+    cells += f'<td class="n">{_num(lat and lat.p50)}</td>' + judged("latency_p95_ms", _num(lat and lat.p95))
+    cells += f'<td class="n">{_num(lat and lat.p99)}</td>'
+    cells += f'<td class="n">{_num(m and m.throughput_fps, "{:.1f}")}</td>'
+    cells += judged("max_rss_mb", _num(m and m.peak_rss_mb, "{:.0f}"))
+    cells += judged("min_top1", _num(m and m.accuracy.top1, "{:.1f}"))
+    temps = (m.thermals.before.temp_c, m.thermals.after.temp_c) if m else (None, None)
     thermal = "-" if temps == (None, None) else f"{_num(temps[0], '{:.0f}')}&rarr;{_num(temps[1], '{:.0f}')} C"
-    if th.get("throttled"):
+    if m and m.thermals.throttled:
         thermal += " <b>throttled</b>"
     return f'<tr>{cells}<td class="n">{thermal}</td><td>{_badge(r.status)}</td></tr>'
 
@@ -227,15 +225,15 @@ def page(results: list[Result]) -> str:
     for r in results:
         if not r.measured:
             continue
-        lat = r.measured["latency_ms"]
+        lat = r.measured.latency_ms
         budget = r.verdict("latency_p95_ms")
         title = f"{r.device} · {r.bundle} ({r.engine} {r.precision})"
         note = ("emulated: timings are qemu's, not judged" if r.emulated else
-                f"{lat['runs']} frames after {lat['warmup']} warm-up; budget p95 {budget.limit:g} ms")
+                f"{lat.runs} frames after {lat.warmup} warm-up; budget p95 {budget.limit:g} ms")
         cards.append(f'<div class="card"><h3>{html.escape(title)}</h3>'
-                     f"{histogram(lat['samples'], lat['p50'], lat['p95'], None if r.emulated else budget.limit, title)}"
+                     f"{histogram(lat.samples, lat.p50, lat.p95, None if r.emulated else budget.limit, title)}"
                      f'<div class="note">{html.escape(note)}</div></div>')
-    points = [(f"{r.bundle} {r.precision}", r.measured["latency_ms"]["p50"], r.measured["accuracy"]["top1"], r.device)
+    points = [(f"{r.bundle} {r.precision}", r.measured.latency_ms.p50, r.measured.accuracy.top1, r.device)
               for r in results if r.measured and not r.emulated]
     emulated = sorted({r.device for r in results if r.emulated})
     plot = scatter(points) if points else '<p class="note">no device with meaningful timings</p>'
@@ -268,26 +266,6 @@ def write(results: list[Result], report_dir: Path | None = None, junit_file: Pat
             (tmp / "report.html").write_text(page(results))
         written += [report_dir / "report.json", report_dir / "report.html"]
     if junit_file is not None:
-        _write_file(Path(junit_file), junit(results))
+        write_file(Path(junit_file), junit(results), shared=True)
         written.append(Path(junit_file))
     return written
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """`data` at `path` all or nothing (temp file, rename), its mode the umask's like the report dir's
-    files: mkstemp's 0600 would follow the file to its name and hide it from the CI's other users."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-

@@ -32,20 +32,17 @@ import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
-from edgetl import targets, tomlfiles
+from edgetl import config, targets, tomlfiles
+from edgetl.config import bad as _bad
 from edgetl.errors import ConfigError
 from edgetl.targets import Budgets, Target
-from edgetl.tomlfiles import bad as _bad
 
-TRANSPORTS = ("local", "ssh", "emulated")
-KEYS = {"name", "description", "target", "transport", "tags", "budgets", "local", "ssh", "emulated"}
-LOCAL_KEYS = {"workdir": str}
-SSH_KEYS = {"host": str, "port": int, "user": str, "identity": str, "python": str, "workdir": str,
-            "strict_host_key_checking": bool, "known_hosts": str, "connect_timeout_s": int}
-EMULATED_KEYS = {"root": str, "qemu": str, "cpu": str, "python": str, "site": str, "workdir": str}
+Transport = Literal["local", "ssh", "emulated"]
+TRANSPORTS = get_args(Transport)
 # Where device files are looked for, after an explicit path: $EDGETL_DEVICES, ./devices, the ones shipped.
 SHIPPED = Path(__file__).resolve().parent.parent.parent / "devices"
 PROBE = "import platform, sys; print(platform.machine(), '%d.%d.%d' % sys.version_info[:3])"
@@ -112,6 +109,21 @@ class Probe:
     arch: str | None = None
     python: str | None = None
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceFile:
+    """A device file as written, key for key (the schema it is checked against); `Device` is it resolved."""
+
+    name: str
+    target: str  # a target's name or the path of its file
+    transport: Transport
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    budgets: dict = field(default_factory=dict)  # checked against the target's, as overrides
+    local: Local | None = None
+    ssh: Ssh | None = None
+    emulated: Emulated | None = None
 
 
 @dataclass(frozen=True)
@@ -201,21 +213,6 @@ class Device:
         return Probe(True, arch, version)
 
 
-def _table(file: Path, name: str, raw, keys: dict[str, type], required: tuple[str, ...]) -> dict:
-    if not isinstance(raw, dict):
-        raise _bad(file, name, raw, f"a [{name}] table")
-    for key, value in raw.items():
-        kind = keys.get(key)
-        if kind is None:
-            raise _bad(file, f"{name}.{key}", value, sorted(keys))
-        if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-            raise _bad(file, f"{name}.{key}", value, f"a {kind.__name__}")
-    for key in required:
-        if key not in raw:
-            raise ConfigError(f"{file}: [{name}] lacks {key!r}", f"a [{name}] table sets: {', '.join(keys)}")
-    return raw
-
-
 def _host(value: str) -> bool:
     """A hostname (or ssh_config alias) of dot-separated labels, an IPv4 or an IPv6 address."""
     try:
@@ -255,51 +252,32 @@ def _check_ssh(file: Path, ssh: Ssh) -> None:
 
 def parse(file: Path, raw: dict) -> Device:
     """A device from its TOML table; every key and value checked, the target loaded."""
-    for key in raw:
-        if key not in KEYS:
-            raise _bad(file, key, raw[key], sorted(KEYS))
-    for key in ("name", "target", "transport"):
-        if key not in raw:
-            raise ConfigError(f"{file}: missing key {key!r}",
-                              'a minimal device is: name = "lab-pi", target = "rpi5", transport = "local"')
-    if not isinstance(raw["name"], str) or not raw["name"] or any(c in raw["name"] for c in "/\\ "):
-        raise _bad(file, "name", raw["name"], "a name without spaces or slashes")
-    transport = raw["transport"]
-    if transport not in TRANSPORTS:
-        raise _bad(file, "transport", transport, TRANSPORTS)
-    for other in set(TRANSPORTS) - {transport}:
-        if other in raw:
+    spec = config.parse(DeviceFile, raw, file)
+    if not spec.name or any(c in spec.name for c in "/\\ "):
+        raise _bad(file, "name", spec.name, "a name without spaces or slashes")
+    transport = spec.transport
+    for other in TRANSPORTS:
+        if other != transport and getattr(spec, other) is not None:
             raise _bad(file, f"[{other}]", "table", f"only the [{transport}] table for transport {transport!r}")
     ssh = emulated = None
-    local = Local(**_table(file, "local", raw.get("local", {}), LOCAL_KEYS, ()))
+    local = spec.local or Local()
     if not local.workdir.startswith("~") and not Path(local.workdir).is_absolute():
         local = Local(os.path.normpath(file.parent.absolute() / local.workdir))  # beside the file, as a root is
     if transport == "ssh":
-        ssh = Ssh(**_table(file, "ssh", raw.get("ssh", {}), SSH_KEYS, ("host",)))
+        ssh = spec.ssh or config.parse(Ssh, {}, file, at="ssh")  # no [ssh] table: it lacks `host`
         _check_ssh(file, ssh)
     if transport == "emulated":
-        table = dict(_table(file, "emulated", raw.get("emulated", {}), EMULATED_KEYS, ("root",)))
-        root = Path(table["root"]).expanduser()
-        table["root"] = os.path.normpath(root if root.is_absolute() else file.parent.absolute() / root)  # beside it
-        emulated = Emulated(**table)
-    tags = raw.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise _bad(file, "tags", tags, "a list of strings")
-    overrides = raw.get("budgets", {})
-    if not isinstance(overrides, dict):
-        raise _bad(file, "budgets", overrides, "a [budgets] table")
+        emulated = spec.emulated or config.parse(Emulated, {}, file, at="emulated")  # it lacks `root`
+        root = Path(emulated.root).expanduser()
+        root = root if root.is_absolute() else file.parent.absolute() / root  # beside the file
+        emulated = replace(emulated, root=os.path.normpath(root))
     try:
-        target = targets.load(raw["target"])
+        target = targets.load(spec.target)
     except ConfigError as exc:
         raise ConfigError(f"{file}: {exc.message}", exc.hint) from None
-    device = Device(name=raw["name"], target=target, transport=transport, file=file,
-                    description=str(raw.get("description", "")), tags=tuple(tags), overrides=dict(overrides),
-                    ssh=ssh, emulated=emulated, local=local)
-    try:
-        target.budgets.merged(device.overrides)  # the overrides: same keys and checks as a target's
-    except ConfigError as exc:
-        raise ConfigError(f"{file}: {exc.message}", exc.hint) from None
-    return device
+    target.budgets.merged(spec.budgets, file)  # the overrides: same keys and checks as a target's
+    return Device(name=spec.name, target=target, transport=transport, file=file, description=spec.description,
+                  tags=spec.tags, overrides=dict(spec.budgets), ssh=ssh, emulated=emulated, local=local)
 
 
 def read(file: Path) -> Device:
@@ -340,6 +318,12 @@ def fleet(folder: Path | None = None) -> list[Device]:
         where = folder or os.pathsep.join(map(str, fleet_path()))
         raise ConfigError(f"no device files in {where}", "see devices/local.toml")
     return list(devices.values())
+
+
+def select(device: str | Path | None = None, folder: Path | None = None) -> list[Device]:
+    """The devices a command works on (check, deploy, the pytest plugin): every device of `folder`,
+    else the one named, else this machine (`local`)."""
+    return fleet(folder) if folder else [load(device or "local")]
 
 
 def probe_all(devices: list[Device], timeout: float = 30.0) -> list[Probe]:

@@ -29,49 +29,15 @@ import time
 from pathlib import Path
 
 import edgetl
-from edgetl.devices import Device
+from edgetl.devices import Device, bootstrap
 from edgetl.errors import ConfigError, DeviceError, EdgetlError
+from edgetl.runtime.manifest import Manifest
 
 SOURCE = Path(edgetl.__file__).resolve().parent.parent  # the checkout the runtime wheel is built from
 WHEELS = Path(os.environ.get("EDGETL_CACHE", "~/.cache/edgetl")).expanduser() / "wheels"
 
-# Run by the device's Python before edgetl is there: standard library only. `status` says what the
-# device has; `put` takes the wheel in on stdin; `activate` swaps the pip-installed copy in.
-BOOTSTRAP = r"""
-import hashlib, importlib.util, json, os, platform, shutil, sys
-mode, work = sys.argv[1], os.path.abspath(os.path.expanduser(sys.argv[2]))
-runtime = os.path.join(work, "runtime")
-if mode == "status":
-    stamp = os.path.basename(os.readlink(runtime))[len(".runtime-"):] if os.path.islink(runtime) else None
-    print(json.dumps({"arch": platform.machine(), "python": platform.python_version(), "runtime": stamp,
-                      "work": work, "pip": importlib.util.find_spec("pip") is not None}))
-    sys.exit(0)
-stamp = sys.argv[3]
-staging = os.path.join(work, ".install-" + stamp)
-if mode == "put":
-    size, sha, name = int(sys.argv[4]), sys.argv[5], sys.argv[6]
-    data = sys.stdin.buffer.read()
-    if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
-        print(f"error: the runtime wheel arrived damaged ({len(data)} of {size} bytes) (hint: deploy again)",
-              file=sys.stderr)
-        sys.exit(2)
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    with open(os.path.join(staging, name), "wb") as f:
-        f.write(data)
-    print(json.dumps({"wheel": os.path.join(staging, name), "site": os.path.join(staging, "site")}))
-    sys.exit(0)
-final = os.path.join(work, ".runtime-" + stamp)
-shutil.rmtree(final, ignore_errors=True)
-os.replace(os.path.join(staging, "site"), final)
-link = os.path.join(staging, "link")
-os.symlink(os.path.basename(final), link)
-os.replace(link, runtime)
-for name in os.listdir(work):
-    if (name.startswith(".runtime-") and name != os.path.basename(final)) or name.startswith(".install-"):
-        shutil.rmtree(os.path.join(work, name), ignore_errors=True)
-print(json.dumps({"runtime": stamp}))
-"""
+# Run by the device's Python before edgetl is there (`edgetl.devices.bootstrap`, sent as its source).
+BOOTSTRAP = Path(bootstrap.__file__).read_text()
 
 # Runs edgetl's runtime CLI from the private dir deploy installed it into.
 RUNTIME = ("import os, sys; sys.path.insert(0, os.path.expanduser({dir!r})); "
@@ -116,8 +82,9 @@ def runtime_wheel(root: Path = SOURCE) -> tuple[Path, str]:
 
 def call(device: Device, command: list[str], *, timeout: float, input: bytes | None = None,
          expect_json: bool = True) -> dict:
-    """Run `command` on the device and read its one JSON line. A refusal by edgetl there (exit 2,
-    `error: ...`) is an EdgetlError; anything else that goes wrong is a DeviceError."""
+    """Run `command` on the device and read its one JSON line. A refusal by edgetl there (exit 2 and
+    a JSON `{"error": {"kind", "message", "hint"}}` line) is an EdgetlError; anything else that goes
+    wrong is a DeviceError."""
     try:
         done = device.run(command, timeout=timeout, input=input)
     except FileNotFoundError as exc:
@@ -128,20 +95,22 @@ def call(device: Device, command: list[str], *, timeout: float, input: bytes | N
     except OSError as exc:
         raise DeviceError(f"{device.name}: cannot start the transport: {exc.strerror or exc}") from None
     err = done.stderr.decode(errors="replace").strip().splitlines()
-    said = next((line for line in reversed(err) if line.startswith("error: ")), None)
-    if done.returncode == 2 and said:
-        message, _, hint = said[len("error: "):].partition(" (hint: ")
-        raise EdgetlError(f"{device.name}: {message}", hint.rstrip(")") or None)
     lines = done.stdout.decode(errors="replace").strip().splitlines()
     if done.returncode == 0 and not expect_json:
         return {}
+    try:
+        said = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        said = None
+    refused = said.get("error") if isinstance(said, dict) else None
+    if done.returncode == 2 and isinstance(refused, dict) and "message" in refused:  # edgetl there said no
+        raise EdgetlError(f"{device.name}: {refused['message']}", refused.get("hint"))
     if done.returncode != 0 or not lines:
         why = err[-1] if err else f"exit status {done.returncode}"
         raise DeviceError(f"{device.name}: {why[:300]}", f"the device is at {device.address}")
-    try:
-        return json.loads(lines[-1])
-    except ValueError:
-        raise DeviceError(f"{device.name}: unexpected answer {lines[-1][:120]!r}") from None
+    if not isinstance(said, dict):
+        raise DeviceError(f"{device.name}: unexpected answer {lines[-1][:120]!r}")
+    return said
 
 
 def runtime_argv(device: Device, args: list[str]) -> list[str]:
@@ -177,7 +146,7 @@ def ensure_runtime(device: Device, timeout: float) -> dict:
     return {**status, "runtime": stamp, "installed": True}
 
 
-def archive_of(bundle: Path, tmp: Path) -> tuple[Path, str, dict]:
+def archive_of(bundle: Path, tmp: Path) -> tuple[Path, str, Manifest]:
     """(the bundle's .tar.gz, its name on the device, its manifest), verified here first; a dir is
     packed reproducibly. The name is the dir's (or the archive's top dir's): a renamed copy keeps its name."""
     from edgetl.bundle import archive
@@ -195,9 +164,9 @@ def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: s
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgetl-deploy-") as tmp:
         archive, name, manifest = archive_of(Path(bundle), Path(tmp))
-        if not set(manifest["arch"]) & set(device.target.arch):
-            raise ConfigError(f"bundle {name} is for {manifest['target']} "
-                              f"({'/'.join(manifest['arch'])}); {device.name} is {'/'.join(device.target.arch)}",
+        if not manifest.runs_on(device.target.arch):
+            raise ConfigError(f"bundle {name} is for {manifest.target} "
+                              f"({'/'.join(manifest.arch)}); {device.name} is {'/'.join(device.target.arch)}",
                               f"compile for the device's target: edgetl compile RUN --target {device.target.name}")
         status = ensure_runtime(device, timeout)
         data = archive.read_bytes()
@@ -206,8 +175,8 @@ def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: s
         if key:
             args += ["--key", str(key)]
         received = call(device, runtime_argv(device, args), timeout=timeout, input=data)
-    return {"device": device.name, "bundle": name, "target": manifest["target"], "engine": manifest["engine"],
-            "precision": manifest["precision"], "runtime": status["runtime"],
+    return {"device": device.name, "bundle": name, "target": manifest.target, "engine": manifest.engine,
+            "precision": manifest.precision, "runtime": status["runtime"],
             "runtime_installed": status["installed"], **received, "bytes": len(data),
             "seconds": round(time.monotonic() - started, 2)}
 

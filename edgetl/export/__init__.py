@@ -7,21 +7,19 @@ written; a failed check is an error and leaves no export behind.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgetl import runfiles
 from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import load_images
 from edgetl.errors import ConfigError, DataError
 from edgetl.fsutil import EXPORT, claim, staged_dir
+from edgetl.rundir import FORMATS, HEAD, ExportDir, ExportFiles, ExportRecord, InputInfo, RunDir
 from edgetl.runtime.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:  # torch and the run reader load only once an export really starts
@@ -29,9 +27,7 @@ if TYPE_CHECKING:  # torch and the run reader load only once an export really st
 
     from edgetl.train.run import Run
 
-FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 LAYOUT = {"onnx": "NCHW", "tflite": "NHWC"}
-EXPORT_RECORD = "export.json"
 PARITY_IMAGES = 64
 
 
@@ -57,7 +53,7 @@ class Export:
     backbone: Path
     model: Path
     spec: PreprocessSpec  # with the artifact's input layout
-    record: dict
+    record: ExportRecord
 
 
 def check_format(fmt: str) -> str:
@@ -75,12 +71,9 @@ def check_tolerance(tolerance: float) -> float:
     return float(tolerance)
 
 
-def export_dir(run_path: Path, fmt: str) -> Path:
-    return Path(run_path) / "export" / fmt
-
-
 def artifact_spec(spec: PreprocessSpec, fmt: str) -> PreprocessSpec:
-    return replace(spec, layout=LAYOUT[fmt])
+    """What export adds to the run's spec: the artifact's input layout."""
+    return spec.with_layout(LAYOUT[fmt])
 
 
 def real_images(run: Run, n: int, *, seed: int = 0) -> np.ndarray:
@@ -90,7 +83,7 @@ def real_images(run: Run, n: int, *, seed: int = 0) -> np.ndarray:
     samples = stratified(split_samples(run, "val"), n, seed)
     loaded = load_images(samples, run.spec.size, run.spec.resize)
     if len(loaded.labels) == 0:
-        raise DataError(f"none of the run's validation images can be read ({run.record['data']['train_dir']})",
+        raise DataError(f"none of the run's validation images can be read ({run.record.data.train_dir})",
                         "the parity check needs real images from the data the run was trained on")
     return loaded.images
 
@@ -122,14 +115,13 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
 
     run = run or load_run(run_path)
     spec = artifact_spec(run.spec, fmt)
-    suffix = FORMATS[fmt]
-    out = claim(export_dir(run.path, fmt), EXPORT, flag="the export dir")  # before any work
+    out = claim(run.dir.export_dir(fmt).path, EXPORT, flag="the export dir")  # before any work
     images = real_images(run, PARITY_IMAGES)
     sample = torch.zeros((1, 3, *run.spec.size), dtype=torch.float32)
     t0 = time.perf_counter()
     with staged_dir(out, EXPORT) as tmp:
-        backbone_file, model_file = tmp / f"backbone{suffix}", tmp / f"model{suffix}"
-        with console.task(f"exporting {run.record['backbone']} to {fmt}", 3, "steps") as advance:
+        backbone_file, model_file = (tmp / name for name in ExportDir.names(fmt))
+        with console.task(f"exporting {run.record.backbone} to {fmt}", 3, "steps") as advance:
             write_artifact(run.backbone, sample, backbone_file, fmt, output_name="embedding")
             advance(1)
             write_artifact(classifier(run.backbone, run.head), sample, model_file, fmt, output_name="logits")
@@ -138,19 +130,16 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
                                   tolerance=tolerance)
             advance(1)
         parity.require(result, f"the {fmt} export of {run.path}")
-        shutil.copy2(run.path / "head.npz", tmp / "head.npz")
-        shutil.copy2(run.path / "labels.json", tmp / "labels.json")
-        (tmp / "preprocess.json").write_text(spec.to_json())
-        record = {
-            "format": fmt, "backbone": run.record["backbone"], "run": str(run.path),
-            "files": {"backbone": backbone_file.name, "model": model_file.name, "head": "head.npz"},
-            "input": {"shape": list(sample.shape if fmt == "onnx" else (1, *run.spec.size, 3)), "layout": spec.layout,
-                      "dtype": "float32"},
-            "embedding_dim": int(run.head.in_features), "classes": len(run.classes),
-            "sizes_bytes": {"backbone": backbone_file.stat().st_size, "model": model_file.stat().st_size},
-            "parity": result.to_dict(), "seconds": round(time.perf_counter() - t0, 2), "versions": versions(),
-        }
-        (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+        record = ExportRecord(
+            format=fmt, backbone=run.record.backbone, run=str(run.path),
+            files=ExportFiles(backbone=backbone_file.name, model=model_file.name, head=HEAD),
+            input=InputInfo(shape=tuple(sample.shape if fmt == "onnx" else (1, *run.spec.size, 3)),
+                            layout=spec.layout, dtype="float32"),
+            embedding_dim=int(run.head.in_features), classes=len(run.classes),
+            sizes_bytes={"backbone": backbone_file.stat().st_size, "model": model_file.stat().st_size},
+            parity=result.to_dict(), seconds=round(time.perf_counter() - t0, 2), versions=versions(),
+        )
+        ExportDir.fill(tmp, run.dir, spec, record)
     console.log(f"{fmt}: parity on {result.images} real images: max |diff| {result.max_abs_diff:.2e}, "
                 f"top-1 agreement {result.top1_agreement:.1%} -> {out}")
     return Export(out, fmt, out / backbone_file.name, out / model_file.name, spec, record)
@@ -158,9 +147,8 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
 
 def load_export(run_path: str | Path, fmt: str) -> Export | None:
     """A run's existing export in `fmt`, or None when there is none."""
-    out = export_dir(Path(run_path), check_format(fmt))
-    if not (out / EXPORT_RECORD).is_file():
+    found = RunDir(Path(run_path)).exported(check_format(fmt))
+    if found is None:
         return None
-    record = runfiles.read_json(out / EXPORT_RECORD, dict, ("files",))
-    spec = runfiles.read_spec(out / "preprocess.json")
-    return Export(out, fmt, out / record["files"]["backbone"], out / record["files"]["model"], spec, record)
+    record = found.record()
+    return Export(found.path, fmt, found.backbone, found.model, found.spec(), record)

@@ -9,14 +9,10 @@ import numpy as np
 import torch
 
 from edgetl.console import silenced
-from edgetl.errors import EdgetlError
+from edgetl.errors import ParityError
 from edgetl.runtime import engines
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.features import nchw, to_input
-
-
-class ParityError(EdgetlError):
-    """An exported artifact disagrees with the model it was exported from."""
 
 
 @dataclass(frozen=True)

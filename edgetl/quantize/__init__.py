@@ -11,31 +11,28 @@ points of them.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgetl import runfiles
 from edgetl.console import QUIET, Console, silenced
 from edgetl.data.imagefolder import load_images, scan
-from edgetl.errors import ConfigError, DataError, EdgetlError
-from edgetl.export import FORMATS, check_format, export, load_export
+from edgetl.errors import ConfigError, DataError, QuantizeError
+from edgetl.export import check_format, export, load_export
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
-from edgetl.quantize import calibration, inspect
-from edgetl.quantize.interface import IO_TYPES, to_uint8
+from edgetl.quantize import calibration, opcount
+from edgetl.quantize.tflite_io import IO_TYPES, to_uint8
+from edgetl.rundir import FORMATS, QuantizeDir, QuantizeRecord, RunDir
 from edgetl.runtime import engines
 from edgetl.train.finetune import versions
 from edgetl.train.run import Run, load_run, split_samples
 
 METHODS = ("minmax", "entropy", "percentile")
-PERCENTILE = 99.999  # the percentile calibrator's clip point, the same for both formats
-QUANTIZE_RECORD = "quantize.json"
 SENSITIVITY_IMAGES = 32
 MAX_FLOAT_FRACTION = 0.25  # keeping more than this in float is no longer an int8 model
 
@@ -66,17 +63,6 @@ class SearchBudget:
 
 
 DEFAULT_SEARCH = SearchBudget()
-
-
-class QuantizeError(EdgetlError):
-    """Quantization could not meet its accuracy budget, or its result is not int8.
-
-    `trials` holds what was tried (each trial's summary, as in quantize.json), so a caller can
-    report the best it got even though nothing was written."""
-
-    def __init__(self, message: str, hint: str | None = None, trials: list[dict] | None = None):
-        super().__init__(message, hint)
-        self.trials = trials or []
 
 
 @dataclass
@@ -166,8 +152,9 @@ def _quantizer(fmt: str):
 
 def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx", method: str = "auto",
              max_drop: float = 1.0, split: str = "val", data: str | Path | None = None, io: str = "int8",
-             search: SearchBudget = DEFAULT_SEARCH, console: Console = QUIET, run: Run | None = None) -> dict:
-    """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns the quantize.json record.
+             search: SearchBudget = DEFAULT_SEARCH, console: Console = QUIET, run: Run | None = None
+             ) -> QuantizeRecord:
+    """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns its record (quantize.json).
 
     The budget is judged on the run's `split` (val or test), or on `data`; with val, the run's
     test split (when it has one) is scored beside it. `io` is the integer type of a TFLite
@@ -190,19 +177,19 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     search = (search if isinstance(search, SearchBudget) else SearchBudget(*search)).check()
     started = time.perf_counter()
     run = run or load_run(run_path)
-    claim(run.path / "quantize" / fmt, QUANTIZED, flag="the quantize dir")  # before any work
+    out = claim(run.dir.quantize_dir(fmt).path, QUANTIZED, flag="the quantize dir")  # before any work
     selection = calibration.select(calibration.read(calib_file))
     exported = load_export(run.path, fmt) or export(run.path, fmt, console=console, run=run)
     spec = exported.spec
     calib_x = spec.normalize(calibration.images(selection, run.spec))
     console.log(f"calibration: {len(calib_x)} images from {selection.calib.source} "
                 f"({len(selection.classes)} classes, seed {selection.calib.seed})")
-    has_test = bool(run.record.get("data", {}).get("test_dir"))
+    has_test = bool(run.record.data.test_dir)
     guard = _labelled(run, spec, Path(data) if data else None, split)
     sets = [guard]
     if data is None and split == "val" and has_test:
         sets.append(_labelled(run, spec, None, "test"))
-    head = dict(np.load(run.path / "head.npz"))
+    head = dict(np.load(run.dir.head))
     scorer = _Scorer(exported.backbone, head, sets)
     q = _quantizer(fmt)
     suffix = FORMATS[fmt]
@@ -245,7 +232,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
                 [t.summary() for t in trials])
         if io == "uint8":
             best = _with_uint8_io(best, scorer, console)
-        ops = inspect.count(best.path)
+        ops = opcount.count(best.path)
         if ops.weighted_int8 == 0 or ops.weighted_float > len(best.float_layers):
             raise QuantizeError(
                 f"the {fmt} result is not int8: {ops.weighted_float} conv/matmul op(s) stayed float "
@@ -257,39 +244,34 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
             advance(1)
             latency["int8"] = engines.latency_ms(int8)
             advance(1)
-        out = run.path / "quantize" / fmt
-        name = f"backbone_int8{suffix}"
-        int8_spec = replace(spec, dtype=int8.input.dtype, input_scale=int8.input.scale,
-                            input_zero_point=int8.input.zero_point)
-        record = {
-            "format": fmt, "run": str(run.path), "backbone": run.record["backbone"], "file": name,
-            "method": best.method, "method_requested": method, "max_drop": max_drop,
-            "float_layers": list(best.float_layers),
-            "eval": guard.name, "images": int(len(guard.labels)),
-            "fp32_top1": scorer.fp32_top1[0], "int8_top1": best.top1, "drop": best.drop,
-            "agreement": best.agreement,
-            "test": ({"images": int(len(sets[1].labels)), "fp32_top1": scorer.fp32_top1[1], **best.extra["test"][0]}
-                     if len(sets) > 1 else None),
-            "trials": [t.summary() for t in trials],
-            "sensitivity_db": [[n, round(v, 2)] for n, v in sensitivity[:20]],
-            "search": searched,
-            "calibration": {"file": str(selection.calib.file), "source": str(selection.calib.source),
-                            "samples": len(calib_x), "seed": selection.calib.seed,
-                            "per_class": selection.per_class()},
-            "ops": ops.to_dict(), "int8_verified": True,
-            "io": {"input": int8.input.to_dict(), "output": int8.output.to_dict()},
-            "sizes_bytes": {"fp32": exported.backbone.stat().st_size, "int8": best.path.stat().st_size},
-            "latency_ms": latency,
-            "int8_over_fp32_latency": round(latency["int8"]["p50_ms"] / latency["fp32"]["p50_ms"], 3),
-            "seconds": round(time.perf_counter() - started, 1),
-            "versions": versions(),
-        }
+        name = QuantizeDir.name(fmt)
+        int8_spec = spec.with_input(int8.input.dtype, int8.input.scale, int8.input.zero_point)
+        record = QuantizeRecord(
+            format=fmt, run=str(run.path), backbone=run.record.backbone, file=name,
+            method=best.method, method_requested=method, max_drop=float(max_drop),
+            float_layers=tuple(best.float_layers),
+            eval=guard.name, images=int(len(guard.labels)),
+            fp32_top1=scorer.fp32_top1[0], int8_top1=best.top1, drop=best.drop,
+            agreement=best.agreement,
+            test=({"images": int(len(sets[1].labels)), "fp32_top1": scorer.fp32_top1[1], **best.extra["test"][0]}
+                  if len(sets) > 1 else None),
+            trials=tuple(t.summary() for t in trials),
+            sensitivity_db=tuple((n, round(v, 2)) for n, v in sensitivity[:20]),
+            search=searched,
+            calibration={"file": str(selection.calib.file), "source": str(selection.calib.source),
+                         "samples": len(calib_x), "seed": selection.calib.seed,
+                         "per_class": selection.per_class()},
+            ops=ops.to_dict(), int8_verified=True,
+            io={"input": int8.input.to_dict(), "output": int8.output.to_dict()},
+            sizes_bytes={"fp32": exported.backbone.stat().st_size, "int8": best.path.stat().st_size},
+            latency_ms=latency,
+            int8_over_fp32_latency=round(latency["int8"]["p50_ms"] / latency["fp32"]["p50_ms"], 3),
+            seconds=round(time.perf_counter() - started, 1),
+            versions=versions(),
+        )
         with staged_dir(out, QUANTIZED) as tmp:
             shutil.copy2(best.path, tmp / name)
-            shutil.copy2(run.path / "head.npz", tmp / "head.npz")
-            shutil.copy2(run.path / "labels.json", tmp / "labels.json")
-            (tmp / "preprocess.json").write_text(int8_spec.to_json())
-            (tmp / QUANTIZE_RECORD).write_text(json.dumps(record, indent=2))
+            QuantizeDir.fill(tmp, run.dir, int8_spec, record)
     return record
 
 
@@ -385,7 +367,6 @@ def _fewest_float(try_k, available: int, max_drop: float) -> Trial | None:
     return passed[hi]
 
 
-def load_record(run_path: str | Path, fmt: str) -> dict | None:
-    path = Path(run_path) / "quantize" / check_format(fmt) / QUANTIZE_RECORD
-    return runfiles.read_json(path, dict) if path.is_file() else None
-
+def load_record(run_path: str | Path, fmt: str) -> QuantizeRecord | None:
+    found = RunDir(Path(run_path)).quantized(check_format(fmt))
+    return found.record() if found else None

@@ -19,14 +19,25 @@ from pathlib import Path
 import numpy as np
 import tomllib
 
+from edgetl import config
 from edgetl.data.imagefolder import IMAGE_SUFFIXES, load_images, scan
 from edgetl.errors import ConfigError, DataError
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.run import stratified
 
 MIN_SAMPLES = 32  # fewer images leave activation ranges to chance
-KEYS = {"data": str, "list": str, "samples": int, "seed": int, "description": str}
 HINT = 'a minimal set is: data = "DIR", samples = 256, seed = 0'
+
+
+@dataclass(frozen=True)
+class SetFile:
+    """A calibration file as written, key for key (the schema it is checked against)."""
+
+    data: str | None = None
+    list: str | None = None
+    samples: int = 256
+    seed: int = 0
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,21 +75,16 @@ def read(file: str | Path) -> CalibrationSet:
         raw = tomllib.loads(file.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file} is not valid TOML: {exc}", HINT) from None
-    for key, value in raw.items():
-        if key not in KEYS:
-            raise ConfigError(f"{file}: unknown key {key!r}", f"allowed keys: {', '.join(KEYS)}")
-        if not isinstance(value, KEYS[key]) or isinstance(value, bool):
-            raise ConfigError(f"{file}: {key} must be a {KEYS[key].__name__}, not {value!r}", HINT)
-    if ("data" in raw) == ("list" in raw):
+    spec = config.parse(SetFile, raw, file)
+    if (spec.data is None) == (spec.list is None):
         raise ConfigError(f"{file}: give exactly one of `data` (a dir) or `list` (a file)", HINT)
-    samples, seed = raw.get("samples", 256), raw.get("seed", 0)
-    if samples < MIN_SAMPLES:
-        raise ConfigError(f"{file}: samples = {samples} is too small for calibration",
+    if spec.samples < MIN_SAMPLES:
+        raise ConfigError(f"{file}: samples = {spec.samples} is too small for calibration",
                           f"use at least {MIN_SAMPLES} (256-512 is typical)")
-    kind = "data" if "data" in raw else "list"
-    source = Path(raw[kind]).expanduser()
+    kind = "data" if spec.data is not None else "list"
+    source = Path(getattr(spec, kind)).expanduser()
     source = source if source.is_absolute() else (file.parent / source)
-    return CalibrationSet(file, source.resolve(), kind, samples, seed, raw.get("description", ""))
+    return CalibrationSet(file, source.resolve(), kind, spec.samples, spec.seed, spec.description)
 
 
 def _list_samples(calib: CalibrationSet) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.console import QUIET, Console, silenced
-from edgetl.quantize import PERCENTILE
+from edgetl.quantize.ranges import PERCENTILE
 
 
 class _Reader:

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torchao.quantization.pt2e.observer import HistogramObserver
 
-from edgetl.quantize import PERCENTILE
+PERCENTILE = 99.999  # the percentile calibrator's clip point, the same for both formats (ONNX and TFLite)
+
 
 QUANT_BINS = 128  # ORT's default for the entropy search
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgetl.errors import ConfigError
-from edgetl.runtime.model import Head, softmax
+from edgetl.runtime.head import Head, softmax
 
 IMPRINT_MAX = 5  # a class with at most this many examples is imprinted, not regressed
 

@@ -25,23 +25,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import BundleError
+from edgetl.runtime.manifest import MANIFEST, SIGNATURE, Manifest
+from edgetl.runtime.records import RecordError
 
-SCHEMA_VERSIONS = (1,)
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.json.sig"
+SCHEMA_VERSIONS = Manifest.SCHEMA_VERSIONS
 NOT_LISTED = {MANIFEST, SIGNATURE}  # the manifest cannot hash itself; the signature signs it
 KEY_VARIABLE = "EDGETL_BUNDLE_KEY"  # the device's trusted public key file
-
-
-class BundleError(EdgetlError):
-    """A bundle that must not be run: tampered, incomplete, unknown, or for another machine."""
 
 
 @dataclass(frozen=True)
 class Bundle:
     path: Path  # the bundle dir (an archive is unpacked next to nothing: into a temp dir the caller owns)
-    manifest: dict
+    manifest: Manifest
     signed: bool
     signature_checked: bool  # against a key the caller trusts (`key`): only this makes a signed bundle runnable
     signer: str | None = None  # the id of the key the manifest names (None: unsigned, or signed by an older edgetl)
@@ -49,11 +45,11 @@ class Bundle:
 
     @property
     def model(self) -> Path:
-        return self.path / self.manifest["model"]
+        return self.path / self.manifest.model
 
     @property
     def target(self) -> str:
-        return self.manifest["target"]
+        return self.manifest.target
 
 
 def sha256(path: Path) -> str:
@@ -124,19 +120,19 @@ def raw_public_key(public) -> bytes:
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def embedded_signer(manifest: dict, where: Path) -> tuple[bytes, str] | None:
+def embedded_signer(manifest: Manifest, where: Path) -> tuple[bytes, str] | None:
     """(raw key, id) of the `signer` the manifest names; None when it names none (unsigned, or older)."""
-    entry = manifest.get("signer")
+    entry = manifest.signer
     if entry is None:
         return None
     try:
-        raw = base64.b64decode(entry["key"], validate=True)
-    except (TypeError, KeyError, binascii.Error):
+        raw = base64.b64decode(entry.key, validate=True)
+    except (TypeError, binascii.Error):
         raw = b""
-    if len(raw) != 32 or entry.get("id") != key_id(raw):
+    if len(raw) != 32 or entry.id != key_id(raw):
         raise BundleError(f"{where}: the manifest's signer is not an ed25519 key and its id",
                           "the manifest was edited by hand or damaged; compile and sign it again")
-    return raw, entry["id"]
+    return raw, entry.id
 
 
 def verify_signature(manifest_bytes: bytes, signature: bytes, key: Path, embedded: str | None = None) -> None:
@@ -185,10 +181,15 @@ def _check_dir(root: Path, key: Path | None) -> Bundle:
     if version not in SCHEMA_VERSIONS:
         raise BundleError(f"unknown bundle schema_version {version!r}",
                           f"this edgetl reads {', '.join(map(str, SCHEMA_VERSIONS))}; upgrade edgetl on the device")
-    listed = manifest.get("files", {})
-    bad = [n for n in listed if not safe_name(n)]
-    if bad:
+    files = manifest.get("files")
+    bad = [n for n in files if not safe_name(n)] if isinstance(files, dict) else []
+    if bad:  # named as what it is before anything else is read
         raise BundleError(f"the manifest lists a path outside the bundle: {bad[0]!r}", "do not run this bundle")
+    try:
+        manifest = Manifest.from_dict(manifest, str(manifest_file))
+    except RecordError as exc:
+        raise BundleError(f"{exc}", "the bundle is damaged or was edited by hand; compile it again") from None
+    listed = manifest.files
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
     links = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_symlink())
     parents = {q.as_posix() for n in present for q in PurePosixPath(n).parents}
@@ -207,7 +208,7 @@ def _check_dir(root: Path, key: Path | None) -> Bundle:
         raise BundleError(f"{root}: file not in the manifest: {', '.join(extra)}",
                           "something was added to the bundle after it was built; remove it or compile again")
     for name, entry in sorted(listed.items()):
-        if sha256(root / name) != entry.get("sha256"):
+        if sha256(root / name) != entry.sha256:
             raise BundleError(f"{root}: {name} does not match its sha256 in the manifest",
                               "the file was changed or damaged in transfer; copy the bundle again")
     signed = (root / SIGNATURE).is_file()
@@ -229,7 +230,7 @@ def _check_dir(root: Path, key: Path | None) -> Bundle:
 
 def check_machine(bundle: Bundle, machine: str | None = None) -> None:
     machine = machine or platform.machine()
-    arches = bundle.manifest.get("arch", [])
+    arches = bundle.manifest.arch
     if machine not in arches:
         raise BundleError(f"this bundle is for {bundle.target} ({', '.join(arches)}), and this machine is {machine}",
                           "compile the run for this machine's target, e.g. --target host-cpu")

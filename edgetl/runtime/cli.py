@@ -1,7 +1,7 @@
-"""`python -m edgetl.runtime predict|adapt|verify|check|receive ...` on a device without the host
+"""`python -m edgetl.runtime predict|adapt|verify|measure|receive ...` on a device without the host
 CLI's dependencies (plain text or JSON out, standard library + numpy + the engine). `edgetl
 predict|adapt` on the workstation runs the same functions and prints tables; `edgetl deploy` and
-`edgetl check` run `receive` and `check` on the device over its transport.
+`edgetl check` run `receive` and `measure` on the device over its transport.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def check_args(args) -> None:
                               "unpack the .tar.gz first: heads live beside the dir")
         if args.data is not None and not Path(args.data).is_dir():
             raise ConfigError(f"--data {args.data} is not a directory", "pass DIR/<label>/*.png, one folder per label")
-    if command == "check":
+    if command == "measure":
         if args.duration is None and (args.runs is None or args.runs < 1):
             bad(f"--runs {args.runs}", "at least one timed frame", "pass --runs N (N >= 1)")
         if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
@@ -156,7 +156,7 @@ def add_device_args(sub, parents=()) -> None:
                        help="check a bundle as Model.load does (hashes, signature, CPU, engine)")
     p.add_argument("bundle", type=Path)
     p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
-    p = sub.add_parser("check", parents=parents, help="time and score a bundle on this device (JSON out)")
+    p = sub.add_parser("measure", parents=parents, help="time and score a bundle on this device (JSON out)")
     p.add_argument("bundle", type=Path)
     p.add_argument("--runs", type=int, default=200, help="timed frames (default 200)")
     p.add_argument("--duration", type=float, help="time frames for this many seconds instead of a count")
@@ -178,13 +178,13 @@ def device_command(args) -> dict:
         from edgetl.runtime.model import Model
 
         m = Model.load(args.bundle, key=args.key).bundle.manifest
-        return {"bundle": m["name"], "target": m["target"], "engine": m["engine"], "precision": m["precision"],
-                "files": len(m["files"]), "verified": True}
-    if args.command == "check":
+        return {"bundle": m.name, "target": m.target, "engine": m.engine, "precision": m.precision,
+                "files": len(m.files), "verified": True}
+    if args.command == "measure":
         from edgetl.runtime.measure import measure
 
         return measure(args.bundle, runs=None if args.duration else args.runs, duration_s=args.duration,
-                       warmup=args.warmup, data=args.data, key=args.key)
+                       warmup=args.warmup, data=args.data, key=args.key).to_dict()
     from edgetl.runtime.receive import receive
 
     return receive(args.bundles, args.name, args.bytes, args.sha256, key=args.key)
@@ -206,19 +206,29 @@ def main(argv: list[str] | None = None) -> int:
     except EdgetlError as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return refused(args, type(exc).__name__, exc.message, exc.hint)
     except OSError as exc:  # the file system said no (a full disk, a path): never a traceback, never exit 1
         if args.verbose:
             traceback.print_exc()
         where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where} (hint: check the path, its permissions and free space)",
-              file=sys.stderr)
-        return 2
+        return refused(args, "OSError", f"{exc.strerror or exc}{where}",
+                       "check the path, its permissions and free space")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as `Terminated`
         print(f"interrupted ({exc.args[0] if isinstance(exc, Terminated) else 'SIGINT'}); "
               "nothing half-written was kept", file=sys.stderr)
         return exc.exit_code if isinstance(exc, Terminated) else 130
+
+
+DEVICE_COMMANDS = ("verify", "measure", "receive")  # what the host runs over a transport and reads as JSON
+
+
+def refused(args, kind: str, message: str, hint: str | None) -> int:
+    """A refusal: one line for a person on stderr, and for the host's device commands one JSON line
+    on stdout that `edgetl.devices.deploy.call` reads (exit 2 either way)."""
+    print(f"error: {message}" + (f" (hint: {hint})" if hint else ""), file=sys.stderr)
+    if args.command in DEVICE_COMMANDS:
+        print(json.dumps({"error": {"kind": kind, "message": message, "hint": hint}}))
+    return 2
 
 
 def _run(args, parser) -> int:
@@ -231,7 +241,7 @@ def _run(args, parser) -> int:
         r = adapt(args)
         print(json.dumps(r) if args.json else adapt_summary(r))
         return 0 if r.get("committed", True) else 1  # 1: the guard refused the new head
-    if args.command in ("verify", "check", "receive"):
+    if args.command in DEVICE_COMMANDS:
         print(json.dumps(device_command(args)))
         return 0
     parser.print_help()

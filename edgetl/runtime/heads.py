@@ -31,19 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import ConfigError, EdgetlError
-from edgetl.runtime.files import atomic_write
-from edgetl.runtime.model import DamagedHead, Head
+from edgetl.errors import ConfigError, DamagedHead, HeadStoreBusy
+from edgetl.runtime.atomic import write_file as atomic_write
+from edgetl.runtime.head import Head
 
 CURRENT = "CURRENT"
 LOCK = "LOCK"
 LOCK_TIMEOUT_S = 30.0  # how long a writer waits for another adapt or deploy before it is refused
 NAME = re.compile(r"^head-(\d{6})\.npz$")
 ANY_VERSION = re.compile(r"^head-(\d{6})\.(?:npz|json|npz\.damaged(?:-\d+)?)$")  # what numbering must stay above
-
-
-class HeadStoreBusy(EdgetlError):
-    """Another adapt, rollback or deploy holds the head store for longer than this one waits."""
 
 
 @dataclass(frozen=True)

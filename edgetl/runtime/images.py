@@ -14,13 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".ppm", ".bmp")
-
-
-class InputError(EdgetlError):
-    """An image the runtime cannot turn into the model's input."""
 
 
 def _pil():

@@ -22,22 +22,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgetl.errors import Terminated
+
 PREFIX = "edgetl-"
 ROOT_NAME = re.compile(r"^edgetl-(\d+)-[A-Za-z0-9_]+$")
 HANDLED = (signal.SIGTERM, signal.SIGHUP)
 HELD = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the program is so that `finally` and `except BaseException` clean up."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum
 
 
 def pid_alive(pid: int) -> bool:

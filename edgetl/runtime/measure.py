@@ -24,8 +24,73 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import EdgetlError
+from edgetl.runtime.manifest import Manifest
+from edgetl.runtime.records import Record, record
 
 SAMPLES_KEPT = 5000  # latency samples returned for the report's histogram
+
+
+@record
+class Latency(Record):
+    """Per-frame latency in ms after the warm-up; `samples` (the first SAMPLES_KEPT) for histograms."""
+
+    runs: int
+    warmup: int
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+    mean: float
+    samples: tuple[float, ...] = ()
+
+
+@record
+class BoardState(Record):
+    """Temperature (C) and CPU frequency (MHz) where the board exposes them; None where it does not."""
+
+    temp_c: float | None = None
+    freq_mhz: float | None = None
+    max_freq_mhz: float | None = None
+    throttled_bits: int | None = None
+
+
+@record
+class Thermals(Record):
+    before: BoardState
+    after: BoardState
+    throttled: bool | None  # None: the board cannot tell
+    evidence: str
+
+
+@record
+class Accuracy(Record):
+    """Top-1 in percent (0-100) on `images` images of `source` (the checkset or a folder)."""
+
+    source: str
+    images: int
+    top1: float
+    predictions: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+
+
+@record
+class Measurement(Record):
+    """What `edgetl check` measured on a device: written there as one JSON line, read here by check,
+    its report, the CLI and the pytest plugin."""
+
+    bundle: str
+    engine: str
+    precision: str
+    target: str
+    head_version: int  # 0: the bundle's own head; else the head store's version scored
+    load_s: float
+    latency_ms: Latency
+    throughput_fps: float | None
+    peak_rss_mb: float
+    thermals: Thermals
+    accuracy: Accuracy
+    schema_version: int = 1
 
 
 def _read(path: str) -> str | None:
@@ -73,16 +138,16 @@ def percentile(ms: np.ndarray, q: float) -> float:
     return round(float(np.percentile(ms, q)), 4)
 
 
-def checkset(bundle_dir: Path, manifest: dict) -> tuple[np.ndarray, list[str]]:
-    entry = manifest.get("checkset")
+def checkset(bundle_dir: Path, manifest: Manifest) -> tuple[np.ndarray, list[str]]:
+    entry = manifest.checkset
     if not entry:
         raise EdgetlError("this bundle has no checkset", "pass --data DIR with labelled images on the device")
-    with np.load(bundle_dir / entry["file"], allow_pickle=False) as f:
+    with np.load(bundle_dir / entry.file, allow_pickle=False) as f:
         return f["pixels"], [str(s) for s in f["labels"]]
 
 
 def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, warmup: int = 20,
-            data: str | Path | None = None, key=None, machine: str | None = None) -> dict:
+            data: str | Path | None = None, key=None, machine: str | None = None) -> Measurement:
     """Load `bundle`, time `runs` frames (or for `duration_s`) after `warmup`, and score it."""
     from edgetl.runtime.images import labelled_folder
     from edgetl.runtime.model import Model
@@ -116,15 +181,16 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
     ms = np.asarray(samples) * 1000
     throttled, evidence = throttling(before, after)
     m = model.bundle.manifest
-    return {
-        "bundle": m["name"], "engine": m["engine"], "precision": m["precision"], "target": m["target"],
-        "head_version": model.head_version, "load_s": round(load_s, 3),
-        "latency_ms": {"runs": len(ms), "warmup": warmup, "p50": percentile(ms, 50), "p90": percentile(ms, 90),
-                       "p95": percentile(ms, 95), "p99": percentile(ms, 99), "max": round(float(ms.max()), 4),
-                       "mean": round(float(ms.mean()), 4), "samples": [round(float(x), 4) for x in ms[:SAMPLES_KEPT]]},
-        "throughput_fps": round(len(ms) / wall, 2) if wall > 0 else None,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "thermals": {"before": before, "after": after, "throttled": throttled, "evidence": evidence},
-        "accuracy": {"source": source, "images": len(hits), "top1": round(100.0 * sum(hits) / len(hits), 2),
-                     "predictions": predicted, "labels": labels},
-    }
+    return Measurement(
+        bundle=m.name, engine=m.engine, precision=m.precision, target=m.target,
+        head_version=model.head_version, load_s=round(load_s, 3),
+        latency_ms=Latency(runs=len(ms), warmup=warmup, p50=percentile(ms, 50), p90=percentile(ms, 90),
+                           p95=percentile(ms, 95), p99=percentile(ms, 99), max=round(float(ms.max()), 4),
+                           mean=round(float(ms.mean()), 4),
+                           samples=tuple(round(float(x), 4) for x in ms[:SAMPLES_KEPT])),
+        throughput_fps=round(len(ms) / wall, 2) if wall > 0 else None,
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        thermals=Thermals(BoardState(**before), BoardState(**after), throttled, evidence),
+        accuracy=Accuracy(source=source, images=len(hits), top1=round(100.0 * sum(hits) / len(hits), 2),
+                          predictions=tuple(predicted), labels=tuple(labels)),
+    )

@@ -13,19 +13,22 @@ output are converted in one place (the engine's `run`). numpy and the engine onl
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 import weakref
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgetl.errors import ConfigError
+from edgetl.runtime.adapt import AdaptConfig, adapt_head
 from edgetl.runtime.bundle import Bundle, BundleError, open_bundle
 from edgetl.runtime.engines import Engine, open_engine
+from edgetl.runtime.head import Head, softmax
+from edgetl.runtime.heads import HeadStore
 from edgetl.runtime.images import as_batch
 from edgetl.runtime.preprocess import PreprocessSpec
 
@@ -40,52 +43,6 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"label": self.label, "probability": round(self.probability, 6), "index": self.index,
                 "top": [[label, round(p, 6)] for label, p in self.top]}
-
-
-class DamagedHead(ConfigError):
-    """A head file that cannot be read, does not fit together, or holds NaN/inf."""
-
-    def __init__(self, path: Path, why: str):
-        super().__init__(f"head file {path} is damaged ({why})",
-                         "roll back to the previous head (edgetl adapt BUNDLE --rollback) or reinstall the bundle")
-        self.path, self.why = Path(path), why
-
-
-@dataclass(frozen=True)
-class Head:
-    """The classifier on the device: logits = embedding @ W.T + b."""
-
-    W: np.ndarray  # (classes, embedding_dim) float32
-    b: np.ndarray  # (classes,) float32
-    labels: tuple[str, ...]
-    version: int = 0
-
-    @classmethod
-    def read(cls, path: Path, labels: tuple[str, ...] | None = None) -> Head:
-        """A head from an .npz (W, b, optional labels and version); `DamagedHead` when it is damaged."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                W, b = np.asarray(data["W"], np.float32), np.asarray(data["b"], np.float32)
-                stored = tuple(str(x) for x in data["labels"]) if "labels" in data else None
-                version = int(data["version"]) if "version" in data else 0
-        except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
-            raise DamagedHead(path, type(exc).__name__) from None
-        names = stored or labels
-        if W.ndim != 2 or b.shape != (W.shape[0],) or names is None or len(names) != W.shape[0]:
-            raise DamagedHead(path, f"W {W.shape}, b {b.shape} and {0 if names is None else len(names)} labels "
-                                    "do not fit together")
-        if not (np.isfinite(W).all() and np.isfinite(b).all()):
-            raise DamagedHead(path, "it holds NaN or inf")
-        return cls(W, b, tuple(names), version)
-
-    def logits(self, embeddings: np.ndarray) -> np.ndarray:
-        return embeddings @ self.W.T + self.b
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Model:
@@ -137,18 +94,14 @@ class Model:
             raise BundleError(f"{path} is signed, and no public key was given to check it",
                               "pass key=PUB.pem (CLI: --key) or set EDGETL_BUNDLE_KEY on the device")
         m = bundle.manifest
-        raw = dict(m["preprocess"])
-        raw.update(size=tuple(raw["size"]), mean=tuple(raw["mean"]), std=tuple(raw["std"]))
-        spec = PreprocessSpec(**raw)
-        engine = open_engine(m["engine"], bundle.model, threads=threads, precision=m["precision"],
-                             bundle_dir=bundle.path)
-        expected = tuple(m["inputs"][0]["shape"])
+        spec = m.preprocess
+        engine = open_engine(m.engine, bundle.model, threads=threads, precision=m.precision, bundle_dir=bundle.path)
+        expected = tuple(m.inputs[0].shape)
         if tuple(engine.input.shape) != expected:
-            raise ConfigError(f"the {m['engine']} engine sees input {engine.input.shape}, the manifest says "
+            raise ConfigError(f"the {m.engine} engine sees input {engine.input.shape}, the manifest says "
                               f"{list(expected)}", "the bundle and its model disagree: compile it again")
-        base = Head.read(bundle.path / m["head"], tuple(m["labels"]))
-        from edgetl.runtime.heads import HeadStore
-
+        _check_input(spec, engine, m.engine)
+        base = Head.read(bundle.path / m.head, m.labels)
         if not Path(path).is_dir():
             return cls(bundle, engine, base, spec)
         heads = HeadStore.beside(bundle.path, base)
@@ -161,6 +114,16 @@ class Model:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.head.labels
+
+    def close(self) -> None:
+        """Free the engine's resources (TensorRT's GPU memory); the model cannot predict after."""
+        self.engine.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -203,8 +166,6 @@ class Model:
         in force is read again and trained from, so the version committed names it as its parent
         and no concurrent commit is lost. A damaged head in force is trained past: from the newest
         intact one, which the result names (`parent`, `recovered`)."""
-        from edgetl.runtime.adapt import AdaptConfig, adapt_head
-
         config = config or AdaptConfig()
         if labels is None or isinstance(labels, str | bytes):
             raise ConfigError("labels must be a list of class names, one per image", "e.g. ['stop', 'yield']")
@@ -235,6 +196,20 @@ class Model:
                 result.head = replace(result.head, version=result.version)
                 self.head, self.head_note = result.head, None
         return result
+
+
+def _check_input(spec: PreprocessSpec, engine: Engine, name: str) -> None:
+    """The spec's input type and quantization (what quantize recorded) are the engine's own."""
+    got = engine.input
+    quantized = got.quantized
+    same = (spec.dtype == got.dtype and spec.input_scale is not None
+            and math.isclose(spec.input_scale, float(got.scale), rel_tol=1e-6)
+            and spec.input_zero_point == int(got.zero_point)) if quantized else spec.dtype == "float32"
+    if not same:
+        raise ConfigError(f"the bundle's preprocessing spec says input {spec.dtype} (scale {spec.input_scale}, "
+                          f"zero point {spec.input_zero_point}), and the {name} engine's model takes {got.dtype} "
+                          f"(scale {got.scale}, zero point {got.zero_point})",
+                          "the bundle and its model disagree: compile it again")
 
 
 __all__ = ["Head", "Model", "Prediction"]

@@ -7,26 +7,34 @@ numpy only: this module is imported on the device.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import field, replace
 from functools import cached_property
 
 import numpy as np
 
+from edgetl.runtime.records import Record, RecordError, record
+
 RESIZE_MODES = ("stretch", "crop")
 LAYOUTS = ("NCHW", "NHWC")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+CHANNEL_ORDERS = ("RGB", "BGR")
+INPUT_DTYPES = ("float32", "int8", "uint8")
 
 
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """Input contract of a backbone.
+@record
+class PreprocessSpec(Record):
+    """Input contract of a backbone, created once at fine-tune; each later stage adds what it owns.
 
     size: (height, width) of the model input.
     resize: "stretch" scales the whole image to size (tight crops such as sign detections);
             "crop" scales the shorter side to size and centre-crops the rest.
-    mean/std: per-channel normalisation applied to pixels scaled to [0, 1].
-    layout: NCHW (PyTorch, ONNX) or NHWC (TFLite artifacts, which take images as decoded).
-    input_scale/input_zero_point: set once the model input is quantized (later stages).
+    interpolation: the resampling filter of that resize (decoder and device alike).
+    mean/std: per-channel normalisation applied to pixels scaled to [0, 1], in RGB order.
+    channel_order: the order the model takes its channels in (BGR: OpenCV/Caffe-trained models).
+    layout: NCHW (PyTorch, ONNX) or NHWC (TFLite artifacts, which take images as decoded): set by export.
+    dtype/input_scale/input_zero_point: the model input's type and quantization: set by quantize,
+            checked against the engine's own input when a bundle is loaded.
     """
 
     size: tuple[int, int]
@@ -42,18 +50,46 @@ class PreprocessSpec:
     schema_version: int = field(default=1)
 
     def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, not {self.resize!r}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
+        why = self.problem()
+        if why:
+            raise RecordError(why)
+
+    def problem(self) -> str | None:
+        """What makes this spec unusable (the shapes and names every stage relies on), or None."""
+        for name, allowed in (("resize", RESIZE_MODES), ("layout", LAYOUTS), ("interpolation", INTERPOLATIONS),
+                              ("channel_order", CHANNEL_ORDERS), ("dtype", INPUT_DTYPES)):
+            if getattr(self, name) not in allowed:
+                return f"{name} must be one of {allowed}, not {getattr(self, name)!r}"
+        if not (_numbers(self.size, 2) and all(isinstance(v, int) and 8 <= v <= 4096 for v in self.size)):
+            return f"size must be two whole numbers of pixels (8..4096), not {list(self.size)!r}"
+        if not _numbers(self.mean, 3):
+            return f"mean must be 3 finite numbers (one per channel), not {list(self.mean)!r}"
+        if not (_numbers(self.std, 3) and all(v > 0 for v in self.std)):
+            return f"std must be 3 finite numbers > 0, not {list(self.std)!r}"
+        if (self.input_scale is None) != (self.input_zero_point is None) or (self.dtype == "float32") != (
+                self.input_scale is None):
+            return (f"dtype {self.dtype}, input_scale {self.input_scale} and input_zero_point "
+                    f"{self.input_zero_point} do not fit together (an integer input has both, a float one neither)")
+        return None
+
+    def with_layout(self, layout: str) -> PreprocessSpec:
+        """What export adds: the artifact's input layout."""
+        return replace(self, layout=layout)
+
+    def with_input(self, dtype: str, scale: float | None, zero_point: int | None) -> PreprocessSpec:
+        """What quantize adds: the model input's integer type and its scale/zero-point (float: neither)."""
+        if dtype == "float32" or scale is None:
+            return replace(self, dtype="float32", input_scale=None, input_zero_point=None)
+        return replace(self, dtype=dtype, input_scale=float(scale), input_zero_point=int(zero_point))
 
     @cached_property
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         """((p/255) - mean) / std as p * scale + offset, the constants laid out like one input
         image in `layout`: numpy's inner loop then runs the image's length, not 3."""
-        std = np.asarray(self.std, np.float64)
+        order = slice(None, None, -1 if self.channel_order == "BGR" else 1)  # mean/std are given in RGB
+        std = np.asarray(self.std, np.float64)[order]
         scale = (1.0 / (255.0 * std)).astype(np.float32)
-        offset = (-np.asarray(self.mean, np.float64) / std).astype(np.float32)
+        offset = (-np.asarray(self.mean, np.float64)[order] / std).astype(np.float32)
         if self.layout == "NCHW":
             shape, scale, offset = (3, *self.size), scale[:, None, None], offset[:, None, None]
         else:
@@ -65,6 +101,8 @@ class PreprocessSpec:
         This runs for every frame on the device, so it is two passes over the frame: the
         multiply converts, lays out and scales at once, then the offset is added in place."""
         scale, offset = self._affine
+        if self.channel_order == "BGR":  # decoded images are RGB
+            images = images[..., ::-1]
         src = images.transpose(0, 3, 1, 2) if self.layout == "NCHW" else images
         if src.shape[1:] != scale.shape:  # not at the spec's size: one constant per channel
             corner = np.s_[:, :1, :1] if self.layout == "NCHW" else np.s_[:1, :1, :]
@@ -74,15 +112,7 @@ class PreprocessSpec:
         x += offset
         return x
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
 
-    @classmethod
-    def from_json(cls, text: str) -> PreprocessSpec:
-        raw = json.loads(text)
-        if raw.get("schema_version") != 1:
-            raise ValueError(f"unknown preprocessing schema_version {raw.get('schema_version')!r}")
-        raw["size"] = tuple(raw["size"])
-        raw["mean"] = tuple(raw["mean"])
-        raw["std"] = tuple(raw["std"])
-        return cls(**raw)
+def _numbers(values, n: int) -> bool:
+    return (isinstance(values, tuple) and len(values) == n
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values))

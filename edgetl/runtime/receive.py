@@ -22,24 +22,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from edgetl.runtime.atomic import fsync_dir
 from edgetl.runtime.bundle import BundleError, _unpack
 from edgetl.runtime.heads import LOCK, LOCK_TIMEOUT_S, HeadStoreBusy, store_lock
+from edgetl.runtime.manifest import MANIFEST, Manifest
+from edgetl.runtime.records import RecordError
 
 PARTIAL = ".incoming-"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_exactly(stream, into: Path, size: int, sha256: str) -> None:
@@ -63,9 +57,8 @@ def _read_exactly(stream, into: Path, size: int, sha256: str) -> None:
 
 def _model_sha(bundle_dir: Path) -> str | None:
     try:
-        manifest = json.loads((bundle_dir / "manifest.json").read_text())
-        return manifest["files"][manifest["model"]]["sha256"]
-    except (OSError, ValueError, KeyError):
+        return Manifest.read(bundle_dir / MANIFEST).model_sha256
+    except (OSError, RecordError, KeyError):
         return None
 
 
@@ -122,14 +115,14 @@ def _receive(bundles: Path, name: str, size: int, sha256: str, stream, key, head
                 os.replace(unpacked, version)
             link = work / "link"
             os.symlink(version.name, link)
-            _fsync_dir(bundles)
+            fsync_dir(bundles)
             old_model = _model_sha(active) if previous else None
             heads = bundles / f"{name}.heads"
             set_aside = None
             try:
                 with store_lock(heads, exclusive=True, timeout=heads_timeout, what="head store of the active bundle"):
                     os.replace(link, active)  # the commit
-                    _fsync_dir(bundles)
+                    fsync_dir(bundles)
                     if old_model and old_model != _model_sha(version) and _holds_heads(heads):
                         set_aside = _free(bundles / f".{name}.heads-{old_model[:16]}")
                         os.replace(heads, set_aside)  # learned on the old backbone: wrong on this one, kept

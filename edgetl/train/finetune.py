@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import copy
 import errno
-import json
 import math
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,46 +23,20 @@ import torch
 import torch.nn.functional as F
 
 import edgetl
-from edgetl import fsutil, runfiles
+from edgetl import fsutil
 from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import LoadedImages, load_images, scan
 from edgetl.data.split import split_train_val
 from edgetl.errors import ConfigError, DataError
+from edgetl.rundir import FinetuneRecord, RunData, RunDir
 from edgetl.runtime.preprocess import RESIZE_MODES, PreprocessSpec
 from edgetl.train import distributed, freeze
 from edgetl.train.backbones import Backbone, get_spec, make_head
+from edgetl.train.config import FinetuneConfig  # noqa: F401 - the API's config, imported from here too
 from edgetl.train.features import embed, nchw, to_input
-from edgetl.train.weights import CHECKPOINT, RUN_RECORD, Weights, is_run, load_backbone, resolve, run_backbone_name
+from edgetl.train.weights import Weights, is_run, load_backbone, resolve, run_backbone_name
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Everything one fine-tune (or pretrain) run needs; the CLI builds exactly this."""
-
-    data: Path
-    out: Path
-    backbone: str | None = None  # default: the weights run's backbone, else efficientnet_lite0
-    weights: str | None = None  # see edgetl.train.weights; default `imagenet`
-    val: Path | None = None
-    test: Path | None = None
-    freeze: str = "none"
-    epochs: int = 10
-    head_epochs: int = 60
-    img_size: int | None = None  # default: the weights run's, else the backbone's
-    resize: str = "stretch"
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr_scale: float = 1.0  # unfrozen stages learn at lr x this; the head-only phase at 3 x lr
-    weight_decay: float = 1e-4
-    patience: int = 4
-    val_fraction: float = 0.2
-    seed: int = 0
-    strict: bool = False
-    augment: bool = True
-    force: bool = False
-    stage: str = "finetune"
 
 
 def validate(config: FinetuneConfig) -> None:
@@ -110,31 +83,7 @@ class Split:
     features: torch.Tensor | None = None
 
 
-@dataclass
-class Result:
-    """What a run measured; written as finetune.json."""
-
-    stage: str
-    backbone: str
-    weights: str
-    classes: int
-    img_size: int
-    freeze: str
-    trainable_stages: list[str]
-    val_top1: float
-    test_top1: float | None
-    epochs: int
-    head_epochs: int
-    best_epoch: int
-    seconds: float
-    seconds_embed: float
-    seconds_head: float
-    seconds_finetune: float
-    world_size: int
-    data: dict
-    versions: dict
-    config: dict
-    history: list[dict] = field(default_factory=list)
+Result = FinetuneRecord  # what a run measured; written as finetune.json
 
 
 def versions() -> dict:
@@ -327,17 +276,16 @@ def _write_run(out: Path, backbone: Backbone, head: torch.nn.Linear, classes, sp
                result: Result, *, force: bool = False) -> None:
     """Write the run to a temp dir beside `out`, then rename: a run is complete or absent."""
     with fsutil.staged_dir(out, fsutil.RUN, force=force) as tmp:
+        staged = RunDir(tmp)
         try:
-            torch.save({"backbone": backbone.state_dict(), "head": head.state_dict()}, tmp / CHECKPOINT)
+            torch.save({"backbone": backbone.state_dict(), "head": head.state_dict()}, staged.checkpoint)
         except RuntimeError as exc:  # torch says "file write failed" where the OS said ENOSPC
             full = shutil.disk_usage(tmp).free < 64 << 20
             raise OSError(errno.ENOSPC if full else errno.EIO, "No space left on device" if full else
-                          str(exc).splitlines()[0][:200], str(out / CHECKPOINT)) from None
-        np.savez(tmp / "head.npz", W=head.weight.detach().numpy().astype(np.float32),
+                          str(exc).splitlines()[0][:200], str(RunDir(out).checkpoint)) from None
+        np.savez(staged.head, W=head.weight.detach().numpy().astype(np.float32),
                  b=head.bias.detach().numpy().astype(np.float32), version=np.int64(1))
-        (tmp / "labels.json").write_text(json.dumps(list(classes), indent=2))
-        (tmp / "preprocess.json").write_text(spec.to_json())
-        (tmp / RUN_RECORD).write_text(json.dumps(asdict(result), indent=2, default=str))
+        staged.write_files(tmp, labels=tuple(classes), spec=spec, record=result)
 
 
 def finetune(config: FinetuneConfig, console: Console = QUIET) -> Result:
@@ -360,7 +308,7 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
     spec_b = get_spec(name)
     img_size = config.img_size
     if img_size is None and weights_run is not None:
-        img_size = runfiles.read_spec(weights_run / "preprocess.json").size[0]
+        img_size = RunDir(weights_run).spec.size[0]
     img_size = img_size or spec_b.default_img_size
     weights: Weights = resolve(spec_b, config.weights)
     backbone = load_backbone(spec_b, img_size, weights)
@@ -416,20 +364,20 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
     test_top1 = score(backbone, head, test, spec, world)[0] if test is not None else None
     result = Result(
         stage=config.stage, backbone=name, weights=weights.source, classes=len(folder.classes), img_size=img_size,
-        freeze=config.freeze, trainable_stages=trainable, val_top1=round(val_top1, 2),
+        freeze=config.freeze, trainable_stages=tuple(trainable), val_top1=round(val_top1, 2),
         test_top1=None if test_top1 is None else round(test_top1, 2),
         epochs=len(history), head_epochs=head_epochs, best_epoch=best_epoch,
         seconds=round(time.perf_counter() - started, 2), seconds_embed=round(t1 - t0, 3),
         seconds_head=round(t2 - t1, 3), seconds_finetune=round(t3 - t2, 2), world_size=world.size,
-        data={"train_dir": str(Path(config.data).resolve()),  # absolute: later stages read them from anywhere
-              "val_dir": str(Path(config.val).resolve()) if config.val else None,
-              "test_dir": str(Path(config.test).resolve()) if config.test else None,
-              "train": len(train.loaded.labels), "val": len(val.loaded.labels),
-              "test": len(test.loaded.labels) if test else None,
-              "skipped": [[str(p), why] for s in (train, val, test) if s for p, why in s.loaded.skipped]},
+        data=RunData(train_dir=str(Path(config.data).resolve()),  # absolute: later stages read them from anywhere
+                     val_dir=str(Path(config.val).resolve()) if config.val else None,
+                     test_dir=str(Path(config.test).resolve()) if config.test else None,
+                     train=len(train.loaded.labels), val=len(val.loaded.labels),
+                     test=len(test.loaded.labels) if test else None,
+                     skipped=tuple((str(p), why) for s in (train, val, test) if s for p, why in s.loaded.skipped)),
         versions=versions(),
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        history=history,
+        history=tuple(history),
     )
     if world.is_main:
         _write_run(Path(config.out), backbone, head, folder.classes, spec, result, force=config.force)

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgetl import runfiles
 from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.data.split import split_train_val
 from edgetl.errors import DataError, RunError
+from edgetl.rundir import FinetuneRecord, RunDir
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.backbones import Backbone, get_spec, make_head
 from edgetl.train.features import nchw, to_input
-from edgetl.train.weights import CHECKPOINT, RUN_RECORD, from_run, load_backbone
+from edgetl.train.weights import from_run, load_backbone
 
 
 @dataclass
@@ -27,7 +27,11 @@ class Run:
     head: torch.nn.Linear
     classes: tuple[str, ...]
     spec: PreprocessSpec
-    record: dict
+    record: FinetuneRecord
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
 
 
 @dataclass(frozen=True)
@@ -42,15 +46,15 @@ class Evaluation:
 
 def load_run(path: str | Path) -> Run:
     path = Path(path)
-    needed = [RUN_RECORD, CHECKPOINT, "labels.json", "preprocess.json"]
-    missing = [n for n in needed if not (path / n).is_file()]
+    run = RunDir(path)
+    missing = run.missing()
     if missing:
         raise RunError(f"{path} is not a complete edgetl run (missing {', '.join(missing)})",
                        "pass a run dir written by `edgetl finetune` or `edgetl pretrain`")
-    record = runfiles.check_run(path, RUN_RECORD)  # a damaged file is a RunError naming it
-    spec = runfiles.read_spec(path / "preprocess.json")
+    record = run.check()  # a damaged file is a RunError naming it
+    spec = run.spec
     weights = from_run(path)
-    backbone = load_backbone(get_spec(record["backbone"]), spec.size[0], weights)
+    backbone = load_backbone(get_spec(record.backbone), spec.size[0], weights)
     head = make_head(backbone.embedding_dim, len(weights.classes))
     head.load_state_dict(weights.head)
     backbone.eval()
@@ -89,18 +93,19 @@ def split_samples(run: Run, split: str) -> list[tuple[Path, int]]:
     return recorded_split(run.path, run.record, run.classes, split)
 
 
-def recorded_split(path: Path, record: dict, classes: tuple[str, ...], split: str) -> list[tuple[Path, int]]:
+def recorded_split(path: Path, record: FinetuneRecord, classes: tuple[str, ...], split: str
+                   ) -> list[tuple[Path, int]]:
     """`split_samples` from a run's record alone (no weights loaded)."""
-    data, config = record.get("data", {}), record.get("config", {})
+    data, config = record.data, record.config
     if split == "test":
-        if not data.get("test_dir"):
+        if not data.test_dir:
             raise RunError(f"{path} was trained without a test set", "pass --data DIR with labelled images")
-        return list(scan(data["test_dir"], classes, what="test").samples)
-    if split == "val" and data.get("val_dir"):
-        return list(scan(data["val_dir"], classes, what="val").samples)
+        return list(scan(data.test_dir, classes, what="test").samples)
+    if split == "val" and data.val_dir:
+        return list(scan(data.val_dir, classes, what="val").samples)
     if split not in SPLITS:
         raise RunError(f"unknown split {split!r}", f"one of: {', '.join(SPLITS)}")
-    folder = scan(data.get("train_dir") or config["data"], classes, what="training")
+    folder = scan(data.train_dir, classes, what="training")
     train, val = split_train_val(folder, config.get("val_fraction", 0.2), config.get("seed", 0))
     return val if split == "val" else train
 

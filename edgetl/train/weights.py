@@ -26,11 +26,8 @@ from pathlib import Path
 import torch
 
 from edgetl.errors import WeightsError
-from edgetl.runfiles import check_run, read_labels
+from edgetl.rundir import RUN_RECORD, RunDir
 from edgetl.train.backbones import BackboneSpec
-
-RUN_RECORD = "finetune.json"
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass(frozen=True)
@@ -87,22 +84,22 @@ def load_state_dict(path: Path) -> dict:
 def run_backbone_name(run: Path) -> str:
     """The backbone an edgetl run was trained with."""
     try:
-        return json.loads((run / RUN_RECORD).read_text())["backbone"]
-    except (OSError, ValueError, KeyError):
+        return json.loads(RunDir(run).record_file.read_text())["backbone"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise WeightsError(f"{run} is not a complete edgetl run (no readable {RUN_RECORD})",
                            "pass a run dir written by `edgetl finetune` or `edgetl pretrain`") from None
 
 
 def is_run(path: Path) -> bool:
-    return path.is_dir() and (path / RUN_RECORD).is_file()
+    return RunDir(path).is_run()
 
 
 def from_run(run: Path) -> Weights:
     """A run's trained backbone and head, with the classes the head scores."""
-    check_run(run)  # a damaged labels.json or preprocess.json is one line naming it
-    ckpt = load_state_dict(run / CHECKPOINT)
-    classes = read_labels(run / "labels.json")
-    return Weights(source=f"run:{run}", backbone=ckpt["backbone"], head=ckpt["head"], classes=classes)
+    d = RunDir(run)
+    d.check()  # a damaged labels.json or preprocess.json is one line naming it
+    ckpt = load_state_dict(d.checkpoint)
+    return Weights(source=f"run:{run}", backbone=ckpt["backbone"], head=ckpt["head"], classes=d.labels)
 
 
 def _torchvision(name: str) -> Weights:

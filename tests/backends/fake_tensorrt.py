@@ -4,7 +4,9 @@ It implements only the calls edgetl makes, records them in `CALLS`, and "builds"
 whose bytes name the ONNX hash, precision flags and version, so tests can tell a fresh build
 from a cached one. Its "engine" executes by running the parsed ONNX with onnxruntime, and
 `FakeCudart` keeps "device" buffers in host memory, so the runtime's buffers, copies and shapes
-are exercised end to end. It is a fake, named as one: nothing here proves TensorRT itself works.
+are exercised end to end; what is still allocated (buffers, streams) and what was released
+(`RELEASED`: contexts, engines, runtimes) can be looked at. It is a fake, named as one: nothing
+here proves TensorRT itself works.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import ctypes
 import enum
 import hashlib
+import itertools
 import types
 
 import numpy as np
 
 CALLS: list[tuple] = []
+RELEASED: list[tuple[str, int]] = []  # ("context" | "engine" | "runtime", serial) as each is garbage-collected
 PARSED: dict[str, bytes] = {}  # ONNX bytes by their hash prefix, as the "engine" names them
 __version__ = "10.3.0"
 
@@ -142,6 +146,9 @@ class _ExecutionContext:
     def __init__(self, engine):
         self.engine, self.addresses = engine, {}
 
+    def __del__(self):
+        RELEASED.append(("context", self.engine.serial))
+
     def set_tensor_address(self, name, ptr):
         self.addresses[name] = ptr
 
@@ -155,9 +162,10 @@ class _ExecutionContext:
 
 
 class _Engine:
-    def __init__(self, onnx_bytes: bytes):
+    def __init__(self, onnx_bytes: bytes, serial: int):
         import onnxruntime
 
+        self.serial = serial
         self.session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
         i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.io = [(i.name, tuple(i.shape)), (o.name, tuple(o.shape))]
@@ -181,10 +189,18 @@ class _Engine:
     def create_execution_context(self):
         return _ExecutionContext(self)
 
+    def __del__(self):
+        RELEASED.append(("engine", self.serial))
+
 
 class Runtime:
+    serials = itertools.count()
+
     def __init__(self, logger):
-        self.logger = logger
+        self.logger, self.serial = logger, next(self.serials)
+
+    def __del__(self):
+        RELEASED.append(("runtime", self.serial))
 
     def deserialize_cuda_engine(self, data: bytes):
         """The engine the bytes name, or None for bytes no build of this fake wrote (as TensorRT does)."""
@@ -192,7 +208,7 @@ class Runtime:
         parts = data.decode(errors="replace").split(":")
         if len(parts) != 4 or parts[0] != "engine" or parts[1] not in PARSED or parts[3] != __version__:
             return None
-        return _Engine(PARSED[parts[1]])
+        return _Engine(PARSED[parts[1]], self.serial)
 
 
 class FakeCudart:
@@ -203,14 +219,22 @@ class FakeCudart:
         cudaMemcpyDeviceToHost = 2
 
     def __init__(self):
-        self.buffers = {}
+        self.buffers, self.streams = {}, set()  # what is allocated now
+        self.allocated = 0  # buffers allocated in all
 
     def cudaStreamCreate(self):  # noqa: N802
-        return (0, 7)
+        stream = 7 + len(self.streams)
+        self.streams.add(stream)
+        return (0, stream)
+
+    def cudaStreamDestroy(self, stream):  # noqa: N802
+        self.streams.remove(stream)
+        return (0,)
 
     def cudaMalloc(self, nbytes):  # noqa: N802
         buf = ctypes.create_string_buffer(nbytes)
         self.buffers[ctypes.addressof(buf)] = buf
+        self.allocated += 1
         return (0, ctypes.addressof(buf))
 
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):  # noqa: N802

@@ -9,7 +9,7 @@ import pytest
 from edgetl import targets
 from edgetl.backends import Source, edgetpu
 from edgetl.cli import main
-from edgetl.compile import check, compile_bundle
+from edgetl.compile import compatibility, compile_bundle
 from edgetl.errors import ConfigError
 from edgetl.runtime.bundle import open_bundle
 
@@ -137,7 +137,7 @@ def test_compile_runs_the_compiler_on_path_and_bundles_its_output(compiled_run, 
 
 def test_a_float_model_is_refused_for_the_edge_tpu(trained_run):
     with pytest.raises(ConfigError, match="coral-usb runs int8 only .* has no int8 tflite model"):
-        check(trained_run, "coral-usb")
+        compatibility(trained_run, "coral-usb")
 
 
 def test_source_must_be_a_run_or_a_model_file(tmp_path):
@@ -150,4 +150,4 @@ def test_source_must_be_a_run_or_a_model_file(tmp_path):
 
 def test_a_model_file_of_the_wrong_format_for_the_target_is_named(zoo):
     with pytest.raises(ConfigError, match=r"jetson-orin-nano runs \.onnx models \(tensorrt\), and split.tflite"):
-        check(zoo["split"], "jetson-orin-nano")
+        compatibility(zoo["split"], "jetson-orin-nano")

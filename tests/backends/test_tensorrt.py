@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgetl.compile import check, compile_bundle
+from edgetl.compile import compatibility, compile_bundle
 from edgetl.errors import ConfigError
 from edgetl.runtime.bundle import open_bundle
 from edgetl.runtime.engines import tensorrt as trt_engine
@@ -89,7 +89,7 @@ def test_compile_where_tensorrt_runs_builds_the_engine_into_the_bundle(fake_trt,
     manifest = compile_bundle(compiled_run, "jetson-orin-nano", tmp_path / "orin")
     engines = [n for n in manifest["files"] if n.startswith("engine/")]
     assert any(n.endswith("engine.plan") for n in engines) and any(n.endswith("key.json") for n in engines)
-    report = check(compiled_run, "jetson-orin-nano")
+    report = compatibility(compiled_run, "jetson-orin-nano")
     assert report.fully_mapped and "TensorRT 10.3.0" in report.notes[1]
 
 
@@ -133,3 +133,25 @@ def compile_and_return(run, tmp_path):
     manifest.update(engine="onnxruntime")
     (ref / "manifest.json").write_text(json.dumps(manifest))
     return ref
+
+
+def test_close_frees_the_context_engine_runtime_buffers_and_stream(fake_trt, tmp_path, monkeypatch):
+    """Against the fakes: what the engine allocated is freed on close, the context before its engine
+    before its runtime (TensorRT's order), and a closed engine refuses work in one line."""
+    from tests.backends.fake_tensorrt import FakeCudart
+    from tests.runtime.test_engines import relu_onnx
+
+    monkeypatch.setattr(trt_engine, "compute_capability", lambda: "8.7")
+    cudart = FakeCudart()
+    x = -np.ones((1, 3, 8, 8), np.float32)
+    with trt_engine.TensorRTEngine(relu_onnx(tmp_path / "relu.onnx"), "fp32", cache=tmp_path / "cache",
+                                   trt=fake_trt, cudart=cudart) as engine:
+        assert engine.run(x).max() == 0.0
+        assert cudart.allocated == 2 and len(cudart.buffers) == 2 and len(cudart.streams) == 1
+        serial = engine.runtime.serial
+        fake_trt.RELEASED.clear()
+    assert not cudart.buffers and not cudart.streams
+    assert [kind for kind, s in fake_trt.RELEASED if s == serial] == ["context", "engine", "runtime"]
+    with pytest.raises(ConfigError, match="the tensorrt engine is closed") as err:
+        engine.run(x)
+    assert "\n" not in str(err.value)

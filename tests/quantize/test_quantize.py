@@ -9,7 +9,8 @@ from torch import nn
 from edgetl.cli import main
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.export import export
-from edgetl.quantize import QuantizeError, inspect, quantize
+from edgetl.quantize import QuantizeError, opcount, quantize
+from edgetl.rundir import FinetuneRecord, RunData
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.run import Run
 
@@ -34,9 +35,9 @@ def test_quantize_writes_a_verified_int8_model_and_its_record(run_dir, calib_fil
 
 def test_a_float_only_artifact_is_not_int8(run_dir):
     fp32 = export(run_dir, "onnx").backbone
-    ops = inspect.count(fp32)
+    ops = opcount.count(fp32)
     assert ops.weighted_int8 == 0 and ops.weighted_float > 20
-    tfl = inspect.count(export(run_dir, "tflite").backbone)
+    tfl = opcount.count(export(run_dir, "tflite").backbone)
     assert tfl.weighted_int8 == 0 and tfl.weighted_float > 20
 
 
@@ -118,8 +119,12 @@ def _fragile_run(signs, tmp_path, fragile: bool = True) -> Run:
     path.mkdir()
     np.savez(path / "head.npz", W=head.weight.detach().numpy(), b=head.bias.detach().numpy(), version=1)
     (path / "labels.json").write_text(json.dumps(list(folder.classes)))
-    record = {"backbone": "fragile", "data": {"train_dir": str(signs["train"]), "val_dir": str(signs["train"]),
-                                              "test_dir": None}, "config": {}}
+    record = FinetuneRecord(
+        stage="finetune", backbone="fragile", weights="none", classes=len(folder.classes), img_size=32,
+        freeze="none", trainable_stages=(), val_top1=0.0, test_top1=None, epochs=0, head_epochs=0, best_epoch=0,
+        seconds=0.0, seconds_embed=0.0, seconds_head=0.0, seconds_finetune=0.0, world_size=1,
+        data=RunData(train_dir=str(signs["train"]), val_dir=str(signs["train"]), test_dir=None, train=0, val=0,
+                     test=None), versions={}, config={})
     return Run(path, backbone, head.eval(), folder.classes, spec, record)
 
 

@@ -123,8 +123,8 @@ def test_bad_arguments_are_refused_before_any_work(bundle, capsys):
             (["adapt", str(missing), "--data", ".", "--wait", "inf"], "--wait inf"),
             (["adapt", str(missing), "--rollback", "--unguarded"], "--unguarded"),
             (["adapt", str(bundle), "--data", str(missing)], "is not a directory"),
-            (["check", str(missing), "--warmup", "-1"], "--warmup -1"),
-            (["check", str(missing), "--duration", "0"], "--duration 0"),
+            (["measure", str(missing), "--warmup", "-1"], "--warmup -1"),
+            (["measure", str(missing), "--duration", "0"], "--duration 0"),
             (["receive", str(missing), "host", "--bytes", "-1", "--sha256", "0" * 64], "--bytes -1")):
         assert device_main(argv) == 2, argv
         assert says in _one_line_error(capsys.readouterr().err), argv
@@ -196,7 +196,7 @@ def test_predict_json_and_the_device_check_say_which_head_was_scored(bundle, sig
     assert device_main(["predict", str(bundle), image, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["head_version"] == 1
     assert measure(bundle, runs=2, warmup=0)["head_version"] == 1
-    assert device_main(["check", str(bundle), "--runs", "2", "--warmup", "0"]) == 0
+    assert device_main(["measure", str(bundle), "--runs", "2", "--warmup", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["head_version"] == 1
 
 

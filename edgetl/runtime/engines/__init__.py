@@ -1,27 +1,31 @@
-"""Inference engines behind one small interface, chosen by the artifact's file type.
+"""Inference engines behind one small interface, one module per engine (see `table`).
 
 An engine runs one model file: `invoke` feeds the model's own input tensor (int8 for a
 full-integer model) and returns its raw output; `run` takes float input and returns float
-output, quantizing the input and dequantizing the output here, in one place. The engine
+output, checking its shape once and quantizing the input and dequantizing the output here, in
+one place. `close` (or leaving a `with` block) frees what the engine holds. The engine
 libraries are imported lazily: a missing one is an error naming the pip extra to install.
 numpy only otherwise: this package is imported on the device.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from edgetl.errors import ConfigError
+from edgetl.runtime.engines import table
+from edgetl.runtime.records import Record, record
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output as the engine sees it; scale/zero_point are set when it is quantized."""
+@record
+class TensorSpec(Record):
+    """One model input or output as the engine sees it (and as a bundle's manifest lists it);
+    scale/zero_point are set when it is quantized."""
 
     name: str
     shape: tuple[int, ...]
@@ -32,10 +36,6 @@ class TensorSpec:
     @cached_property  # asked on every frame
     def quantized(self) -> bool:
         return self.scale is not None and np.issubdtype(np.dtype(self.dtype), np.integer)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "scale": self.scale, "zero_point": self.zero_point}
 
 
 def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -53,29 +53,99 @@ def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 class Engine:
-    """Base: subclasses set `input`/`output` and implement `invoke` for one batch of the model's own size."""
+    """Base: a subclass sets `input`/`output` and implements `_invoke` (one batch of the model's own size)
+    and `_close` (free what it holds); `invoke`, `run` and `close` here check and convert, in one place.
+    An engine is a context manager: `with open_engine(...) as engine:` closes it on the way out."""
 
     name = "engine"
     input: TensorSpec
     output: TensorSpec
+    closed = False
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
+    @classmethod
+    def open(cls, path: Path, *, threads: int | None = None, precision: str = "fp32",
+             bundle_dir: Path | None = None) -> Engine:
+        """The one way `open_engine` makes any engine; an engine that needs more than the file overrides it."""
+        return cls(path, threads=threads)
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _close(self) -> None:
+        """Free the engine's resources (a session, an interpreter, device buffers)."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the engine's resources now; using it afterwards is an error. Closing twice is fine."""
+        if not self.closed:
+            self.closed = True
+            self._close()
+
+    def _refuse_closed(self) -> ConfigError:
+        return ConfigError(f"the {self.name} engine is closed", "open the model again (Model.load / engines.load)")
 
     @property
     def batch(self) -> int:
         return self.input.shape[0] if self.input.shape and self.input.shape[0] > 0 else 1
 
+    def invoke(self, x: np.ndarray) -> np.ndarray:
+        """The model's own input tensor (its dtype, its batch size) -> its raw output."""
+        if self.closed:
+            raise self._refuse_closed()
+        return self._invoke(x)
+
+    @cached_property
+    def _takes(self) -> str:
+        """What `run` takes, as the errors say it: "(N, 3, 64, 64) float32" ("?" for a dynamic dimension)."""
+        return f"({', '.join(['N'] + ['?' if d <= 0 else str(d) for d in self.input.shape[1:]])}) float32"
+
+    @cached_property
+    def _fixed_tail(self) -> tuple[int, ...] | None:
+        """The input's shape after the batch dimension when all of it is fixed (one tuple compare per frame)."""
+        tail = tuple(self.input.shape[1:])
+        return tail if all(d > 0 for d in tail) else None
+
+    def _fits(self, tail: tuple[int, ...]) -> bool:
+        """A shape without its batch dimension against the input's; a dynamic dimension takes any size."""
+        want = self.input.shape[1:]
+        return len(tail) == len(want) and all(d <= 0 or n == d for n, d in zip(tail, want, strict=True))
+
+    def _check_input(self, x: np.ndarray) -> None:
+        """Refuse, before any invoke, input the model would take wrongly: another shape (all but the batch
+        dimension), or values that are not floats (an integer array is most likely raw pixels)."""
+        fixed, rank = self._fixed_tail, len(self.input.shape)
+        fits = x.ndim == rank and (x.shape[1:] == fixed if fixed is not None else self._fits(x.shape[1:]))
+        if fits and x.dtype.kind == "f":
+            return
+        if fits:
+            hint = ("normalize the pixels first (PreprocessSpec.normalize; Model.predict does it)"
+                    if x.dtype.kind in "iub" else "pass a float array")
+        elif x.ndim == rank - 1 and self._fits(x.shape):
+            hint = "add the batch dimension: x[None]"
+        elif x.ndim == rank and sorted(x.shape[1:]) == sorted(self.input.shape[1:]):
+            hint = "transpose it to the model's layout (NCHW <-> NHWC)"
+        else:
+            hint = "resize and lay it out as the bundle's preprocess.json says (Model.predict does)"
+        raise ConfigError(f"the model takes {self._takes}, got {tuple(x.shape)} {x.dtype}", hint)
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """Float input of any batch size -> float output, in the model's batch size per invoke."""
-        x = np.asarray(x, np.float32)
+        if self.closed:
+            raise self._refuse_closed()
+        x = np.asarray(x)
+        self._check_input(x)
         if self.input.quantized:
             x = quantize(x, self.input)
         else:
             x = x.astype(self.input.dtype, copy=False)
         step = self.batch
         if len(x) == step:  # the common case on a device (one frame, batch 1): no copies
-            y = self.invoke(x)
+            y = self._invoke(x)
             return dequantize(y, self.output) if self.output.quantized else y.astype(np.float32, copy=False)
         outs = []
         for start in range(0, len(x), step):
@@ -83,50 +153,27 @@ class Engine:
             short = step - len(chunk)
             if short:  # static batch: pad the last chunk, drop the padding's outputs
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
-            outs.append(self.invoke(chunk)[: step - short])
+            outs.append(self._invoke(chunk)[: step - short])
         y = np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.output.shape[1:]), np.float32)
         return dequantize(y, self.output) if self.output.quantized else y.astype(np.float32, copy=False)
-
-
-ENGINES = {".onnx": "onnxruntime", ".tflite": "litert"}  # by model file type
 
 
 def load(path: str | Path, *, threads: int | None = None) -> Engine:
     """The engine for a model file, by its type: .onnx -> onnxruntime, .tflite -> LiteRT."""
     path = Path(path)
-    if path.suffix not in ENGINES:
-        raise ConfigError(f"no engine runs {path.name}", f"model files are one of: {', '.join(ENGINES)}")
+    row = table.for_suffix(path.suffix)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist", "export the run first: `edgetl export RUN`")
-    return open_engine(ENGINES[path.suffix], path, threads=threads)
-
-
-EXTRAS = {"onnxruntime": "runtime-ort", "litert": "runtime-litert", "edgetpu": "runtime-edgetpu",
-          "tensorrt": "runtime-tensorrt"}
+    return open_engine(row.name, path, threads=threads)
 
 
 def open_engine(name: str, path: str | Path, *, threads: int | None = None, precision: str = "fp32",
                 bundle_dir: Path | None = None) -> Engine:
     """The engine a bundle's manifest names, on its model file (TensorRT: built or taken from the
     bundle or the cache for this machine, at the manifest's precision)."""
-    path = Path(path)
-    if name == "onnxruntime":
-        from edgetl.runtime.engines.ort import OrtEngine
-
-        return OrtEngine(path, threads=threads)
-    if name == "litert":
-        from edgetl.runtime.engines.litert import LiteRTEngine
-
-        return LiteRTEngine(path, threads=threads)
-    if name == "edgetpu":
-        from edgetl.runtime.engines.edgetpu import EdgeTPUEngine
-
-        return EdgeTPUEngine(path, threads=threads)
-    if name == "tensorrt":
-        from edgetl.runtime.engines.tensorrt import TensorRTEngine
-
-        return TensorRTEngine(path, precision, bundle_dir=bundle_dir)
-    raise ConfigError(f"unknown engine {name!r} in the bundle", f"one of: {', '.join(EXTRAS)}; upgrade edgetl")
+    row = table.row(name)
+    engine_class = importlib.import_module(row.runtime).ENGINE
+    return engine_class.open(Path(path), threads=threads, precision=precision, bundle_dir=bundle_dir)
 
 
 def missing_engine(module: str, extra: str) -> ConfigError:

@@ -7,7 +7,10 @@ import platform
 from pathlib import Path
 
 from edgetl.errors import ConfigError
+from edgetl.runtime.engines import missing_engine, table
 from edgetl.runtime.engines.litert import LiteRTEngine
+
+ROW = table.of_module(__name__)
 
 # libedgetpu's name per OS, as pycoral loads it
 DELEGATE = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
@@ -21,7 +24,7 @@ def load_delegate(device: str | None = None):
         try:
             from tflite_runtime.interpreter import load_delegate as load
         except ImportError:
-            raise ConfigError("the LiteRT engine is not installed", "pip install 'edgetl[runtime-edgetpu]'") from None
+            raise missing_engine("LiteRT", ROW.extra) from None
     library = DELEGATE.get(platform.system(), DELEGATE["Linux"])
     try:
         return load(library, {"device": device} if device else {})
@@ -31,7 +34,10 @@ def load_delegate(device: str | None = None):
 
 
 class EdgeTPUEngine(LiteRTEngine):
-    name = "edgetpu"
+    name = ROW.name
 
     def __init__(self, path: Path, *, threads: int | None = None, device: str | None = None):
         super().__init__(path, threads=threads, delegates=[load_delegate(device)])
+
+
+ENGINE = EdgeTPUEngine

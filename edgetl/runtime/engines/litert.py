@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.runtime.engines import Engine, TensorSpec, missing_engine
+from edgetl.runtime.engines import Engine, TensorSpec, missing_engine, table
+
+ROW = table.of_module(__name__)
 
 
 def interpreter_class():
@@ -16,7 +18,7 @@ def interpreter_class():
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            raise missing_engine("LiteRT", "runtime-litert") from None
+            raise missing_engine("LiteRT", ROW.extra) from None
     return Interpreter
 
 
@@ -28,7 +30,7 @@ def _spec(detail: dict) -> TensorSpec:
 
 
 class LiteRTEngine(Engine):
-    name = "litert"
+    name = ROW.name
 
     def __init__(self, path: Path, *, threads: int | None = None, delegates: list | None = None):
         interpreter = interpreter_class()
@@ -39,7 +41,13 @@ class LiteRTEngine(Engine):
         self._in, self._out = i["index"], o["index"]
         self.input, self.output = _spec(i), _spec(o)
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self._in, x)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._out).copy()
+
+    def _close(self) -> None:
+        self.interpreter = None  # its tensors and delegates go with the last reference
+
+
+ENGINE = LiteRTEngine

@@ -19,18 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import ConfigError
-from edgetl.runtime.engines import Engine, TensorSpec, missing_engine
+from edgetl.runtime.engines import Engine, TensorSpec, missing_engine, table
 from edgetl.runtime.files import atomic_write
 
+ROW = table.of_module(__name__)
 WORKSPACE_BYTES = 1 << 30  # 1 GiB: TensorRT's tactic scratch; Jetsons share it with the CPU
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ROW.precisions
 
 
 def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise missing_engine("TensorRT", "runtime-tensorrt") from None
+        raise missing_engine("TensorRT", ROW.extra) from None
     return tensorrt
 
 
@@ -151,7 +152,7 @@ def import_cudart():
         except ImportError:
             from cuda import cudart
     except ImportError:
-        raise missing_engine("CUDA runtime (cuda-python)", "runtime-tensorrt") from None
+        raise missing_engine("CUDA runtime (cuda-python)", ROW.extra) from None
     return cudart
 
 
@@ -177,40 +178,51 @@ def bundled_engine(bundle_dir: Path | None, onnx_path: Path, precision: str, trt
 
 
 class TensorRTEngine(Engine):
-    """A TensorRT engine behind edgetl's engine interface (`input`, `output`, `invoke`): built from the
-    bundle's ONNX on first load (or taken from the bundle or cache when its key matches), with one
+    """A TensorRT engine behind edgetl's engine interface (`input`, `output`, `invoke`, `close`): built from
+    the bundle's ONNX on first load (or taken from the bundle or cache when its key matches), with one
     device buffer per IO tensor and one CUDA stream (TensorRT 8.5+/10 tensor-address API)."""
 
-    name = "tensorrt"
+    name = ROW.name
 
     def __init__(self, onnx_path: Path, precision: str, *, bundle_dir: Path | None = None, cache: Path | None = None,
                  trt=None, cudart=None):
         self.trt = trt or import_tensorrt()
         self.cudart = cudart or import_cudart()
+        self.runtime = self.engine = self.context = self.stream = None
+        self.buffers = {}
         capability = compute_capability()
         plan = bundled_engine(bundle_dir, onnx_path, precision, self.trt, capability)
         if plan is None:
             plan, _ = cached_engine(onnx_path, precision, cache=cache, trt=self.trt, capability=capability)
-        runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
+        self.runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))  # outlives its engine
+        self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
         if self.engine is None:  # a key that matched but an engine TensorRT refuses: rebuild, never guess
             Path(plan).unlink(missing_ok=True)
             plan, _ = cached_engine(onnx_path, precision, cache=cache, trt=self.trt, capability=capability)
-            self.engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
-        self.context = self.engine.create_execution_context()
-        self.stream = _check(self.cudart.cudaStreamCreate())
-        specs, self.buffers = {}, {}
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            shape = tuple(int(d) for d in self.engine.get_tensor_shape(name))
-            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
-            mode = "input" if self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT else "output"
-            self.buffers[name] = _check(self.cudart.cudaMalloc(int(np.prod(shape)) * dtype.itemsize))
-            self.context.set_tensor_address(name, int(self.buffers[name]))
-            specs.setdefault(mode, TensorSpec(name, shape, dtype.name))
-        self.input, self.output = specs["input"], specs["output"]
+            self.engine = self.runtime.deserialize_cuda_engine(Path(plan).read_bytes())
+        try:
+            self.context = self.engine.create_execution_context()
+            self.stream = _check(self.cudart.cudaStreamCreate())
+            specs = {}
+            for i in range(self.engine.num_io_tensors):
+                name = self.engine.get_tensor_name(i)
+                shape = tuple(int(d) for d in self.engine.get_tensor_shape(name))
+                dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+                mode = "input" if self.engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT else "output"
+                self.buffers[name] = _check(self.cudart.cudaMalloc(int(np.prod(shape)) * dtype.itemsize))
+                self.context.set_tensor_address(name, int(self.buffers[name]))
+                specs.setdefault(mode, TensorSpec(name, shape, dtype.name))
+            self.input, self.output = specs["input"], specs["output"]
+        except BaseException:  # a half-made engine frees what it got
+            self.close()
+            raise
 
-    def invoke(self, x: np.ndarray) -> np.ndarray:
+    @classmethod
+    def open(cls, path: Path, *, threads: int | None = None, precision: str = "fp32",
+             bundle_dir: Path | None = None) -> TensorRTEngine:
+        return cls(path, precision, bundle_dir=bundle_dir)
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=self.input.dtype)
         out = np.empty(self.output.shape, self.output.dtype)
         kind = self.cudart.cudaMemcpyKind
@@ -223,7 +235,18 @@ class TensorRTEngine(Engine):
         _check(self.cudart.cudaStreamSynchronize(self.stream))
         return out
 
-    def close(self) -> None:
+    def _close(self) -> None:
+        """The execution context before its engine, the engine before its runtime (TensorRT's order), then
+        the device buffers and the stream. Every invoke synchronized its stream: nothing is in flight."""
+        self.context = None
+        self.engine = None
+        self.runtime = None
         for ptr in self.buffers.values():
             self.cudart.cudaFree(ptr)
         self.buffers = {}
+        if self.stream is not None:
+            self.cudart.cudaStreamDestroy(self.stream)
+            self.stream = None
+
+
+ENGINE = TensorRTEngine

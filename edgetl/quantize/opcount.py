@@ -11,6 +11,7 @@ ONNX_BOOKKEEPING = {"QuantizeLinear", "DequantizeLinear", "Constant", "Reshape",
                     "Transpose", "Shape", "Gather", "Concat", "Identity", "Cast"}
 TFLITE_BOOKKEEPING = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "PAD", "PADV2", "CONCATENATION",
                       "DELEGATE"}
+INTEGER_TYPES = {"int8", "uint8", "int16", "uint16", "int32", "int64"}  # tflite_graph's names for them
 WEIGHTED = {"Conv", "Gemm", "MatMul", "ConvTranspose", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
             "TRANSPOSE_CONV", "BATCH_MATMUL"}
 
@@ -35,18 +36,12 @@ class OpCount:
                 "float_nodes": list(self.float_nodes)}
 
 
-def onnx_ops(path: Path) -> OpCount:
+def count_onnx(path: Path) -> OpCount:
     """QDQ ONNX: an op runs in int8 when every input comes through a DequantizeLinear and its output
     goes straight into a QuantizeLinear (the pattern onnxruntime fuses into an integer kernel)."""
-    import onnx
+    from edgetl.backends.onnx_graph import load_onnx
 
-    from edgetl.errors import ConfigError
-
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf raises DecodeError and friends on a damaged file
-        raise ConfigError(f"{path} is not a valid ONNX model ({type(exc).__name__})",
-                          "pass a .onnx file written by an ONNX exporter") from None
+    model = load_onnx(path)
     produced_by = {out: node for node in model.graph.node for out in node.output}
     consumers: dict[str, list] = {}
     for node in model.graph.node:
@@ -71,39 +66,22 @@ def onnx_ops(path: Path) -> OpCount:
     return OpCount(int8, flt, tuple(float_nodes))
 
 
-def tflite_ops(path: Path) -> OpCount:
-    """TFLite: an op runs in int8 when its output tensor is an integer type (read without delegates)."""
-    import numpy as np
+def count_tflite(path: Path) -> OpCount:
+    """TFLite: an op runs in int8 when its output tensors are all of an integer type (the file as written,
+    read by `tflite_graph`: no interpreter, no delegate)."""
+    from edgetl.backends import tflite_graph
 
-    from edgetl.runtime.engines.litert import interpreter_class
-
-    try:
-        from ai_edge_litert.interpreter import OpResolverType
-
-        kwargs = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
-    except ImportError:
-        kwargs = {}
-    from edgetl.console import silenced
-    from edgetl.errors import ConfigError
-
-    try:
-        with silenced():
-            interpreter = interpreter_class()(model_path=str(path), **kwargs)
-    except ValueError as exc:  # "The model is not a valid Flatbuffer buffer" and the like
-        raise ConfigError(f"{path} is not a valid TFLite model ({str(exc).splitlines()[0]})",
-                          "pass a .tflite file written by a TFLite converter") from None
-    dtypes = {d["index"]: np.dtype(d["dtype"]) for d in interpreter.get_tensor_details()}
     int8, flt, float_nodes = Counter(), Counter(), []
-    for op in interpreter._get_ops_details():  # the only public view of the op list without a flatbuffer parser
-        if op["op_name"] in TFLITE_BOOKKEEPING:
+    for op in tflite_graph.read(path).ops:
+        if op.op in TFLITE_BOOKKEEPING:
             continue
-        if all(np.issubdtype(dtypes[o], np.integer) for o in op["outputs"] if o >= 0):
-            int8[op["op_name"]] += 1
+        if all(t.dtype in INTEGER_TYPES for t in op.outputs):
+            int8[op.op] += 1
         else:
-            flt[op["op_name"]] += 1
-            float_nodes.append(f"{op['op_name']}#{op['index']}")
+            flt[op.op] += 1
+            float_nodes.append(op.name)
     return OpCount(int8, flt, tuple(float_nodes))
 
 
 def count(path: Path) -> OpCount:
-    return onnx_ops(path) if Path(path).suffix == ".onnx" else tflite_ops(path)
+    return count_onnx(path) if Path(path).suffix == ".onnx" else count_tflite(path)

@@ -1,0 +1,384 @@
+"""The run dir, the one place that knows its layout, and the typed records its stages leave.
+
+    RUN/finetune.json            FinetuneRecord   (fine-tune / pretrain)
+    RUN/labels.json              the class names, in label order
+    RUN/preprocess.json          PreprocessSpec   (created here, once)
+    RUN/head.npz, checkpoint.pt  the head (W, b) and the trained weights
+    RUN/export/FORMAT/           ExportRecord (export.json), backbone/model files, the spec with its layout
+    RUN/quantize/FORMAT/         QuantizeRecord (quantize.json), the int8 backbone, the spec with its input scale
+    RUN/bundles/TARGET           the default place of `edgetl compile`'s bundle
+
+Every stage reads what an earlier one wrote through `RunDir`, so a damaged file is one
+`RunError` naming it (never a KeyError), and no other module builds a run-dir path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgetl.errors import RunError
+from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.runtime.records import Record, RecordError, record
+
+HINT = "the run is damaged; fine-tune again or restore it"
+RUN_RECORD = "finetune.json"
+LABELS = "labels.json"
+SPEC = "preprocess.json"
+HEAD = "head.npz"
+CHECKPOINT = "checkpoint.pt"
+EXPORT_RECORD = "export.json"
+QUANTIZE_RECORD = "quantize.json"
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
+EXPORT_DIR, QUANTIZE_DIR, BUNDLES_DIR = "export", "quantize", "bundles"  # the stages' dirs inside a run
+RUN_FILES = frozenset({RUN_RECORD, LABELS, SPEC, HEAD, CHECKPOINT})  # what a fine-tune writes
+STAGE_FILES = frozenset({HEAD, LABELS, SPEC})  # beside every export and quantize artifact
+
+
+def damaged(path: Path, why: str) -> RunError:
+    return RunError(f"{path} is damaged: {why}", HINT)
+
+
+# -- the records ---------------------------------------------------------------------------
+
+
+@record
+class RunData(Record):
+    """Where a run's images came from (absolute paths: later stages read them from anywhere)."""
+
+    train_dir: str
+    val_dir: str | None
+    test_dir: str | None
+    train: int
+    val: int
+    test: int | None
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+@record
+class FinetuneRecord(Record):
+    """What a fine-tune (or pretrain) run measured; top-1 figures in percent (0-100)."""
+
+    OPTIONAL_KEYS = frozenset({"schema_version"})  # runs written before records were versioned
+
+    stage: str
+    backbone: str
+    weights: str
+    classes: int
+    img_size: int
+    freeze: str
+    trainable_stages: tuple[str, ...]
+    val_top1: float
+    test_top1: float | None
+    epochs: int
+    head_epochs: int
+    best_epoch: int
+    seconds: float
+    seconds_embed: float
+    seconds_head: float
+    seconds_finetune: float
+    world_size: int
+    data: RunData
+    versions: dict[str, str]
+    config: dict[str, Any]
+    history: tuple[dict[str, Any], ...] = ()
+    schema_version: int = 1
+
+
+@record
+class ExportFiles(Record):
+    backbone: str
+    model: str
+    head: str
+
+
+@record
+class InputInfo(Record):
+    shape: tuple[int, ...]
+    layout: str
+    dtype: str
+
+
+@record
+class ExportRecord(Record):
+    """One format's export: files, input, sizes, and the parity check against PyTorch."""
+
+    OPTIONAL_KEYS = frozenset({"schema_version"})
+
+    format: str
+    backbone: str
+    run: str
+    files: ExportFiles
+    input: InputInfo
+    embedding_dim: int
+    classes: int
+    sizes_bytes: dict[str, int]
+    parity: dict[str, Any]
+    seconds: float
+    versions: dict[str, str]
+    schema_version: int = 1
+
+
+@record
+class QuantizeRecord(Record):
+    """One format's int8 result. `fp32_top1`/`int8_top1` are top-1 in percent (0-100, 2 decimals),
+    `drop` is in points of it; `search` says how the float-layer search went and what ended it."""
+
+    OPTIONAL_KEYS = frozenset({"schema_version"})
+
+    format: str
+    run: str
+    backbone: str
+    file: str
+    method: str
+    method_requested: str
+    max_drop: float
+    float_layers: tuple[str, ...]
+    eval: str
+    images: int
+    fp32_top1: float
+    int8_top1: float
+    drop: float
+    agreement: float
+    test: dict[str, Any] | None
+    trials: tuple[dict[str, Any], ...]
+    sensitivity_db: tuple[tuple[str, float], ...]
+    search: dict[str, Any] | None
+    calibration: dict[str, Any]
+    ops: dict[str, Any]
+    int8_verified: bool
+    io: dict[str, Any]
+    sizes_bytes: dict[str, int]
+    latency_ms: dict[str, dict[str, float]]
+    int8_over_fp32_latency: float
+    seconds: float
+    versions: dict[str, str]
+    schema_version: int = 1
+
+    def accuracy(self, precision: str) -> dict:
+        """The figures a bundle records for the fp32 or int8 model (top-1 in percent)."""
+        key = "int8_top1" if precision == "int8" else "fp32_top1"
+        out = {"top1": self[key], "split": self.eval, "images": self.images}
+        if self.test:
+            out["test_top1"] = self.test[key]
+        return out
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read_record(cls: type[Record], path: Path):
+    """`cls` from the JSON file `path`; a damaged file is a RunError naming it."""
+    try:
+        return cls.read(path)
+    except RecordError as exc:
+        raise damaged(path, str(exc).removeprefix(f"{path}: ").removeprefix(f"{path}.")) from None
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """labels.json: the class names in label order, a non-empty list of distinct strings."""
+    try:
+        labels = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise damaged(path, f"not valid JSON ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(c, str) for c in labels) \
+            or len(set(labels)) != len(labels):
+        raise damaged(Path(path), "expected a list of distinct class names")
+    return tuple(labels)
+
+
+def read_spec(path: Path) -> PreprocessSpec:
+    """preprocess.json as a PreprocessSpec (its size, mean and std checked)."""
+    try:
+        return PreprocessSpec.from_json(Path(path).read_bytes(), str(path))
+    except (RecordError, TypeError) as exc:
+        why = str(exc).removeprefix(f"{path}: ").removeprefix(f"{path}.")
+        raise damaged(path, why if "not valid JSON" in why else f"not a preprocessing spec ({why})") from None
+
+
+def read_head(path: Path, classes: int) -> None:
+    """head.npz: W (classes x dim) and b (classes), finite; what a bundle ships as its head."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            W, b = np.asarray(data["W"]), np.asarray(data["b"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise damaged(path, f"not a head ({exc.__class__.__name__})") from None
+    if W.ndim != 2 or W.shape[0] != classes or b.shape != (classes,) or not np.isfinite(W).all():
+        raise damaged(path, f"W {W.shape} and b {b.shape} do not fit {classes} classes, or hold NaN/inf")
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """RUN/export/FORMAT or RUN/quantize/FORMAT: one stage's output in one format, with the
+    labels, head and spec of the artifact beside it (what a bundle packs)."""
+
+    path: Path
+    format: str
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / SPEC
+
+    @property
+    def head(self) -> Path:
+        return self.path / HEAD
+
+    @property
+    def labels(self) -> Path:
+        return self.path / LABELS
+
+    def spec(self) -> PreprocessSpec:
+        return read_spec(self.spec_file)
+
+    RECORD: ClassVar[str] = ""
+
+    @property
+    def record_file(self) -> Path:
+        return self.path / self.RECORD
+
+    @classmethod
+    def fill(cls, staged: Path, run: RunDir, spec: PreprocessSpec, record: Record) -> None:
+        """Write a stage's small files into its staged dir: the run's head and labels beside the
+        artifact, the spec with what this stage added, and its record."""
+        shutil.copy2(run.head, staged / HEAD)
+        shutil.copy2(run.labels_file, staged / LABELS)
+        (staged / SPEC).write_text(spec.to_json())
+        record.write(staged / cls.RECORD)
+
+
+@dataclass(frozen=True)
+class ExportDir(StageDir):
+    RECORD: ClassVar[str] = EXPORT_RECORD
+
+    def record(self) -> ExportRecord:
+        return read_record(ExportRecord, self.record_file)
+
+    @property
+    def backbone(self) -> Path:
+        return self.path / self.record().files.backbone
+
+    @property
+    def model(self) -> Path:
+        return self.path / self.record().files.model
+
+    @staticmethod
+    def names(fmt: str) -> tuple[str, str]:
+        """The file names export writes: (backbone, combined model)."""
+        return f"backbone{FORMATS[fmt]}", f"model{FORMATS[fmt]}"
+
+
+@dataclass(frozen=True)
+class QuantizeDir(StageDir):
+    RECORD: ClassVar[str] = QUANTIZE_RECORD
+
+    def record(self) -> QuantizeRecord:
+        return read_record(QuantizeRecord, self.record_file)
+
+    @property
+    def model(self) -> Path:
+        return self.path / self.record().file
+
+    @staticmethod
+    def name(fmt: str) -> str:
+        return f"backbone_int8{FORMATS[fmt]}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run dir: its files and each stage's output, by name, read checked."""
+
+    path: Path
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    # files of the run itself
+    @property
+    def record_file(self) -> Path:
+        return self.path / RUN_RECORD
+
+    @property
+    def labels_file(self) -> Path:
+        return self.path / LABELS
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / SPEC
+
+    @property
+    def head(self) -> Path:
+        return self.path / HEAD
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def is_run(self) -> bool:
+        return self.path.is_dir() and self.record_file.is_file()
+
+    def missing(self) -> list[str]:
+        """The files a complete run has and this one lacks."""
+        return [n for n in (RUN_RECORD, CHECKPOINT, LABELS, SPEC) if not (self.path / n).is_file()]
+
+    @cached_property
+    def record(self) -> FinetuneRecord:
+        return read_record(FinetuneRecord, self.record_file)
+
+    @cached_property
+    def labels(self) -> tuple[str, ...]:
+        return read_labels(self.labels_file)
+
+    @cached_property
+    def spec(self) -> PreprocessSpec:
+        return read_spec(self.spec_file)
+
+    @cached_property
+    def record_id(self) -> str:
+        """A short hash of the run record's bytes: what a bundle names its run by."""
+        import hashlib
+
+        return hashlib.sha256(self.record_file.read_bytes()).hexdigest()[:16]
+
+    def check(self) -> FinetuneRecord:
+        """Read every small file once (record, labels, spec, head) so that later readers meet only
+        sound files; returns the run record."""
+        record = self.record
+        labels = self.labels
+        self.spec  # noqa: B018 - read to check it
+        if self.head.exists():
+            read_head(self.head, len(labels))
+        return record
+
+    # the stages' outputs
+    def export_dir(self, fmt: str) -> ExportDir:
+        return ExportDir(self.path / EXPORT_DIR / fmt, fmt)
+
+    def quantize_dir(self, fmt: str) -> QuantizeDir:
+        return QuantizeDir(self.path / QUANTIZE_DIR / fmt, fmt)
+
+    def exported(self, fmt: str) -> ExportDir | None:
+        """The export in `fmt`, when there is one."""
+        d = self.export_dir(fmt)
+        return d if d.record_file.is_file() else None
+
+    def quantized(self, fmt: str) -> QuantizeDir | None:
+        """The int8 result in `fmt`, when there is one."""
+        d = self.quantize_dir(fmt)
+        return d if d.record_file.is_file() else None
+
+    def bundle_dir(self, target: str) -> Path:
+        return self.path / BUNDLES_DIR / target
+
+    def write_files(self, into: Path, *, labels: tuple[str, ...], spec: PreprocessSpec, record: Record) -> None:
+        """A fine-tune's own small files into the staged dir `into` (the weights are torch's to write)."""
+        (into / LABELS).write_text(json.dumps(list(labels), indent=2))
+        (into / SPEC).write_text(spec.to_json())
+        record.write(into / RUN_RECORD)

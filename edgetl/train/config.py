@@ -1,0 +1,70 @@
+"""What one fine-tune (or pretrain) run needs, as one frozen dataclass: the API takes it and the
+CLI's flags are derived from its fields (name, type, default and help), so the three never drift.
+No torch here: `edgetl --help` and the parser build without it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _opt(default, help: str, **cli):
+    """A field with its CLI help; `cli` may name the flag (`flag="--no-augment"` for a bool that
+    defaults to True) or make it required."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything one fine-tune (or pretrain) run needs; the CLI builds exactly this."""
+
+    data: Path = field(metadata={"help": "ImageFolder dir: DATA/<class>/*.png|jpg|ppm|bmp", "required": True})
+    out: Path = field(metadata={"help": "run dir to write, e.g. runs/city-b", "required": True})
+    backbone: str | None = _opt(None, "registered backbone (see `edgetl backbones`); default: the --weights "
+                                "run's, else efficientnet_lite0")
+    weights: str | None = _opt(None, "imagenet (default) | none | torchvision weights name | state_dict path | "
+                               "run dir")
+    val: Path | None = _opt(None, "val ImageFolder dir (default: a seeded split of --data)")
+    test: Path | None = _opt(None, "test ImageFolder dir; its top-1 goes into the run record")
+    freeze: str = _opt("none", "all (head only) | none (default) | until:STAGE")
+    epochs: int = _opt(10, "epochs with unfrozen stages (default 10)")
+    head_epochs: int = _opt(60, "head-only epochs on cached embeddings (default 60)")
+    img_size: int | None = _opt(None, "model input size in px (default: the weights run's, else 96)")
+    resize: str = _opt("stretch", "stretch (whole crop, default) | crop (centre crop)")
+    batch_size: int = _opt(32, "images per step (default 32)")
+    lr: float = _opt(1e-3, "fine-tuning learning rate (default 1e-3); the head-only phase uses 3 x lr")
+    backbone_lr_scale: float = _opt(1.0, "unfrozen stages learn at lr x this (default 1.0; e.g. 0.1 for gentler "
+                                    "updates)")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay (default 1e-4)")
+    patience: int = _opt(4, "early stopping: epochs without val gain (default 4)")
+    val_fraction: float = _opt(0.2, "share of --data held out for val when no --val is given (default 0.2)")
+    seed: int = _opt(0, "seed of the split, the augmentation and the initialisation (default 0)")
+    strict: bool = _opt(False, "refuse unreadable images instead of skipping them")
+    augment: bool = _opt(True, "train without augmentation", flag="--no-augment")
+    force: bool = _opt(False, "replace an existing run dir")
+    stage: str = field(default="finetune", metadata={"cli": False})  # set by the command: finetune | pretrain
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per field: `--img-size` for `img_size`, typed by the field's annotation."""
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if meta.get("cli") is False:
+                continue
+            flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+            kind = f.type.split(" | ")[0] if isinstance(f.type, str) else f.type
+            if kind == "bool":
+                parser.add_argument(flag, dest=f.name, action="store_false" if f.default else "store_true",
+                                    help=meta["help"])
+                continue
+            types = {"Path": Path, "int": int, "float": float, "str": str}
+            parser.add_argument(flag, dest=f.name, type=types[kind], required=meta.get("required", False),
+                                default=None if f.default is dataclasses.MISSING else f.default, help=meta["help"])
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **given) -> FinetuneConfig:
+        """The config the flags of `add_flags` parsed into (plus `given`, e.g. the stage)."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                      if f.metadata.get("cli") is not False}, **given)
