@@ -29,8 +29,8 @@ from edgetl.console import Console
 from edgetl.data.imagefolder import load_images
 from edgetl.quantize import load_record, quantize
 from edgetl.runtime import engines
-from edgetl.runtime.bundle import open_bundle
 from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.runtime.verify import open_bundle
 from edgetl.train.finetune import FinetuneConfig, finetune
 from edgetl.train.run import load_run, split_samples
 

@@ -57,7 +57,7 @@ def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) ->
     h, w = spec.size
     cap = max(len(classes), int(MAX_MB * 2**20 // (h * w * 3)))
     chosen = stratified(samples, min(per_class * len(classes), cap), seed)
-    loaded = load_images(chosen, spec.size, spec.resize)
+    loaded = load_images(chosen, spec.size, spec.resize, interpolation=spec.interpolation)
     if len(loaded.labels) == 0:
         return None
     labels = np.array([classes[i] for i in loaded.labels])

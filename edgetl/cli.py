@@ -248,14 +248,14 @@ def _print_report(report, console) -> None:
 
 def _cmd_deploy(args, console) -> int:
     from edgetl import devices
-    from edgetl.devices.deploy import deploy, deploy_fleet, deploy_summary, fleet_exit_code
+    from edgetl.devices.deploy import deploy, deploy_fleet, fleet_exit_code
 
     if args.device:
         r = deploy(args.bundle, devices.load(args.device), timeout=args.timeout, key=args.device_key)
         if args.json:
-            print(json.dumps(r))
+            print(json.dumps(r.to_dict()))
         else:
-            console.log(deploy_summary(r))
+            console.log(r.summary())
         return 0
     from edgetl.check import manifest_of, paired
 
@@ -265,12 +265,11 @@ def _cmd_deploy(args, console) -> int:
     results = deploy_fleet(args.bundle, chosen, timeout=args.timeout, key=args.device_key)
     if args.json:
         for r in results:
-            print(json.dumps(r))
+            print(json.dumps(r.to_dict()))
     else:
-        rows = [[r["device"], r["status"], r.get("active", "-"),
-                 r["runtime"] + (" (installed)" if r["runtime_installed"] else "") if "runtime" in r else "-",
-                 f"{r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s" if "bytes" in r else "-", r["error"] or "-"]
-                for r in results]
+        rows = [[r.device, r.status, d.active, d.runtime + (" (installed)" if d.runtime_installed else ""),
+                 f"{d.bytes / 1e6:.1f} MB in {d.seconds:.1f} s", r.error or "-"] if (d := r.deployment) else
+                [r.device, r.status, "-", "-", "-", r.error or "-"] for r in results]
         skipped = [d.name for d in fleet if d not in chosen]
         console.table(f"deploy {manifest.name} ({manifest.target}, {manifest.engine} {manifest.precision})",
                       ["device", "status", "active", "runtime", "copied", "why"], rows)
@@ -322,9 +321,7 @@ def _cmd_devices(args, console) -> int:
     probes = devices.probe_all(fleet, args.timeout)
     if args.json:
         for d, p in zip(fleet, probes, strict=True):
-            print(json.dumps({"name": d.name, "target": d.target.name, "transport": d.transport, "address": d.address,
-                              "tags": list(d.tags), "file": str(d.file), "reachable": p.reachable, "arch": p.arch,
-                              "python": p.python, "reason": p.reason}))
+            print(json.dumps(d.summary() | p.to_dict()))
     else:
         rows = [[d.name, d.target.name, d.transport, d.address, ", ".join(d.tags) or "-",
                  f"yes ({p.arch}, Python {p.python})" if p.reachable else f"no: {p.reason}"]
@@ -358,14 +355,14 @@ def _cmd_compile(args, console) -> int:
 
 def _cmd_bundle(args, console) -> int:
     if args.bundle_command == "keygen":
-        from edgetl.bundle import keygen
+        from edgetl.pack import keygen
 
         private, public = keygen(args.key)
         console.log(f"wrote {private} (keep it secret) and {public} (give it to the devices)")
         return 0
     import tempfile
 
-    from edgetl.runtime.bundle import BundleError, open_bundle, public_key_id
+    from edgetl.runtime.verify import BundleError, open_bundle, public_key_id
 
     with tempfile.TemporaryDirectory(prefix="edgetl-verify-") as tmp:  # an archive is checked unpacked here
         b = open_bundle(args.bundle, key=args.key, machine=None if args.this_machine else "any", unpack_to=Path(tmp))
@@ -481,18 +478,18 @@ def _cmd_quantize(args, console) -> int:
                           SearchBudget.seconds if args.search_seconds is None else args.search_seconds).check()
     r = quantize(args.run, args.calib, fmt=args.format, method=args.method, max_drop=args.max_drop,
                  split=args.split, data=args.data, io=args.io, search=search, console=console)
-    lat = r["latency_ms"]
-    console.log(f"quantize ({r['format']}, {r['method']}) -> {args.run}/quantize/{r['format']}")
-    console.table(f"quantize {r['format']} ({r['method']})", ["", "top-1 %", "MB", "p50 ms (1 thread)"],
-                  [["fp32", percent(r["fp32_top1"]), f"{r['sizes_bytes']['fp32'] / 1e6:.1f}", lat["fp32"]["p50_ms"]],
-                   ["int8", percent(r["int8_top1"]), f"{r['sizes_bytes']['int8'] / 1e6:.1f}", lat["int8"]["p50_ms"]]])
-    floats = ", ".join(r["float_layers"]) or "none"
-    console.log(f"drop {r['drop']:.2f} points (budget {r['max_drop']}), agreement {r['agreement']:.1%} on {r['eval']}; "
-                f"int8 verified: {r['ops']['int8_ops']} int8 ops, {r['ops']['float_ops']} float; "
-                f"float layers: {floats}; int8/fp32 latency {r['int8_over_fp32_latency']:.2f}x")
-    if r["test"]:
-        console.log(f"test split: fp32 {percent(r['test']['fp32_top1'])}, int8 {percent(r['test']['int8_top1'])} "
-                    f"(drop {r['test']['drop']:.2f})")
+    lat, size = r.latency_ms, r.sizes_bytes
+    console.log(f"quantize ({r.format}, {r.method}) -> {args.run}/quantize/{r.format}")
+    console.table(f"quantize {r.format} ({r.method})", ["", "top-1 %", "MB", "p50 ms (1 thread)"],
+                  [["fp32", percent(r.fp32_top1), f"{size['fp32'] / 1e6:.1f}", lat["fp32"]["p50_ms"]],
+                   ["int8", percent(r.int8_top1), f"{size['int8'] / 1e6:.1f}", lat["int8"]["p50_ms"]]])
+    floats = ", ".join(r.float_layers) or "none"
+    console.log(f"drop {r.drop:.2f} points (budget {r.max_drop:g}), agreement {r.agreement:.1%} on {r.eval}; "
+                f"int8 verified: {r.ops['int8_ops']} int8 ops, {r.ops['float_ops']} float; "
+                f"float layers: {floats}; int8/fp32 latency {r.int8_over_fp32_latency:.2f}x")
+    if r.test:
+        console.log(f"test split: fp32 {percent(r.test['fp32_top1'])}, int8 {percent(r.test['int8_top1'])} "
+                    f"(drop {r.test['drop']:.2f})")
     return 0
 
 

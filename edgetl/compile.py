@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgetl import backends, bundle, fsutil, targets
+from edgetl import backends, fsutil, pack, targets
 from edgetl.backends import CompatibilityReport, Source
 from edgetl.console import QUIET, Console
 from edgetl.errors import ConfigError
@@ -37,12 +37,12 @@ def compile_bundle(source: str | Path, target: str | Path, out: str | Path | Non
                           "use --dry-run to check a model file against a target")
     out = Path(out) if out is not None else src.run.bundle_dir(t.name)
     fsutil.claim_bundle(out, force=force, inputs=[src.path])
-    if sign is not None and Path(sign).resolve() in (out.resolve(), bundle.archive_path(out).resolve()):
+    if sign is not None and Path(sign).resolve() in (out.resolve(), pack.archive_path(out).resolve()):
         raise ConfigError(f"--sign {sign} is the bundle's own output", "keep signing keys outside the bundle")
     backend = backends.for_target(t)
     with tempfile.TemporaryDirectory(prefix="edgetl-compile-") as work:
         artifacts = backend.compile(src, t, Path(work), allow_cpu_only=allow_cpu_only)
-        manifest = bundle.write(out, src, t, artifacts, sign=Path(sign) if sign else None, force=force)
+        manifest = pack.write(out, src, t, artifacts, sign=Path(sign) if sign else None, force=force)
     console.log(f"{t.name}: {artifacts.engine} {artifacts.precision} ({artifacts.choice}) -> {out} and "
                 f"{out.name}.tar.gz")
     if artifacts.deferred:

@@ -75,7 +75,7 @@ class DeviceUnderTest:
 
     @property
     def emulated(self) -> bool:
-        return self.device.emulation
+        return self.device.is_emulated
 
     def check(self):
         """The bundle deployed, timed and scored on this device: an `edgetl.check.Result`."""

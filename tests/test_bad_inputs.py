@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl import bundle
+from edgetl import pack
 from edgetl.cli import main
 from edgetl.compile import compile_bundle
 from edgetl.errors import EdgetlError
@@ -48,7 +48,7 @@ def ws(quantized_run, signs, tmp_path_factory) -> Path:
     run = Path(shutil.copytree(quantized_run, root / "run"))
     shutil.copytree(signs["train"], root / "data")
     compile_bundle(run, "host-cpu", root / "bundles" / "host")
-    key, pub = bundle.keygen(root / "keys" / "fleet")
+    key, pub = pack.keygen(root / "keys" / "fleet")
     compile_bundle(run, "host-cpu", root / "bundles" / "signed", sign=key)
     compile_bundle(run, "host-cpu", root / "bundles" / "tampered")
     (root / "bundles" / "tampered" / "head.npz").write_bytes(b"not a head")

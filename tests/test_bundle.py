@@ -6,12 +6,12 @@ import tarfile
 import numpy as np
 import pytest
 
-from edgetl import bundle
+from edgetl import pack
 from edgetl.cli import main
 from edgetl.compile import compile_bundle
 from edgetl.errors import ConfigError, OutputError
 from edgetl.runtime import Model, engines
-from edgetl.runtime.bundle import BundleError, open_bundle
+from edgetl.runtime.verify import BundleError, open_bundle
 
 HOST = "x86_64"
 
@@ -118,8 +118,8 @@ def test_an_archive_that_would_escape_is_refused_before_unpacking(tmp_path, name
 
 
 def test_signed_bundles_verify_with_the_right_key_only(compiled_run, tmp_path, capsys):
-    key, pub = bundle.keygen(tmp_path / "key")
-    _, other = bundle.keygen(tmp_path / "other")
+    key, pub = pack.keygen(tmp_path / "key")
+    _, other = pack.keygen(tmp_path / "other")
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     compile_bundle(compiled_run, "host-cpu", tmp_path / "signed", sign=key)
     b = open_bundle(tmp_path / "signed", key=pub, machine=HOST)
@@ -205,11 +205,11 @@ def _resign(folder, key, **changes):
     m.update(changes)
     text = json.dumps(m, indent=2, sort_keys=True).encode() + b"\n"
     (folder / "manifest.json").write_bytes(text)
-    (folder / "manifest.json.sig").write_bytes(bundle._private_key(key).sign(text))
+    (folder / "manifest.json.sig").write_bytes(pack._private_key(key).sign(text))
 
 
 def test_a_signed_bundle_carries_its_signers_key_and_verify_checks_it_without_key(compiled_run, tmp_path, capsys):
-    key, pub = bundle.keygen(tmp_path / "key")
+    key, pub = pack.keygen(tmp_path / "key")
     compile_bundle(compiled_run, "host-cpu", tmp_path / "a" / "signed", sign=key)
     compile_bundle(compiled_run, "host-cpu", tmp_path / "b" / "signed", sign=key)
     assert (tmp_path / "a" / "signed.tar.gz").read_bytes() == (tmp_path / "b" / "signed.tar.gz").read_bytes()
@@ -233,8 +233,8 @@ def test_a_signed_bundle_carries_its_signers_key_and_verify_checks_it_without_ke
 
 
 def test_verify_says_when_the_key_given_is_not_the_signers(compiled_run, tmp_path, capsys):
-    key, _ = bundle.keygen(tmp_path / "key")
-    other_key, other = bundle.keygen(tmp_path / "other")
+    key, _ = pack.keygen(tmp_path / "key")
+    other_key, other = pack.keygen(tmp_path / "other")
     compile_bundle(compiled_run, "host-cpu", tmp_path / "signed", sign=key)
     embedded = json.loads((tmp_path / "signed" / "manifest.json").read_text())["signer"]["id"]
     code, err = _verify(capsys, tmp_path / "signed", "--key", other)
@@ -248,7 +248,7 @@ def test_verify_says_when_the_key_given_is_not_the_signers(compiled_run, tmp_pat
 
 
 def test_a_signed_bundle_naming_no_signer_is_not_called_ok_without_a_key(compiled_run, tmp_path, capsys):
-    key, pub = bundle.keygen(tmp_path / "key")
+    key, pub = pack.keygen(tmp_path / "key")
     compile_bundle(compiled_run, "host-cpu", tmp_path / "old", sign=key)
     _resign(tmp_path / "old", key, signer=None)  # as an edgetl before embedded signers signed it
     code, err = _verify(capsys, tmp_path / "old")
@@ -257,7 +257,7 @@ def test_a_signed_bundle_naming_no_signer_is_not_called_ok_without_a_key(compile
 
 
 def test_a_signature_removed_from_a_bundle_that_names_its_signer_is_refused(compiled_run, tmp_path, capsys):
-    key, _ = bundle.keygen(tmp_path / "key")
+    key, _ = pack.keygen(tmp_path / "key")
     compile_bundle(compiled_run, "host-cpu", tmp_path / "signed", sign=key)
     (tmp_path / "signed" / "manifest.json.sig").unlink()
     code, err = _verify(capsys, tmp_path / "signed")

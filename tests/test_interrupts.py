@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgetl.runtime.bundle import open_bundle
 from edgetl.runtime.lifecycle import process_scope, signals_held
+from edgetl.runtime.verify import open_bundle
 from tests.standins import tiny_fs
 
 HOST = "x86_64"

@@ -87,7 +87,7 @@ class Plan:
     timeout_s: float = 600.0
 
     def args(self, device: Device) -> list[str]:
-        if device.emulation:
+        if device.is_emulated:
             args = ["--runs", str(EMULATED_RUNS), "--warmup", str(EMULATED_WARMUP)]
         elif self.duration_s is not None:
             args = ["--duration", str(self.duration_s), "--warmup", str(self.warmup)]
@@ -103,7 +103,7 @@ def judge(device: Device, measured: Measurement) -> list[Verdict]:
     throttled = measured.thermals.throttled
     note = " (the board throttled during the run)" if throttled else ""
     out = []
-    if device.emulation:
+    if device.is_emulated:
         out.append(Verdict("latency_p95_ms", b.latency_p95_ms, lat, NOT_JUDGED, "emulated: timings are qemu's"))
         out.append(Verdict("max_rss_mb", b.max_rss_mb, rss, NOT_JUDGED, "emulated: memory is qemu's"))
     else:
@@ -123,14 +123,14 @@ def judge(device: Device, measured: Measurement) -> list[Verdict]:
 
 def check_one(bundle: Path, device: Device, plan: Plan, manifest: Manifest) -> Result:
     """`bundle` on `device`: deployed, measured, judged; infrastructure failures retried once."""
-    result = Result(device.name, device.target.name, device.transport, device.emulation, manifest.name,
+    result = Result(device.name, device.target.name, device.transport, device.is_emulated, manifest.name,
                     engine=manifest.engine, precision=manifest.precision)
     started = time.monotonic()
     for attempt in (1, 2):
         result.attempts = attempt
         try:
             deployed = deploy(bundle, device, timeout=plan.timeout_s)
-            said = call(device, runtime_argv(device, ["measure", deployed["active"], *plan.args(device)]),
+            said = call(device, runtime_argv(device, ["measure", deployed.active, *plan.args(device)]),
                         timeout=plan.timeout_s)
             measured = Measurement.from_dict(said, f"{device.name}'s measurement")
         except RecordError as exc:  # a device runtime that speaks another schema: its run broke, for us
@@ -153,7 +153,7 @@ def check_one(bundle: Path, device: Device, plan: Plan, manifest: Manifest) -> R
 
 def manifest_of(bundle: str | Path) -> Manifest:
     """A bundle's manifest, once the bundle verifies here (an archive is unpacked to a temp dir for it)."""
-    from edgetl.runtime.bundle import open_bundle
+    from edgetl.runtime.verify import open_bundle
 
     with tempfile.TemporaryDirectory(prefix="edgetl-check-") as tmp:
         return open_bundle(bundle, machine="any", unpack_to=Path(tmp) / "b").manifest

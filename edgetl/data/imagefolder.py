@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import DataError
-from edgetl.runtime.images import IMAGE_SUFFIXES, fit
+from edgetl.runtime.images import IMAGE_SUFFIXES, decode
 
 LAYOUT_HINT = "expected DIR/<class>/*.png|jpg|ppm|bmp, one folder per class"
 
@@ -124,20 +124,12 @@ def readable_counts(folder: ImageFolder, *, workers: int = 4,
     return [ClassCount(g, b) for g, b in zip(good, bad, strict=True)]
 
 
-def decode_image(path: Path, size: tuple[int, int], resize: str):
-    """Read one image as RGB uint8 HWC at `size` (height, width); raises on a bad file.
-    The device runtime's decoder, so training and the device resize alike."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(fit(im.convert("RGB"), size, resize), dtype=np.uint8)
-
-
 def load_images(
     samples: Sequence[tuple[Path, int]],
     size: tuple[int, int],
     resize: str = "stretch",
     *,
+    interpolation: str = "bilinear",
     strict: bool = False,
     workers: int = 4,
     progress: Callable[[int], None] | None = None,
@@ -147,7 +139,7 @@ def load_images(
     def one(sample):
         path, _ = sample
         try:
-            return decode_image(path, size, resize), None
+            return decode(path, size, resize, interpolation), None
         except Exception as exc:  # PIL raises many types for bad files; all mean "unreadable"
             return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
 

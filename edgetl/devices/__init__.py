@@ -110,6 +110,9 @@ class Probe:
     python: str | None = None
     reason: str = ""
 
+    def to_dict(self) -> dict:
+        return {"reachable": self.reachable, "arch": self.arch, "python": self.python, "reason": self.reason}
+
 
 @dataclass(frozen=True)
 class DeviceFile:
@@ -139,9 +142,15 @@ class Device:
     emulated: Emulated | None = None
     local: Local = field(default_factory=Local)
 
+    def summary(self) -> dict:
+        """What `edgetl devices --json` says of the device (with its `Probe`)."""
+        return {"name": self.name, "target": self.target.name, "transport": self.transport, "address": self.address,
+                "tags": list(self.tags), "file": str(self.file)}
+
     @property
-    def emulation(self) -> bool:
-        """An emulated device answers correctly but slowly: its timings are never judged."""
+    def is_emulated(self) -> bool:
+        """An emulated device (`emulated` is its [emulated] table) answers correctly but slowly: its
+        timings are never judged."""
         return self.emulated is not None
 
     @property

@@ -32,6 +32,8 @@ import edgetl
 from edgetl.devices import Device, bootstrap
 from edgetl.errors import ConfigError, DeviceError, EdgetlError
 from edgetl.runtime.manifest import Manifest
+from edgetl.runtime.receive import Received
+from edgetl.runtime.records import Record, RecordError, record
 
 SOURCE = Path(edgetl.__file__).resolve().parent.parent  # the checkout the runtime wheel is built from
 WHEELS = Path(os.environ.get("EDGETL_CACHE", "~/.cache/edgetl")).expanduser() / "wheels"
@@ -149,8 +151,8 @@ def ensure_runtime(device: Device, timeout: float) -> dict:
 def archive_of(bundle: Path, tmp: Path) -> tuple[Path, str, Manifest]:
     """(the bundle's .tar.gz, its name on the device, its manifest), verified here first; a dir is
     packed reproducibly. The name is the dir's (or the archive's top dir's): a renamed copy keeps its name."""
-    from edgetl.bundle import archive
-    from edgetl.runtime.bundle import open_bundle
+    from edgetl.pack import archive
+    from edgetl.runtime.verify import open_bundle
 
     opened = open_bundle(bundle, machine="any", unpack_to=tmp / "check")
     if Path(bundle).is_dir():
@@ -158,7 +160,54 @@ def archive_of(bundle: Path, tmp: Path) -> tuple[Path, str, Manifest]:
     return Path(bundle), opened.path.name, opened.manifest
 
 
-def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: str | Path | None = None) -> dict:
+@record
+class Deployment(Record):
+    """What `deploy` did on one device: the bundle, the runtime (and whether it was installed) and
+    the device's `Received` (the active link and version), the bytes sent and the time it took."""
+
+    device: str
+    bundle: str
+    target: str
+    engine: str
+    precision: str
+    runtime: str
+    runtime_installed: bool
+    active: str
+    version: str
+    previous: str | None
+    changed: bool
+    heads_set_aside: str | None
+    bytes: int
+    seconds: float
+
+    def summary(self) -> str:
+        what = "deployed" if self.changed else "already active"
+        runtime = "runtime installed" if self.runtime_installed else "runtime up to date"
+        aside = f"; adapted heads set aside in {self.heads_set_aside}" if self.heads_set_aside else ""
+        return (f"{self.device}: {self.bundle} ({self.engine} {self.precision}) {what} at {self.active}; "
+                f"{runtime} ({self.runtime}); {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s{aside}")
+
+
+DEPLOYED, ACTIVE, REFUSED, UNREACHABLE = "deployed", "already active", "refused", "unreachable"
+
+
+@record
+class FleetDeployment(Record):
+    """One device of `deploy --devices`: its status (deployed, already active, refused, unreachable),
+    why when it did not go through, and the `Deployment` when it did."""
+
+    device: str
+    status: str
+    error: str | None = None
+    deployment: Deployment | None = None
+
+    def to_dict(self) -> dict:  # one flat JSON object per device, as `deploy --json` prints it
+        return {**(self.deployment.to_dict() if self.deployment else {"device": self.device}),
+                "status": self.status, "error": self.error}
+
+
+def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: str | Path | None = None
+           ) -> Deployment:
     """Put `bundle` (dir or .tar.gz) on `device` and make it active there; returns what happened.
     `key` is the trusted public key's path on the device, for signed bundles."""
     started = time.monotonic()
@@ -174,49 +223,42 @@ def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: s
                 "--sha256", hashlib.sha256(data).hexdigest()]
         if key:
             args += ["--key", str(key)]
-        received = call(device, runtime_argv(device, args), timeout=timeout, input=data)
-    return {"device": device.name, "bundle": name, "target": manifest.target, "engine": manifest.engine,
-            "precision": manifest.precision, "runtime": status["runtime"],
-            "runtime_installed": status["installed"], **received, "bytes": len(data),
-            "seconds": round(time.monotonic() - started, 2)}
-
-
-DEPLOYED, ACTIVE, REFUSED, UNREACHABLE = "deployed", "already active", "refused", "unreachable"
+        said = call(device, runtime_argv(device, args), timeout=timeout, input=data)
+    try:
+        received = Received.from_dict(said, f"{device.name}'s receive")
+    except RecordError as exc:
+        raise DeviceError(str(exc), "the device runs another edgetl runtime: deploy again") from None
+    return Deployment(device=device.name, bundle=name, target=manifest.target, engine=manifest.engine,
+                      precision=manifest.precision, runtime=status["runtime"], runtime_installed=status["installed"],
+                      **{k: received[k] for k in received}, bytes=len(data),
+                      seconds=round(time.monotonic() - started, 2))
 
 
 def deploy_fleet(bundle: str | Path, fleet: list[Device], *, timeout: float = 600.0,
-                 key: str | Path | None = None) -> list[dict]:
+                 key: str | Path | None = None) -> list[FleetDeployment]:
     """`bundle` onto every device of `fleet` (the ones built for its CPU, see `edgetl.check.pairs`),
     the devices in parallel; one record per device, in fleet order, with its `status`: deployed,
     active (already), refused (the device said no), unreachable (the device or its transport broke)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(device: Device) -> dict:
+    def one(device: Device) -> FleetDeployment:
         try:
             r = deploy(bundle, device, timeout=timeout, key=key)
         except DeviceError as exc:
-            return {"device": device.name, "status": UNREACHABLE, "error": str(exc)}
+            return FleetDeployment(device.name, UNREACHABLE, str(exc))
         except EdgetlError as exc:
-            return {"device": device.name, "status": REFUSED, "error": str(exc)}
-        return {**r, "status": DEPLOYED if r["changed"] else ACTIVE, "error": None}
+            return FleetDeployment(device.name, REFUSED, str(exc))
+        return FleetDeployment(device.name, DEPLOYED if r.changed else ACTIVE, None, r)
 
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(fleet)))) as pool:
         return list(pool.map(one, fleet))
 
 
-def fleet_exit_code(results: list[dict]) -> int:
+def fleet_exit_code(results: list[FleetDeployment]) -> int:
     """2 when a device refused the bundle (about the bundle or the device file), else 3 when one
     could not be reached (about the lab, as in `edgetl check`), else 0."""
-    if any(r["status"] == REFUSED for r in results):
+    if any(r.status == REFUSED for r in results):
         return 2
-    if any(r["status"] == UNREACHABLE for r in results):
+    if any(r.status == UNREACHABLE for r in results):
         return 3
     return 0
-
-
-def deploy_summary(r: dict) -> str:
-    what = "deployed" if r["changed"] else "already active"
-    runtime = "runtime installed" if r["runtime_installed"] else "runtime up to date"
-    aside = f"; adapted heads set aside in {r['heads_set_aside']}" if r.get("heads_set_aside") else ""
-    return (f"{r['device']}: {r['bundle']} ({r['engine']} {r['precision']}) {what} at {r['active']}; "
-            f"{runtime} ({r['runtime']}); {r['bytes'] / 1e6:.1f} MB in {r['seconds']:.1f} s{aside}")

@@ -81,7 +81,7 @@ def real_images(run: Run, n: int, *, seed: int = 0) -> np.ndarray:
     from edgetl.train.run import split_samples, stratified
 
     samples = stratified(split_samples(run, "val"), n, seed)
-    loaded = load_images(samples, run.spec.size, run.spec.resize)
+    loaded = load_images(samples, run.spec.size, run.spec.resize, interpolation=run.spec.interpolation)
     if len(loaded.labels) == 0:
         raise DataError(f"none of the run's validation images can be read ({run.record.data.train_dir})",
                         "the parity check needs real images from the data the run was trained on")

@@ -92,7 +92,7 @@ def _labelled(run: Run, spec, data: Path | None, split: str) -> Labelled:
         samples, name = list(scan(data, run.classes, what="eval").samples), str(data)
     else:
         samples, name = split_samples(run, split), f"run {split} split"
-    loaded = load_images(samples, run.spec.size, run.spec.resize)
+    loaded = load_images(samples, run.spec.size, run.spec.resize, interpolation=run.spec.interpolation)
     if len(loaded.labels) == 0:
         raise DataError(f"no readable images to score on ({name})", "pass --data DIR with labelled images")
     return Labelled(name, spec.normalize(loaded.images), loaded.labels)

@@ -133,9 +133,10 @@ def check_readable(selection: Selection) -> None:
     load_images_strict(selection, (32, 32), "stretch")
 
 
-def load_images_strict(selection: Selection, size: tuple[int, int], resize: str) -> np.ndarray:
+def load_images_strict(selection: Selection, size: tuple[int, int], resize: str, interpolation: str = "bilinear"
+                       ) -> np.ndarray:
     try:
-        loaded = load_images(selection.chosen, size, resize, strict=True)
+        loaded = load_images(selection.chosen, size, resize, interpolation=interpolation, strict=True)
     except DataError as exc:
         raise DataError(f"{selection.calib.file}: {exc.message}", "fix or remove that image; calibration "
                         "uses every image it names") from None
@@ -144,4 +145,4 @@ def load_images_strict(selection: Selection, size: tuple[int, int], resize: str)
 
 def images(selection: Selection, spec: PreprocessSpec) -> np.ndarray:
     """The chosen images as uint8 NHWC at the run's input size; any unreadable one is an error."""
-    return load_images_strict(selection, spec.size, spec.resize)
+    return load_images_strict(selection, spec.size, spec.resize, spec.interpolation)

@@ -126,7 +126,7 @@ def adapt(args) -> dict:
             classes = len(model.heads.in_force().head.labels)
         return {"rolled_back_to": done.version, "classes": classes, "note": done.note}
     paths, labels = labelled_folder(args.data)
-    pixels, kept, skipped = read_files(paths, model.input_size, model.spec.resize)
+    pixels, kept, skipped = read_files(paths, model.input_size, model.spec.resize, model.spec.interpolation)
     if not kept:
         raise InputError(f"none of the {len(paths)} images in {args.data} could be read "
                          f"({skipped[0][0].name}: {skipped[0][1]})", "pass readable PNG/JPEG/BMP/PPM files")
@@ -187,7 +187,7 @@ def device_command(args) -> dict:
                        warmup=args.warmup, data=args.data, key=args.key).to_dict()
     from edgetl.runtime.receive import receive
 
-    return receive(args.bundles, args.name, args.bytes, args.sha256, key=args.key)
+    return receive(args.bundles, args.name, args.bytes, args.sha256, key=args.key).to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:

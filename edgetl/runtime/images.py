@@ -28,26 +28,30 @@ def _pil():
     return Image, ImageOps
 
 
-def fit(im, size: tuple[int, int], resize: str):
+def fit(im, size: tuple[int, int], resize: str, interpolation: str = "bilinear"):
     """A PIL RGB image at `size` (height, width): "crop" scales the shorter side and centre-crops,
-    "stretch" scales the whole image. Bilinear, as at training time."""
+    "stretch" scales the whole image, with the spec's `interpolation` filter (training and the
+    device alike: both decode here)."""
     Image, ImageOps = _pil()
     h, w = size
     if im.size == (w, h):
         return im
+    method = getattr(Image.Resampling, interpolation.upper())
     if resize == "crop":
-        return ImageOps.fit(im, (w, h), method=Image.Resampling.BILINEAR)
-    return im.resize((w, h), Image.Resampling.BILINEAR)
+        return ImageOps.fit(im, (w, h), method=method)
+    return im.resize((w, h), method)
 
 
-def decode(path: str | Path, size: tuple[int, int], resize: str) -> np.ndarray:
-    """One image file as RGB uint8 HWC at `size`; raises on a bad file."""
+def decode(path: str | Path, size: tuple[int, int], resize: str, interpolation: str = "bilinear") -> np.ndarray:
+    """One image file as RGB uint8 HWC at `size`; raises on a bad file. The one image decoder:
+    training, calibration, export checks and the device all read images through it."""
     Image, _ = _pil()
     with Image.open(path) as im:
-        return np.asarray(fit(im.convert("RGB"), size, resize), dtype=np.uint8)
+        return np.asarray(fit(im.convert("RGB"), size, resize, interpolation), dtype=np.uint8)
 
 
-def _array(a: np.ndarray, size: tuple[int, int], resize: str, what: str) -> np.ndarray:
+def _array(a: np.ndarray, size: tuple[int, int], resize: str, what: str, interpolation: str = "bilinear"
+           ) -> np.ndarray:
     if a.dtype != np.uint8:
         raise InputError(f"{what} is {a.dtype}; the model takes uint8 pixels (0-255)",
                          "pass the decoded image as uint8: the bundle does the normalisation")
@@ -64,11 +68,11 @@ def _array(a: np.ndarray, size: tuple[int, int], resize: str, what: str) -> np.n
         a = a[:, :, :3]  # alpha carries no class information
     if a.shape[:2] != tuple(size):
         Image, _ = _pil()
-        a = np.asarray(fit(Image.fromarray(a), size, resize), dtype=np.uint8)
+        a = np.asarray(fit(Image.fromarray(a), size, resize, interpolation), dtype=np.uint8)
     return a
 
 
-def as_batch(images, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
+def as_batch(images, size: tuple[int, int], resize: str = "stretch", interpolation: str = "bilinear") -> np.ndarray:
     """`images` (one or a sequence of: path, PIL image, uint8 HxWxC array; or an NxHxWx3 uint8
     array) -> uint8 NHWC at `size`."""
     if isinstance(images, np.ndarray) and images.shape == (*size, 3) and images.dtype == np.uint8:
@@ -76,7 +80,7 @@ def as_batch(images, size: tuple[int, int], resize: str = "stretch") -> np.ndarr
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if len(images) == 0:
             raise InputError(f"no images given: an array of shape {images.shape}", "pass at least one image")
-        return np.stack([_array(a, size, resize, f"image {i}") for i, a in enumerate(images)])
+        return np.stack([_array(a, size, resize, f"image {i}", interpolation) for i, a in enumerate(images)])
     if isinstance(images, str | Path | np.ndarray) or hasattr(images, "convert"):
         images = [images]
     if not isinstance(images, Sequence | Iterable):
@@ -86,16 +90,16 @@ def as_batch(images, size: tuple[int, int], resize: str = "stretch") -> np.ndarr
     for i, item in enumerate(images):
         if isinstance(item, str | Path):
             try:
-                out.append(decode(item, size, resize))
+                out.append(decode(item, size, resize, interpolation))
             except InputError:
                 raise
             except Exception as exc:  # Pillow raises many types for a bad file
                 raise InputError(f"cannot read image {item}: {type(exc).__name__}",
                                  "pass a readable PNG/JPEG/BMP/PPM file") from None
         elif hasattr(item, "convert"):  # a PIL image
-            out.append(np.asarray(fit(item.convert("RGB"), size, resize), dtype=np.uint8))
+            out.append(np.asarray(fit(item.convert("RGB"), size, resize, interpolation), dtype=np.uint8))
         elif isinstance(item, np.ndarray):
-            out.append(_array(item, size, resize, f"image {i}"))
+            out.append(_array(item, size, resize, f"image {i}", interpolation))
         else:
             raise InputError(f"image {i} is a {type(item).__name__}", "pass paths, PIL images or uint8 arrays")
     if not out:
@@ -103,15 +107,15 @@ def as_batch(images, size: tuple[int, int], resize: str = "stretch") -> np.ndarr
     return np.stack(out)
 
 
-def read_files(paths: Sequence[str | Path], size: tuple[int, int], resize: str = "stretch"
-               ) -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
+def read_files(paths: Sequence[str | Path], size: tuple[int, int], resize: str = "stretch",
+               interpolation: str = "bilinear") -> tuple[np.ndarray, list[int], list[tuple[Path, str]]]:
     """Decode `paths`, skipping the unreadable ones as training does: (uint8 NHWC of those read,
     their indices in `paths`, [(path, why)] of those skipped)."""
     _pil()  # no Pillow is one clear error, not every file skipped
     pixels, kept, skipped = [], [], []
     for i, path in enumerate(paths):
         try:
-            pixels.append(decode(path, size, resize))
+            pixels.append(decode(path, size, resize, interpolation))
             kept.append(i)
         except Exception as exc:  # Pillow raises many types for a bad file; all mean "unreadable"
             skipped.append((Path(path), f"{type(exc).__name__}: {exc}".splitlines()[0][:200]))

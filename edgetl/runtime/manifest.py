@@ -1,6 +1,6 @@
 """The bundle manifest as a typed record: what `edgetl compile` writes and every reader reads.
 
-compile writes it (`edgetl.bundle`); the device verifies and loads it (`runtime.bundle`,
+compile writes it (`edgetl.pack`); the device verifies and loads it (`runtime.verify`,
 `runtime.model`, `runtime.receive`); deploy, check, the pytest plugin and the CLI read it
 through `Bundle.manifest`. Everything a device checks and needs, nothing that varies between
 two builds of the same inputs (no timestamps, no paths of the building machine). Standard

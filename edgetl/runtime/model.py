@@ -25,12 +25,12 @@ import numpy as np
 
 from edgetl.errors import ConfigError
 from edgetl.runtime.adapt import AdaptConfig, adapt_head
-from edgetl.runtime.bundle import Bundle, BundleError, open_bundle
 from edgetl.runtime.engines import Engine, open_engine
 from edgetl.runtime.head import Head, softmax
 from edgetl.runtime.heads import HeadStore
 from edgetl.runtime.images import as_batch
 from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.runtime.verify import Bundle, BundleError, open_bundle
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,16 @@ class Model:
             raise BundleError(f"{path} is signed, and no public key was given to check it",
                               "pass key=PUB.pem (CLI: --key) or set EDGETL_BUNDLE_KEY on the device")
         m = bundle.manifest
-        spec = m.preprocess
         engine = open_engine(m.engine, bundle.model, threads=threads, precision=m.precision, bundle_dir=bundle.path)
+        try:
+            return cls._with_engine(path, bundle, engine, fallback_head)
+        except BaseException:
+            engine.close()  # a bundle refused after its engine opened frees it (TensorRT: GPU memory)
+            raise
+
+    @classmethod
+    def _with_engine(cls, path, bundle: Bundle, engine: Engine, fallback_head: bool) -> Model:
+        m, spec = bundle.manifest, bundle.manifest.preprocess
         expected = tuple(m.inputs[0].shape)
         if tuple(engine.input.shape) != expected:
             raise ConfigError(f"the {m.engine} engine sees input {engine.input.shape}, the manifest says "
@@ -131,7 +139,7 @@ class Model:
 
     def pixels(self, images) -> np.ndarray:
         """`images` as uint8 NHWC at the model's size (see `edgetl.runtime.images.as_batch`)."""
-        return as_batch(images, self.input_size, self.spec.resize)
+        return as_batch(images, self.input_size, self.spec.resize, self.spec.interpolation)
 
     def embed(self, images) -> np.ndarray:
         """Embeddings (N, D) float32 of `images`: paths, PIL images or uint8 HxWx3 arrays."""

@@ -28,12 +28,24 @@ import sys
 from pathlib import Path
 
 from edgetl.runtime.atomic import fsync_dir
-from edgetl.runtime.bundle import BundleError, _unpack
 from edgetl.runtime.heads import LOCK, LOCK_TIMEOUT_S, HeadStoreBusy, store_lock
 from edgetl.runtime.manifest import MANIFEST, Manifest
-from edgetl.runtime.records import RecordError
+from edgetl.runtime.records import Record, RecordError, record
+from edgetl.runtime.verify import BundleError, _unpack
 
 PARTIAL = ".incoming-"
+
+
+@record
+class Received(Record):
+    """What a receive did: the active link, the version it names and the one before, whether that
+    changed, and where heads adapted on the old backbone were set aside (moved, never deleted)."""
+
+    active: str
+    version: str
+    previous: str | None
+    changed: bool
+    heads_set_aside: str | None
 
 
 def _read_exactly(stream, into: Path, size: int, sha256: str) -> None:
@@ -71,7 +83,7 @@ def _holds_heads(heads: Path) -> bool:
 
 
 def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None, *, key=None,
-            heads_timeout: float = LOCK_TIMEOUT_S) -> dict:
+            heads_timeout: float = LOCK_TIMEOUT_S) -> Received:
     """Take the bundle archive on `stream` (default stdin) in as BUNDLES/NAME; returns what happened."""
     stream = stream or sys.stdin.buffer
     bundles = Path(bundles).expanduser()
@@ -87,7 +99,7 @@ def receive(bundles: str | Path, name: str, size: int, sha256: str, stream=None,
         raise
 
 
-def _receive(bundles: Path, name: str, size: int, sha256: str, stream, key, heads_timeout: float) -> dict:
+def _receive(bundles: Path, name: str, size: int, sha256: str, stream, key, heads_timeout: float) -> Received:
     from edgetl.runtime.model import Model
 
     active = bundles / name
@@ -135,8 +147,8 @@ def _receive(bundles: Path, name: str, size: int, sha256: str, stream, key, head
         for old in bundles.glob(f".{name}-*"):  # the active version and the one before it stay
             if old.name not in (version.name, previous):
                 shutil.rmtree(old, ignore_errors=True)
-    return {"active": str(active), "version": version.name, "previous": previous,
-            "changed": previous != version.name, "heads_set_aside": str(set_aside) if set_aside else None}
+    return Received(active=str(active), version=version.name, previous=previous, changed=previous != version.name,
+                    heads_set_aside=str(set_aside) if set_aside else None)
 
 
 def _free(path: Path) -> Path:

@@ -68,7 +68,8 @@ def evaluate(run: Run, data: str | Path, *, strict: bool = False, console: Conso
     """Top-1 (in percent) of `run` on an ImageFolder dir whose classes are (a subset of) the run's."""
     folder = scan(data, run.classes, what="eval")
     with console.task("reading images", len(folder.samples), "images") as advance:
-        loaded = load_images(folder.samples, run.spec.size, run.spec.resize, strict=strict, progress=advance)
+        loaded = load_images(folder.samples, run.spec.size, run.spec.resize, interpolation=run.spec.interpolation,
+                             strict=strict, progress=advance)
     if len(loaded.labels) == 0:
         raise DataError(f"no readable images in {data}", "run with --strict to see the first failure")
     preds = []

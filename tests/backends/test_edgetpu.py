@@ -11,7 +11,7 @@ from edgetl.backends import Source, edgetpu
 from edgetl.cli import main
 from edgetl.compile import compatibility, compile_bundle
 from edgetl.errors import ConfigError
-from edgetl.runtime.bundle import open_bundle
+from edgetl.runtime.verify import open_bundle
 
 CORAL = targets.load("coral-usb")
 

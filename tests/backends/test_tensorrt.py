@@ -8,8 +8,8 @@ import pytest
 
 from edgetl.compile import compatibility, compile_bundle
 from edgetl.errors import ConfigError
-from edgetl.runtime.bundle import open_bundle
 from edgetl.runtime.engines import tensorrt as trt_engine
+from edgetl.runtime.verify import open_bundle
 from tests.backends import fake_tensorrt
 
 
@@ -124,7 +124,7 @@ def compile_and_return(run, tmp_path):
     """The same QDQ ONNX on onnxruntime (host-cpu forced to int8) as the reference."""
     import shutil
 
-    from edgetl.runtime.bundle import open_bundle
+    from edgetl.runtime.verify import open_bundle
 
     b = open_bundle(tmp_path / "orin", machine="any")
     ref = tmp_path / "ref"

@@ -91,7 +91,7 @@ def test_over_real_ssh_a_killed_transfer_leaves_the_previous_bundle_active(sshd,
     before = os.readlink(_active(device))
     v2 = _other_model(bundle, compiled_run, tmp_path / "v2" / "signs")
     archive = tmp_path / "v2.tar.gz"
-    from edgetl.bundle import archive as pack
+    from edgetl.pack import archive as pack
 
     data = pack(v2, archive).read_bytes()
     argv = device.argv(runtime_argv(device, ["receive", bundles_dir(device), "signs", "--bytes", str(len(data)),
@@ -151,7 +151,7 @@ def test_the_runtime_installs_and_the_head_adapts_on_the_device_and_survives_a_r
 
 
 def test_a_signed_bundle_goes_live_only_with_the_devices_trusted_key(compiled_run, local, tmp_path, capsys):
-    from edgetl import bundle as bundles
+    from edgetl import pack as bundles
 
     key, pub = bundles.keygen(tmp_path / "key")
     compile_bundle(compiled_run, "host-cpu", tmp_path / "signed" / "signs", sign=key)

@@ -12,8 +12,8 @@ from edgetl.compile import compile_bundle
 from edgetl.data.imagefolder import scan
 from edgetl.errors import ConfigError
 from edgetl.runtime import Model
-from edgetl.runtime.bundle import BundleError
 from edgetl.runtime.images import InputError
+from edgetl.runtime.verify import BundleError
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_device_cli_runs_where_torch_cannot_be_imported(bundles, signs):
 
 
 def test_a_signed_bundle_runs_only_once_its_signature_is_checked(compiled_run, tmp_path, monkeypatch):
-    from edgetl.bundle import keygen
+    from edgetl.pack import keygen
 
     key, pub = keygen(tmp_path / "fleet")
     compile_bundle(compiled_run, "host-cpu", tmp_path / "signed", sign=key)
@@ -114,3 +114,19 @@ def test_a_signed_bundle_runs_only_once_its_signature_is_checked(compiled_run, t
     assert Model.load(tmp_path / "signed", key=pub).bundle.signature_checked
     monkeypatch.setenv("EDGETL_BUNDLE_KEY", str(pub))
     assert Model.load(tmp_path / "signed").bundle.signature_checked
+
+
+def test_a_manifest_whose_spec_disagrees_with_its_model_input_is_refused(bundles):
+    manifest_file = bundles["host"] / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["preprocess"] |= {"dtype": "int8", "input_scale": 0.02, "input_zero_point": -3}
+    manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")  # unsigned: not hashed
+    with pytest.raises(ConfigError, match="preprocessing spec says input int8 .* takes float32"):
+        Model.load(bundles["host"])
+
+
+def test_a_closed_model_frees_its_engine_and_predicts_no_more(bundles, signs):
+    with Model.load(bundles["host"]) as model:
+        assert len(model.predict(_images(signs, 1))) == 1
+    with pytest.raises(ConfigError, match="closed"):
+        model.predict(_images(signs, 1))

@@ -1,7 +1,7 @@
 """Writing a bundle: what a device needs to run a compiled model, each file hashed in a manifest,
 optionally signed (ed25519), and packed into a reproducible .tar.gz (same inputs -> same bytes).
 
-Reading and verifying live in `edgetl.runtime.bundle`, because the device does them.
+Reading and verifying live in `edgetl.runtime.verify`, because the device does them.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from edgetl.errors import ConfigError
 from edgetl.fsutil import claim_bundle
 from edgetl.rundir import FORMATS, HEAD
 from edgetl.runtime.atomic import staged
-from edgetl.runtime.bundle import MANIFEST, SIGNATURE, key_id, raw_public_key, sha256
 from edgetl.runtime.engines import TensorSpec
 from edgetl.runtime.manifest import Checkset, Compatibility, FileEntry, Manifest, Signer, SourceRun
+from edgetl.runtime.verify import MANIFEST, SIGNATURE, key_id, raw_public_key, sha256
 from edgetl.targets import Target
 
 SCHEMA_VERSION = 1
