@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,7 +72,7 @@ class FinetuneRecord(Record):
     classes: int
     img_size: int
     freeze: str
-    trainable_stages: tuple[str, ...]
+    trainable_stages: list[str]  # as the API has always returned it
     val_top1: float
     test_top1: float | None
     epochs: int
@@ -214,6 +214,11 @@ def read_head(path: Path, classes: int) -> None:
         raise damaged(path, f"W {W.shape} and b {b.shape} do not fit {classes} classes, or hold NaN/inf")
 
 
+def _file(name: str) -> property:
+    """A file of the dir, by its one name."""
+    return property(lambda self: self.path / name, doc=f"DIR/{name}")
+
+
 @dataclass(frozen=True)
 class StageDir:
     """RUN/export/FORMAT or RUN/quantize/FORMAT: one stage's output in one format, with the
@@ -222,17 +227,9 @@ class StageDir:
     path: Path
     format: str
 
-    @property
-    def spec_file(self) -> Path:
-        return self.path / SPEC
-
-    @property
-    def head(self) -> Path:
-        return self.path / HEAD
-
-    @property
-    def labels(self) -> Path:
-        return self.path / LABELS
+    spec_file = _file(SPEC)
+    head = _file(HEAD)
+    labels = _file(LABELS)
 
     def spec(self) -> PreprocessSpec:
         return read_spec(self.spec_file)
@@ -241,7 +238,7 @@ class StageDir:
 
     @property
     def record_file(self) -> Path:
-        return self.path / self.RECORD
+        return self.path / self.RECORD  # the subclass's record
 
     @classmethod
     def fill(cls, staged: Path, run: RunDir, spec: PreprocessSpec, record: Record) -> None:
@@ -295,31 +292,15 @@ class RunDir:
     """A run dir: its files and each stage's output, by name, read checked."""
 
     path: Path
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
 
-    # files of the run itself
-    @property
-    def record_file(self) -> Path:
-        return self.path / RUN_RECORD
-
-    @property
-    def labels_file(self) -> Path:
-        return self.path / LABELS
-
-    @property
-    def spec_file(self) -> Path:
-        return self.path / SPEC
-
-    @property
-    def head(self) -> Path:
-        return self.path / HEAD
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.path / CHECKPOINT
+    record_file = _file(RUN_RECORD)
+    labels_file = _file(LABELS)
+    spec_file = _file(SPEC)
+    head = _file(HEAD)
+    checkpoint = _file(CHECKPOINT)
 
     def is_run(self) -> bool:
         return self.path.is_dir() and self.record_file.is_file()
@@ -347,7 +328,7 @@ class RunDir:
 
         return hashlib.sha256(self.record_file.read_bytes()).hexdigest()[:16]
 
-    def check(self) -> FinetuneRecord:
+    def validate(self) -> FinetuneRecord:
         """Read every small file once (record, labels, spec, head) so that later readers meet only
         sound files; returns the run record."""
         record = self.record

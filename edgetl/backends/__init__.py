@@ -111,7 +111,7 @@ class Source:
             if not RunDir(path).is_run():
                 raise ConfigError(f"{path} is not a run dir (no finetune.json)",
                                   "pass a run dir written by `edgetl finetune`, or a .onnx/.tflite file")
-            RunDir(path).check()  # a damaged labels/preprocess/finetune file: one line naming it
+            RunDir(path).validate()  # a damaged labels/preprocess/finetune file: one line naming it
             return cls(path, writes)
         if path.suffix not in MODEL_SUFFIXES:
             raise ConfigError(f"cannot compile {path}", "pass a run dir, or a .onnx or .tflite model file")

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import ConfigError, DamagedHead, HeadStoreBusy
-from edgetl.runtime.atomic import write_file as atomic_write
+from edgetl.runtime.atomic import write_file
 from edgetl.runtime.head import Head
 
 CURRENT = "CURRENT"
@@ -285,7 +285,7 @@ class HeadStore:
     def _point(self, version: int) -> None:
         marker = self.root / CURRENT
         if version:
-            atomic_write(marker, f"head-{version:06d}.npz\n".encode())
+            write_file(marker, f"head-{version:06d}.npz\n".encode())
         else:
             marker.unlink(missing_ok=True)
 
@@ -302,12 +302,12 @@ class HeadStore:
                      labels=np.asarray(head.labels), version=np.int64(version))
             written = []
             try:
-                atomic_write(self._file(version), buf.getvalue())
+                write_file(self._file(version), buf.getvalue())
                 written.append(self._file(version))
                 record = {**info, "version": version, "parent": parent, "committed_at": time.time()}
                 if state.problem:
                     record["recovered_from"] = state.problem
-                atomic_write(self._record(version), json.dumps(record, indent=2).encode())
+                write_file(self._record(version), json.dumps(record, indent=2).encode())
                 written.append(self._record(version))
                 self._set_aside(state)
                 self._point(version)  # the commit point

@@ -6,8 +6,9 @@ back, refusing an unknown `schema_version`, a missing or unknown key, or a value
 type, with the key named, so a damaged file is one line and never a KeyError deep in a stage.
 Nested records, tuples and `dict[str, Record]` are converted by the field types.
 
-A record also reads like the JSON it is written as (`record["drop"]`, `record.get("test")`):
-code and tests that read the files by key see the same values as the attributes.
+A record also reads like the JSON it is written as (`record["float_layers"] == []`,
+`record.get("test")`): by key, a value is what the file holds (lists and dicts); by attribute,
+it is typed (tuples and nested records).
 Standard library only: the device reads manifests and writes measurements with it.
 """
 
@@ -42,7 +43,7 @@ class Record(Mapping):
         attr = _attrs(type(self)).get(key)
         if attr is None:
             raise KeyError(key)
-        return getattr(self, attr)
+        return _plain(getattr(self, attr))  # the JSON's value: lists, dicts
 
     def __iter__(self):
         return iter(_names(type(self)))

@@ -364,7 +364,7 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
     test_top1 = score(backbone, head, test, spec, world)[0] if test is not None else None
     result = Result(
         stage=config.stage, backbone=name, weights=weights.source, classes=len(folder.classes), img_size=img_size,
-        freeze=config.freeze, trainable_stages=tuple(trainable), val_top1=round(val_top1, 2),
+        freeze=config.freeze, trainable_stages=list(trainable), val_top1=round(val_top1, 2),
         test_top1=None if test_top1 is None else round(test_top1, 2),
         epochs=len(history), head_epochs=head_epochs, best_epoch=best_epoch,
         seconds=round(time.perf_counter() - started, 2), seconds_embed=round(t1 - t0, 3),

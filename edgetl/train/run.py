@@ -51,7 +51,7 @@ def load_run(path: str | Path) -> Run:
     if missing:
         raise RunError(f"{path} is not a complete edgetl run (missing {', '.join(missing)})",
                        "pass a run dir written by `edgetl finetune` or `edgetl pretrain`")
-    record = run.check()  # a damaged file is a RunError naming it
+    record = run.validate()  # a damaged file is a RunError naming it
     spec = run.spec
     weights = from_run(path)
     backbone = load_backbone(get_spec(record.backbone), spec.size[0], weights)

@@ -97,7 +97,7 @@ def is_run(path: Path) -> bool:
 def from_run(run: Path) -> Weights:
     """A run's trained backbone and head, with the classes the head scores."""
     d = RunDir(run)
-    d.check()  # a damaged labels.json or preprocess.json is one line naming it
+    d.validate()  # a damaged labels.json or preprocess.json is one line naming it
     ckpt = load_state_dict(d.checkpoint)
     return Weights(source=f"run:{run}", backbone=ckpt["backbone"], head=ckpt["head"], classes=d.labels)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.errors import ConfigError
+from edgetl.runtime.atomic import write_file
 from edgetl.runtime.engines import Engine, TensorSpec, missing_engine, table
-from edgetl.runtime.files import atomic_write
 
 ROW = table.of_module(__name__)
 WORKSPACE_BYTES = 1 << 30  # 1 GiB: TensorRT's tactic scratch; Jetsons share it with the CPU
@@ -119,7 +119,7 @@ def build(onnx_path: Path, precision: str, *, trt=None, timing_cache: Path | Non
         raise ConfigError(f"TensorRT could not build an engine for {onnx_path} ({precision})",
                           "see TensorRT's log above; try --precision fp16 or a larger workspace")
     if timing_cache is not None:
-        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_file(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 
@@ -139,8 +139,8 @@ def cached_engine(onnx_path: Path, precision: str, *, cache: Path | None = None,
             pass  # an unreadable key is a stale key
     data = build(onnx_path, precision, trt=trt, timing_cache=(cache or cache_dir()) / f"timing-{key.tensorrt}-"
                  f"sm{key.compute_capability}.cache")
-    atomic_write(engine, data)
-    atomic_write(meta, json.dumps(asdict(key), indent=2).encode())
+    write_file(engine, data)
+    write_file(meta, json.dumps(asdict(key), indent=2).encode())
     return engine, True
 
 
