@@ -161,6 +161,8 @@ class Engine:
 def load(path: str | Path, *, threads: int | None = None) -> Engine:
     """The engine for a model file, by its type: .onnx -> onnxruntime, .tflite -> LiteRT."""
     path = Path(path)
+    if path.suffix not in table.SUFFIXES:
+        raise ConfigError(f"no engine runs {path.name}", f"model files are one of: {', '.join(table.SUFFIXES)}")
     row = table.for_suffix(path.suffix)
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist", "export the run first: `edgetl export RUN`")
