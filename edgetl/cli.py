@@ -265,7 +265,7 @@ def _cmd_deploy(args, console) -> int:
     results = deploy_fleet(args.bundle, chosen, timeout=args.timeout, key=args.device_key)
     if args.json:
         for r in results:
-            print(json.dumps(r.to_dict()))
+            print(json.dumps(r.flat()))
     else:
         rows = [[r.device, r.status, d.active, d.runtime + (" (installed)" if d.runtime_installed else ""),
                  f"{d.bytes / 1e6:.1f} MB in {d.seconds:.1f} s", r.error or "-"] if (d := r.deployment) else

@@ -24,10 +24,11 @@ from edgetl.rundir import FORMATS, HEAD
 from edgetl.runtime.atomic import staged
 from edgetl.runtime.engines import TensorSpec
 from edgetl.runtime.manifest import Checkset, Compatibility, FileEntry, Manifest, Signer, SourceRun
+from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.runtime.verify import MANIFEST, SIGNATURE, key_id, raw_public_key, sha256
 from edgetl.targets import Target
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = Manifest.SCHEMA_VERSIONS[0]  # what this edgetl writes
 
 
 def tensor_specs(model: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
@@ -75,7 +76,7 @@ def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, fi
         created_by=f"edgetl {__version__}",
         source_run=SourceRun(name=run.path.resolve().name, id=run.record_id, backbone=run.record.backbone),
         labels=run.labels,
-        preprocess=source.spec(artifact_format(artifacts.model), artifacts.precision),
+        preprocess=artifact_spec(source, artifacts, inputs[0]),
         model=model_name,
         inputs=inputs,
         outputs=outputs,
@@ -91,6 +92,16 @@ def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, fi
                                     cpu_ops=len(report.cpu_ops)),
         signer=signer,
     )
+
+
+def artifact_spec(source: Source, artifacts: Artifacts, model_input: TensorSpec) -> PreprocessSpec:
+    """The spec of the artifact packed: the one its stage wrote (export: the layout; quantize: the
+    input scale and zero-point), with what compile itself changed: a backend that gave the model
+    another integer input (uint8 for an Edge TPU) adds that input's type and quantization."""
+    spec = source.spec(artifact_format(artifacts.model), artifacts.precision)
+    if model_input.quantized:
+        spec = spec.with_input(model_input.dtype, model_input.scale, model_input.zero_point)
+    return spec
 
 
 def artifact_format(model: Path) -> str:

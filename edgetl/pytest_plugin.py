@@ -81,21 +81,23 @@ class DeviceUnderTest:
         """The bundle deployed, timed and scored on this device: an `edgetl.check.Result`."""
         if self.bundle is None:
             pytest.skip("no --edgetl-bundle given")
+        from edgetl.check import ERROR, Plan, check_one  # here: a pytest run without these options loads none
+
         key = (self.device.name, str(self.bundle))
         cache = self._config.stash[_CHECKS]
         if key not in cache:
-            from edgetl.check import Plan, check_one
-
             plan = Plan(runs=self._config.getoption("edgetl_runs"))
             cache[key] = check_one(self.bundle, self.device, plan, _manifest(self._config, self.bundle))
         result = cache[key]
-        if result.status == "error":
+        if result.status == ERROR:
             raise DeviceRunBroke(f"{self.name}: {result.error} (after {result.attempts} attempts)")
         return result
 
     def assert_budgets(self) -> None:
         """Every budget the device is judged on holds (latency and memory are not judged under emulation)."""
-        failed = [v.why for v in self.check().verdicts if v.status == "fail"]
+        from edgetl.check import FAIL
+
+        failed = [v.why for v in self.check().verdicts if v.status == FAIL]
         assert not failed, f"{self.name}: " + "; ".join(failed)
 
     def assert_latency(self, p95_ms: float) -> None:

@@ -3,6 +3,7 @@ is never imported, also when the target's choice is the fp32 export."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +33,13 @@ def test_a_dry_run_of_a_run_never_exported_says_how_and_exports_nothing(run_dir)
     assert done.stdout.split()[-2:] == ["NO-TORCH", "2"], done.stderr
     assert "has no onnx export yet" in done.stderr and f"edgetl export {run_dir} --format onnx" in done.stderr
     assert tree(run_dir) == before
+
+
+def test_a_dry_run_on_a_model_file_edgetl_did_not_train_imports_no_torch(compiled_run, tmp_path):
+    import shutil
+
+    model = Path(shutil.copyfile(compiled_run / "export" / "onnx" / "backbone.onnx", tmp_path / "theirs.onnx"))
+    before = tree(tmp_path)
+    done = _dry_run(model, "host-cpu")
+    assert done.stdout.split()[-2:] == ["NO-TORCH", "0"], done.stderr
+    assert tree(tmp_path) == before

@@ -26,7 +26,7 @@ class Choice:
 
 
 def _bare(source: Source, fmt: str, target: Target) -> Choice:
-    from edgetl.quantize import opcount
+    from edgetl.backends import opcount
 
     if source.path.suffix != f".{fmt}":
         raise ConfigError(f"{target.name} runs .{fmt} models ({target.engine}), and {source.path.name} is not one",

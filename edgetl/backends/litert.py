@@ -30,7 +30,7 @@ def report(model: Path, target: Target, engine: str = ROW.name) -> Compatibility
 
 def with_io(model: Path, io_dtype: str, work: Path) -> Path:
     """`model` with the integer IO type the target asks (int8 as written, or uint8)."""
-    from edgetl.quantize.tflite_io import to_uint8
+    from edgetl.backends.tflite_io import to_uint8
 
     inputs = tflite_graph.read(model).inputs
     if io_dtype != "uint8" or not any(t.dtype == "int8" for t in inputs):

@@ -32,8 +32,8 @@ def _choice(source: Source, target: Target) -> Choice:
     quantized = source.quantized("onnx")
     if "int8" in target.precisions and quantized is not None:
         return Choice("int8", source.model("onnx", "int8"),
-                      f"int8: explicit quantization from the QDQ model (top-1 drop {quantized['drop']:.2f} "
-                      f"within {quantized['max_drop']} on onnxruntime)", quantized.accuracy("int8"))
+                      f"int8: explicit quantization from the QDQ model (top-1 drop {quantized.drop:.2f} "
+                      f"within {quantized.max_drop} on onnxruntime)", quantized.accuracy("int8"))
     for precision in ("fp16", "fp32"):
         if precision in target.precisions:
             why = "no int8 ONNX in the run" if "int8" in target.precisions else f"{target.name} takes no int8"

@@ -201,7 +201,8 @@ class FleetDeployment(Record):
     error: str | None = None
     deployment: Deployment | None = None
 
-    def to_dict(self) -> dict:  # one flat JSON object per device, as `deploy --json` prints it
+    def flat(self) -> dict:
+        """One flat JSON object per device, as `deploy --devices --json` prints it."""
         return {**(self.deployment.to_dict() if self.deployment else {"device": self.device}),
                 "status": self.status, "error": self.error}
 
@@ -230,7 +231,8 @@ def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: s
         raise DeviceError(str(exc), "the device runs another edgetl runtime: deploy again") from None
     return Deployment(device=device.name, bundle=name, target=manifest.target, engine=manifest.engine,
                       precision=manifest.precision, runtime=status["runtime"], runtime_installed=status["installed"],
-                      **{k: received[k] for k in received}, bytes=len(data),
+                      active=received.active, version=received.version, previous=received.previous,
+                      changed=received.changed, heads_set_aside=received.heads_set_aside, bytes=len(data),
                       seconds=round(time.monotonic() - started, 2))
 
 

@@ -43,8 +43,10 @@ def check(backbone_file: Path, model_file: Path, backbone: torch.nn.Module, head
     ref_class = head(torch.from_numpy(ref)).argmax(1).numpy()
     x = spec.normalize(images)
     with silenced():  # interpreter creation logs (XNNPACK) and engine warnings
-        emb = engines.load(backbone_file).run(x)
-        logits = engines.load(model_file).run(x)
+        with engines.load(backbone_file) as engine:
+            emb = engine.run(x)
+        with engines.load(model_file) as engine:
+            logits = engine.run(x)
     W, b = head.weight.numpy(), head.bias.numpy()
     diff = float(np.abs(emb - ref).max())
     return Parity(

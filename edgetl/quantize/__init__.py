@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl.backends import opcount
+from edgetl.backends.tflite_io import IO_TYPES, to_uint8
 from edgetl.console import QUIET, Console, silenced
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.errors import ConfigError, DataError, QuantizeError
 from edgetl.export import check_format, export, load_export
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
-from edgetl.quantize import calibration, opcount
-from edgetl.quantize.tflite_io import IO_TYPES, to_uint8
+from edgetl.quantize import calibration
 from edgetl.rundir import FORMATS, QuantizeDir, QuantizeRecord, RunDir
 from edgetl.runtime import engines
 from edgetl.train.finetune import versions

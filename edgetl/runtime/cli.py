@@ -177,7 +177,8 @@ def device_command(args) -> dict:
     if args.command == "verify":
         from edgetl.runtime.model import Model
 
-        m = Model.load(args.bundle, key=args.key).bundle.manifest
+        with Model.load(args.bundle, key=args.key) as model:  # as the app will: the engine opens, then is freed
+            m = model.bundle.manifest
         return {"bundle": m.name, "target": m.target, "engine": m.engine, "precision": m.precision,
                 "files": len(m.files), "verified": True}
     if args.command == "measure":

@@ -153,44 +153,44 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
     from edgetl.runtime.model import Model
 
     t0 = time.perf_counter()
-    model = Model.load(bundle, key=key, machine=machine)
-    load_s = time.perf_counter() - t0
-    if data is not None:
-        paths, labels = labelled_folder(data)
-        frames = model.pixels(paths)
-        source = str(data)
-    else:
-        frames, labels = checkset(model.bundle.path, model.bundle.manifest)
-        frames = model.pixels(frames)
-        source = "checkset"
-    before = thermals()
-    for i in range(warmup):
-        model.predict(frames[i % len(frames)])
-    samples, start = [], time.perf_counter()
-    i = 0
-    while (runs is None or i < runs) and (duration_s is None or time.perf_counter() - start < duration_s):
-        frame = frames[i % len(frames)]
-        t = time.perf_counter()
-        model.predict(frame)
-        samples.append(time.perf_counter() - t)
-        i += 1
-    wall = time.perf_counter() - start
-    after = thermals()
-    predicted = [p.label for p in model.predict(frames)]
-    hits = [p == t for p, t in zip(predicted, labels, strict=True)]
-    ms = np.asarray(samples) * 1000
-    throttled, evidence = throttling(before, after)
-    m = model.bundle.manifest
-    return Measurement(
-        bundle=m.name, engine=m.engine, precision=m.precision, target=m.target,
-        head_version=model.head_version, load_s=round(load_s, 3),
-        latency_ms=Latency(runs=len(ms), warmup=warmup, p50=percentile(ms, 50), p90=percentile(ms, 90),
-                           p95=percentile(ms, 95), p99=percentile(ms, 99), max=round(float(ms.max()), 4),
-                           mean=round(float(ms.mean()), 4),
-                           samples=tuple(round(float(x), 4) for x in ms[:SAMPLES_KEPT])),
-        throughput_fps=round(len(ms) / wall, 2) if wall > 0 else None,
-        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        thermals=Thermals(BoardState(**before), BoardState(**after), throttled, evidence),
-        accuracy=Accuracy(source=source, images=len(hits), top1=round(100.0 * sum(hits) / len(hits), 2),
-                          predictions=tuple(predicted), labels=tuple(labels)),
-    )
+    with Model.load(bundle, key=key, machine=machine) as model:  # its engine freed after (TensorRT)
+        load_s = time.perf_counter() - t0
+        if data is not None:
+            paths, labels = labelled_folder(data)
+            frames = model.pixels(paths)
+            source = str(data)
+        else:
+            frames, labels = checkset(model.bundle.path, model.bundle.manifest)
+            frames = model.pixels(frames)
+            source = "checkset"
+        before = thermals()
+        for i in range(warmup):
+            model.predict(frames[i % len(frames)])
+        samples, start = [], time.perf_counter()
+        i = 0
+        while (runs is None or i < runs) and (duration_s is None or time.perf_counter() - start < duration_s):
+            frame = frames[i % len(frames)]
+            t = time.perf_counter()
+            model.predict(frame)
+            samples.append(time.perf_counter() - t)
+            i += 1
+        wall = time.perf_counter() - start
+        after = thermals()
+        predicted = [p.label for p in model.predict(frames)]
+        hits = [p == t for p, t in zip(predicted, labels, strict=True)]
+        ms = np.asarray(samples) * 1000
+        throttled, evidence = throttling(before, after)
+        m = model.bundle.manifest
+        return Measurement(
+            bundle=m.name, engine=m.engine, precision=m.precision, target=m.target,
+            head_version=model.head_version, load_s=round(load_s, 3),
+            latency_ms=Latency(runs=len(ms), warmup=warmup, p50=percentile(ms, 50), p90=percentile(ms, 90),
+                               p95=percentile(ms, 95), p99=percentile(ms, 99), max=round(float(ms.max()), 4),
+                               mean=round(float(ms.mean()), 4),
+                               samples=tuple(round(float(x), 4) for x in ms[:SAMPLES_KEPT])),
+            throughput_fps=round(len(ms) / wall, 2) if wall > 0 else None,
+            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            thermals=Thermals(BoardState(**before), BoardState(**after), throttled, evidence),
+            accuracy=Accuracy(source=source, images=len(hits), top1=round(100.0 * sum(hits) / len(hits), 2),
+                              predictions=tuple(predicted), labels=tuple(labels)),
+        )

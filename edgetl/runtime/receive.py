@@ -118,8 +118,8 @@ def _receive(bundles: Path, name: str, size: int, sha256: str, stream, key, head
             unpacked = _unpack(archive, work / "unpacked")
             if unpacked.name != name:
                 raise BundleError(f"the archive holds bundle {unpacked.name!r}, not {name!r}", "deploy it by its name")
-            model = Model.load(unpacked, key=key)  # hashes, signature, this CPU, the engine: as the app will
-            del model
+            with Model.load(unpacked, key=key):  # hashes, signature, this CPU, the engine: as the app will
+                pass
             version = bundles / f".{name}-{sha256[:16]}"
             previous = os.readlink(active) if active.is_symlink() else None
             new_version = not version.is_dir()

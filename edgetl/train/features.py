@@ -16,10 +16,12 @@ from edgetl.train.distributed import SINGLE, World
 
 
 def to_input(images: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """uint8 NCHW -> the normalised float tensor the backbone takes (torch twin of `spec.normalize`)."""
-    x = images.to(torch.float32) / 255.0
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+    """uint8 NCHW (RGB, as decoded) -> the normalised float tensor the backbone takes, in its channel
+    order (torch twin of `spec.normalize`)."""
+    order = [2, 1, 0] if spec.channel_order == "BGR" else [0, 1, 2]  # mean/std are given in RGB
+    x = (images[:, order] if spec.channel_order == "BGR" else images).to(torch.float32) / 255.0
+    mean = torch.tensor(spec.mean, dtype=torch.float32)[order].view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32)[order].view(1, 3, 1, 1)
     return (x - mean) / std
 
 

@@ -260,9 +260,10 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
     return best[0], best_epoch, history
 
 
-def _load_split(name: str, samples, size: int, config: FinetuneConfig, console: Console) -> Split:
+def _load_split(name: str, samples, spec: PreprocessSpec, config: FinetuneConfig, console: Console) -> Split:
     with console.task(f"reading {name} images", len(samples)) as advance:
-        loaded = load_images(samples, (size, size), config.resize, strict=config.strict, progress=advance)
+        loaded = load_images(samples, spec.size, spec.resize, interpolation=spec.interpolation, strict=config.strict,
+                             progress=advance)
     if loaded.skipped:
         first = "; ".join(f"{p}: {why}" for p, why in loaded.skipped[:3])
         more = f" (+{len(loaded.skipped) - 3} more)" if len(loaded.skipped) > 3 else ""
@@ -324,8 +325,8 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
             raise DataError(f"{config.data} has too few images for a val split (need 2+ in a class)",
                             "add images, or give a separate --val DIR")
     spec = PreprocessSpec(size=(img_size, img_size), mean=spec_b.mean, std=spec_b.std, resize=config.resize)
-    train = _load_split("train", train_samples, img_size, config, console)
-    val = _load_split("val", val_samples, img_size, config, console)
+    train = _load_split("train", train_samples, spec, config, console)
+    val = _load_split("val", val_samples, spec, config, console)
     missing = sorted(set(range(len(folder.classes))) - set(train.loaded.labels.tolist()))
     if missing:
         names = ", ".join(folder.classes[i] for i in missing)
@@ -334,7 +335,7 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
     test = None
     if config.test is not None:
         test_folder = scan(config.test, folder.classes, what="test")
-        test = _load_split("test", list(test_folder.samples), img_size, config, console)
+        test = _load_split("test", list(test_folder.samples), spec, config, console)
     console.log(f"{name} ({weights.source}), {img_size}px, {len(folder.classes)} classes, "
                 f"{len(train.loaded.labels)} train / {len(val.loaded.labels)} val images, "
                 f"trainable stages: {len(trainable)}/{len(backbone.stages())}")

@@ -151,3 +151,16 @@ def test_source_must_be_a_run_or_a_model_file(tmp_path):
 def test_a_model_file_of_the_wrong_format_for_the_target_is_named(zoo):
     with pytest.raises(ConfigError, match=r"jetson-orin-nano runs \.onnx models \(tensorrt\), and split.tflite"):
         compatibility(zoo["split"], "jetson-orin-nano")
+
+
+def test_a_cpu_only_coral_bundle_loads_with_the_spec_of_its_uint8_model(compiled_run, monkeypatch, tmp_path, signs):
+    from edgetl.data.imagefolder import scan
+    from edgetl.runtime import Model
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    manifest = compile_bundle(compiled_run, "coral-usb", tmp_path / "coral", allow_cpu_only=True)
+    model_input = manifest.inputs[0]
+    assert (manifest.preprocess.dtype, manifest.preprocess.input_zero_point) == ("uint8", model_input.zero_point)
+    with Model.load(tmp_path / "coral", machine="any") as model:  # the spec agrees with the model it packs
+        predictions = model.predict([p for p, _ in scan(signs["test"]).samples][:4])
+    assert all(p.label in model.labels for p in predictions)

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from edgetl.backends import opcount
 from edgetl.cli import main
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.export import export
-from edgetl.quantize import QuantizeError, opcount, quantize
+from edgetl.quantize import QuantizeError, quantize
 from edgetl.rundir import FinetuneRecord, RunData
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.run import Run

@@ -68,3 +68,9 @@ def test_the_spec_s_interpolation_is_the_one_the_decoder_resizes_with():
     bilinear, nearest = (as_batch(frame, (16, 16), "stretch", mode) for mode in ("bilinear", "nearest"))
     assert bilinear.shape == nearest.shape == (1, 16, 16, 3) and not np.array_equal(bilinear, nearest)
     assert set(np.unique(nearest)) <= set(np.unique(frame))  # nearest only picks existing pixels
+
+
+def test_training_and_the_device_agree_on_a_bgr_model_too():
+    spec = PreprocessSpec(size=(8, 8), mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4), channel_order="BGR")
+    images = np.random.default_rng(3).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    assert np.abs(spec.normalize(images) - to_input(nchw(images), spec).numpy()).max() <= 1e-5
