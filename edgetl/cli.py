@@ -344,10 +344,11 @@ def _cmd_compile(args, console) -> int:
         return 0
     m = compile_bundle(args.source, args.target, args.out, sign=args.sign, allow_cpu_only=args.allow_cpu_only,
                        force=args.force, console=console)
-    acc = m.accuracy or {}
+    acc = m.accuracy
     console.table(f"bundle {m.name} for {m.target}",
                   ["engine", "precision", "model", "top-1 %", "signed", "files"],
-                  [[m.engine, m.precision, m.model, f"{percent(acc.get('top1'))} ({acc.get('split', '-')})",
+                  [[m.engine, m.precision, m.model,
+                    f"{percent(acc.top1)} ({acc.split})" if acc else f"{percent(None)} (-)",
                     "yes" if args.sign else "no", len(m.files)]])
     console.log(m.compatibility.summary)
     return 0

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edgetl.errors import RunError
+from edgetl.runtime.manifest import ExpectedAccuracy
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.runtime.records import Record, RecordError, record
 
@@ -160,13 +161,11 @@ class QuantizeRecord(Record):
     versions: dict[str, str]
     schema_version: int = 1
 
-    def accuracy(self, precision: str) -> dict:
+    def accuracy(self, precision: str) -> ExpectedAccuracy:
         """The figures a bundle records for the fp32 or int8 model (top-1 in percent)."""
         key = "int8_top1" if precision == "int8" else "fp32_top1"
-        out = {"top1": self[key], "split": self.eval, "images": self.images}
-        if self.test:
-            out["test_top1"] = self.test[key]
-        return out
+        return ExpectedAccuracy(top1=self[key], split=self.eval, images=self.images,
+                                test_top1=self.test[key] if self.test else None)
 
 
 # -- reading -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from edgetl.errors import ConfigError
 from edgetl.rundir import QuantizeRecord, RunDir
 from edgetl.runtime.engines import table
+from edgetl.runtime.manifest import ExpectedAccuracy
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.targets import Target
 
@@ -90,7 +91,7 @@ class Artifacts:
     model: Path
     report: CompatibilityReport
     choice: str  # one line: why this precision and engine
-    accuracy: dict | None = None  # top-1 figures recorded when the artifact was made
+    accuracy: ExpectedAccuracy | None = None  # top-1 figures recorded when the artifact was made
     extra: dict[str, Path] = field(default_factory=dict)  # more files for the bundle, by bundle name
     deferred: str | None = None  # work left for the device (e.g. the TensorRT engine build)
 

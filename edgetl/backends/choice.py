@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgetl.backends import Source
 from edgetl.errors import ConfigError
+from edgetl.runtime.manifest import ExpectedAccuracy
 from edgetl.targets import Target
 
 
@@ -22,7 +23,7 @@ class Choice:
     precision: str
     model: Path
     reason: str
-    accuracy: dict | None
+    accuracy: ExpectedAccuracy | None
 
 
 def _bare(source: Source, fmt: str, target: Target) -> Choice:
@@ -65,10 +66,7 @@ def choose(source: Source, fmt: str, target: Target) -> Choice:
     return Choice("fp32", source.model(fmt, "fp32"), f"fp32: {why}", trained_accuracy(source))
 
 
-def trained_accuracy(source: Source) -> dict:
+def trained_accuracy(source: Source) -> ExpectedAccuracy:
     """The fine-tune record's figures: the fp32 export matches PyTorch (its parity check held)."""
     record = source.run.record
-    out = {"top1": record.val_top1, "split": "run val split"}
-    if record.test_top1 is not None:
-        out["test_top1"] = record.test_top1
-    return out
+    return ExpectedAccuracy(top1=record.val_top1, split="run val split", test_top1=record.test_top1)

@@ -10,7 +10,6 @@ library only: the device reads it with no host code.
 from __future__ import annotations
 
 from dataclasses import field
-from typing import Any
 
 from edgetl.runtime.engines import TensorSpec
 from edgetl.runtime.preprocess import PreprocessSpec
@@ -62,6 +61,19 @@ class Compatibility(Record):
 
 
 @record
+class ExpectedAccuracy(Record):
+    """Top-1 (percent) the packed model scored when it was made: on `split` (`images` of them), and
+    on the run's test split beside it where it has one; what the device's own check is held to."""
+
+    OPTIONAL_KEYS = frozenset({"images", "test_top1"})
+
+    top1: float
+    split: str
+    images: int | None = None
+    test_top1: float | None = None
+
+
+@record
 class Manifest(Record):
     """manifest.json of a bundle. Top-1 figures in `accuracy` are percent (0-100)."""
 
@@ -84,7 +96,7 @@ class Manifest(Record):
     files: dict[str, FileEntry]
     budgets: dict[str, float]  # the target's: latency_p95_ms, min_top1 (percent), max_rss_mb
     checkset: Checkset | None
-    accuracy: dict[str, Any] | None
+    accuracy: ExpectedAccuracy | None
     choice: str
     deferred: str | None
     compatibility: Compatibility
