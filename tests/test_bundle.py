@@ -288,3 +288,21 @@ def test_keygen_makes_the_key_dir_as_the_readme_writes_it_and_never_overwrites(t
     capsys.readouterr()
     assert main(["bundle", "keygen", "keys/fleet"]) == 2
     assert "never overwritten" in capsys.readouterr().err and private.read_bytes() == before
+
+
+def test_an_archive_opened_without_a_dir_of_ones_own_leaves_nothing_behind(compiled_run, tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
+    compile_bundle(compiled_run, "rpi4", tmp_path / "out" / "rpi4")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    opened = open_bundle(tmp_path / "out" / "rpi4.tar.gz", machine="aarch64")
+    assert opened.model.is_file() and opened.model.is_relative_to(scratch)
+    with pytest.raises(BundleError, match="this machine is"):
+        open_bundle(tmp_path / "out" / "rpi4.tar.gz", machine="x86_64")  # refused: its unpacked copy goes at once
+    assert len(list(scratch.iterdir())) == 1
+    del opened
+    gc.collect()
+    assert list(scratch.iterdir()) == []

@@ -22,6 +22,7 @@ import platform
 import shutil
 import tarfile
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -265,7 +266,8 @@ def _unpack(archive: Path, into: Path) -> Path:
 def open_bundle(path: str | Path, *, key: str | Path | None = None, machine: str | None = None,
                 unpack_to: Path | None = None) -> Bundle:
     """A verified bundle from a dir or .tar.gz; `machine` checks it is for this CPU ("any" skips).
-    An archive is unpacked into `unpack_to` (a temp dir when not given; the caller removes it)."""
+    An archive is unpacked into `unpack_to`; without one, into a temp dir that goes when the
+    returned `Bundle` does (nothing is left in /tmp by a caller that forgets it)."""
     path = Path(path)
     if not path.exists():
         raise BundleError(f"bundle {path} does not exist", "pass a bundle dir or its .tar.gz")
@@ -278,10 +280,15 @@ def open_bundle(path: str | Path, *, key: str | Path | None = None, machine: str
         into = unpack_to or Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
         try:
             bundle = _check_dir(_unpack(path, into), key)
+            if machine != "any":
+                check_machine(bundle, machine)
         except BaseException:
             if unpack_to is None:
                 shutil.rmtree(into, ignore_errors=True)
             raise
+        if unpack_to is None:
+            weakref.finalize(bundle, shutil.rmtree, into, ignore_errors=True)
+        return bundle
     if machine != "any":
         check_machine(bundle, machine)
     return bundle
