@@ -253,16 +253,17 @@ class StageDir:
 class ExportDir(StageDir):
     RECORD: ClassVar[str] = EXPORT_RECORD
 
-    def record(self) -> ExportRecord:
+    @cached_property
+    def record(self) -> ExportRecord:  # read once: the files below are named in it
         return read_record(ExportRecord, self.record_file)
 
     @property
     def backbone(self) -> Path:
-        return self.path / self.record().files.backbone
+        return self.path / self.record.files.backbone
 
     @property
     def model(self) -> Path:
-        return self.path / self.record().files.model
+        return self.path / self.record.files.model
 
     @staticmethod
     def names(fmt: str) -> tuple[str, str]:
@@ -274,12 +275,13 @@ class ExportDir(StageDir):
 class QuantizeDir(StageDir):
     RECORD: ClassVar[str] = QUANTIZE_RECORD
 
+    @cached_property
     def record(self) -> QuantizeRecord:
         return read_record(QuantizeRecord, self.record_file)
 
     @property
     def model(self) -> Path:
-        return self.path / self.record().file
+        return self.path / self.record.file
 
     @staticmethod
     def name(fmt: str) -> str:

@@ -4,17 +4,9 @@ value is one line naming the file, the key and the keys or values allowed."""
 import pytest
 
 from edgetl.cli import main
+from tests.test_targets import GOOD
 
-TARGET = """name = "board"
-arch = "aarch64"
-engines = ["litert"]
-precisions = ["int8"]
-io_dtype = "int8"
-[budgets]
-latency_p95_ms = 30
-min_top1 = 80
-max_rss_mb = 300
-"""
+TARGET = GOOD  # the valid target of tests/test_targets.py
 DEVICE = 'name = "pi"\ntarget = "rpi4"\ntransport = "ssh"\n[ssh]\nhost = "10.0.0.12"\n'
 CALIB = 'data = "images"\nsamples = 64\n'
 

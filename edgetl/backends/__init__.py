@@ -132,7 +132,7 @@ class Source:
     def quantized(self, fmt: str) -> QuantizeRecord | None:
         """The run's int8 result in `fmt` (RUN/quantize/FMT/quantize.json), when quantize has run."""
         found = self.run.quantized(fmt) if self.is_run else None
-        return found.record() if found else None
+        return found.record if found else None
 
     def model(self, fmt: str, precision: str) -> Path | None:
         """The run's model file in `fmt` at `precision` (fp32 export or int8 quantize), made if it can be."""

@@ -150,5 +150,5 @@ def load_export(run_path: str | Path, fmt: str) -> Export | None:
     found = RunDir(Path(run_path)).exported(check_format(fmt))
     if found is None:
         return None
-    record = found.record()
+    record = found.record
     return Export(found.path, fmt, found.backbone, found.model, found.spec(), record)

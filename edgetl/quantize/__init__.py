@@ -370,4 +370,4 @@ def _fewest_float(try_k, available: int, max_drop: float) -> Trial | None:
 
 def load_record(run_path: str | Path, fmt: str) -> QuantizeRecord | None:
     found = RunDir(Path(run_path)).quantized(check_format(fmt))
-    return found.record() if found else None
+    return found.record if found else None

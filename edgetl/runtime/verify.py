@@ -274,21 +274,22 @@ def open_bundle(path: str | Path, *, key: str | Path | None = None, machine: str
     key = Path(key) if key is not None else None
     if key is not None:
         _public_key(key)  # a trusted key that cannot be read is named before anything else
-    if path.is_dir():
-        bundle = _check_dir(path, key)
-    else:
-        into = unpack_to or Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
-        try:
-            bundle = _check_dir(_unpack(path, into), key)
-            if machine != "any":
-                check_machine(bundle, machine)
-        except BaseException:
-            if unpack_to is None:
-                shutil.rmtree(into, ignore_errors=True)
-            raise
-        if unpack_to is None:
-            weakref.finalize(bundle, shutil.rmtree, into, ignore_errors=True)
+
+    def opened(root: Path) -> Bundle:
+        bundle = _check_dir(root, key)
+        if machine != "any":
+            check_machine(bundle, machine)
         return bundle
-    if machine != "any":
-        check_machine(bundle, machine)
+
+    if path.is_dir():
+        return opened(path)
+    into = unpack_to or Path(tempfile.mkdtemp(prefix="edgetl-bundle-"))
+    try:
+        bundle = opened(_unpack(path, into))
+    except BaseException:
+        if unpack_to is None:
+            shutil.rmtree(into, ignore_errors=True)
+        raise
+    if unpack_to is None:
+        weakref.finalize(bundle, shutil.rmtree, into, ignore_errors=True)
     return bundle
