@@ -69,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Server-side training on a source domain (e.g. city-a); the run it writes is "
                                     "a --weights for later `edgetl finetune` runs.")
     _add_train_flags(pt, "pretrain")
+    lf = sub.add_parser("lr-find", parents=[common], help="sweep the learning rate and suggest a --lr (fastai's)",
+                        description="Trains the head on cached embeddings, then sweeps the unfrozen model's lr "
+                                    "geometrically over a few hundred steps; prints the loss curve, writes a PNG plot "
+                                    "and suggests a --lr for `edgetl finetune` with the same recipe.")
+    lf.add_argument("source", type=Path, metavar="RUN-OR-CONFIG",
+                    help="a run dir (its recorded data and recipe) or a TOML file of finetune keys (data = ...)")
+    lf.add_argument("--steps", type=int, default=200, help="mini-batches in the sweep (default 200)")
+    lf.add_argument("--start", type=float, default=1e-6, help="first lr of the sweep (default 1e-6)")
+    lf.add_argument("--end", type=float, default=1.0, help="last lr of the sweep (default 1)")
+    lf.add_argument("--plot", type=Path, default=Path("lr-find.png"), help="PNG to write (default lr-find.png)")
 
     ex = sub.add_parser("export", parents=[common], help="export a run's backbone (+ head) to ONNX or TFLite",
                         description="Writes RUN/export/FORMAT: backbone (image -> embedding), head.npz and a combined "
@@ -445,6 +455,24 @@ def _cmd_train(args, console) -> int:
     return 0
 
 
+def _cmd_lr_find(args, console) -> int:
+    from edgetl import fsutil
+    from edgetl.runtime.atomic import write_file
+    from edgetl.train.lrfind import config_from, is_plot, plot, sweep
+
+    plot_file = fsutil.claim_file(args.plot, is_plot, "an lr-find plot", flag="--plot")
+    config = config_from(args.source)
+    result = sweep(config, steps=args.steps, start=args.start, end=args.end, console=console)
+    console.table(f"lr-find: {args.source.name}", ["lr", "loss (smoothed)"],
+                  [[f"{lr:.2e}", f"{loss:.3f}"] for lr, loss in result.table()])
+    write_file(plot_file, plot(result, f"lr-find: {args.source}"))
+    ended = "the loss diverged there" if result.stopped_early else "the sweep's end"
+    console.log(f"suggested --lr {result.suggestion:.1e} (valley); steepest fall at {result.steepest:.1e}, "
+                f"lowest loss at {result.minimum:.1e}; swept {result.lrs[0]:.0e} to {result.lrs[-1]:.1e} "
+                f"({ended}); plot: {plot_file}")
+    return 0
+
+
 def _cmd_export(args, console) -> int:
     from edgetl.export import check_format, check_tolerance, export  # torch loads only inside export()
 
@@ -502,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints
     console = Console(quiet=quiet, verbose=args.verbose)
     handlers = {"backbones": _cmd_backbones, "eval": _cmd_eval, "finetune": _cmd_train, "pretrain": _cmd_train,
+                "lr-find": _cmd_lr_find,
                 "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile,
                 "devices": _cmd_devices, "deploy": _cmd_deploy, "check": _cmd_check, "predict": _cmd_predict,
                 "adapt": _cmd_adapt}

@@ -65,7 +65,7 @@ class RunData(Record):
 class FinetuneRecord(Record):
     """What a fine-tune (or pretrain) run measured; top-1 figures in percent (0-100)."""
 
-    OPTIONAL_KEYS = frozenset({"schema_version"})  # runs written before records were versioned
+    OPTIONAL_KEYS = frozenset({"schema_version", "seed", "val_loss"})  # older runs lack them
 
     stage: str
     backbone: str
@@ -88,6 +88,8 @@ class FinetuneRecord(Record):
     versions: dict[str, str]
     config: dict[str, Any]
     history: tuple[dict[str, Any], ...] = ()
+    seed: int | None = None  # of the split, the augmentation and the initialisation
+    val_loss: float | None = None  # mean val cross-entropy of the kept model: what picked it
     schema_version: int = 1
 
 

@@ -34,11 +34,18 @@ class FinetuneConfig:
     img_size: int | None = _opt(None, "model input size in px (default: the weights run's, else 96)")
     resize: str = _opt("stretch", "stretch (whole crop, default) | crop (centre crop)")
     batch_size: int = _opt(32, "images per step (default 32)")
-    lr: float = _opt(1e-3, "fine-tuning learning rate (default 1e-3); the head-only phase uses 3 x lr")
-    backbone_lr_scale: float = _opt(1.0, "unfrozen stages learn at lr x this (default 1.0; e.g. 0.1 for gentler "
-                                    "updates)")
+    lr: float = _opt(1e-3, "peak learning rate of the head and the stage next to it (default 1e-3); the head-only "
+                     "phase uses 3 x lr. `edgetl lr-find` suggests one")
+    lr_decay: float = _opt(0.1, "discriminative learning rates: the input stage learns at lr x this, the stages "
+                           "between on a geometric spread (default 0.1; 1 = one lr for all)")
+    schedule: str = _opt("one-cycle", "one-cycle (default: warm up a quarter, then anneal) | cosine")
+    backbone_lr_scale: float = _opt(1.0, "every unfrozen stage's lr x this, on top of --lr-decay (default 1.0)")
     weight_decay: float = _opt(1e-4, "AdamW weight decay (default 1e-4)")
-    patience: int = _opt(4, "early stopping: epochs without val gain (default 4)")
+    label_smoothing: float = _opt(0.1, "label smoothing of the training loss (default 0.1; 0 = off)")
+    ema: float = _opt(1.0, "the weights scored and kept are their moving average over about this many epochs "
+                      "(default 1; 0 = off)")
+    select: str = _opt("loss", "what picks the best epoch and stops early: loss (val cross-entropy, default) | top1")
+    patience: int = _opt(4, "early stopping: epochs without val gain, counted once the lr has peaked (default 4)")
     val_fraction: float = _opt(0.2, "share of --data held out for val when no --val is given (default 0.2)")
     seed: int = _opt(0, "seed of the split, the augmentation and the initialisation (default 0)")
     strict: bool = _opt(False, "refuse unreadable images instead of skipping them")

@@ -1,10 +1,11 @@
 """Fine-tuning (and server-side pretraining): one loop, written into a run directory.
 
-Two phases. First the head alone on the frozen backbone, over embeddings computed once
-(milliseconds an epoch), at 3 x lr. Then, unless `--freeze all`, the unfrozen stages and
-the head together at the lower lr (the backbone at lr x backbone_lr_scale), with
-augmentation, class-balanced sampling, cosine decay and early stopping on val. The best
-epoch on val, the head-only model counting as epoch 0, is what the run keeps.
+fastai's recipe in two phases. First the head alone on the frozen backbone, over embeddings
+computed once (milliseconds an epoch), at 3 x lr. Then, unless `--freeze all`, the unfrozen
+stages and the head together: discriminative learning rates (the input stage at lr x
+lr_decay), a one-cycle schedule, label smoothing, augmentation, class-balanced sampling, and
+an EMA of the weights, which is what is scored and kept. The best epoch is judged on val loss,
+the head-only model counting as epoch 0; early stopping waits until the lr has peaked.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from edgetl.data.split import split_train_val
 from edgetl.errors import ConfigError, DataError
 from edgetl.rundir import FinetuneRecord, RunData, RunDir
 from edgetl.runtime.preprocess import RESIZE_MODES, PreprocessSpec
-from edgetl.train import distributed, freeze
+from edgetl.train import distributed, freeze, recipe
 from edgetl.train.backbones import Backbone, get_spec, make_head
 from edgetl.train.config import FinetuneConfig  # noqa: F401 - the API's config, imported from here too
 from edgetl.train.features import embed, nchw, to_input
@@ -40,7 +41,16 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 
 
 def validate(config: FinetuneConfig) -> None:
-    """Reject bad values and combinations up front, before any image is read."""
+    """Reject bad values and combinations up front, before any image is read, and claim the run dir."""
+    check(config)
+    inputs = [p for p in (config.data, config.val, config.test) if p is not None]
+    if config.weights and Path(config.weights).exists():
+        inputs.append(Path(config.weights))  # a weights run cannot be replaced while it is read
+    fsutil.claim(config.out, fsutil.RUN, force=config.force, inputs=inputs)
+
+
+def check(config: FinetuneConfig) -> None:
+    """Bad values and combinations, as one-line errors (nothing is written)."""
     checks = [
         (config.epochs >= 0, f"--epochs must be >= 0, not {config.epochs}", "e.g. --epochs 10"),
         (config.head_epochs >= 1, f"--head-epochs must be >= 1, not {config.head_epochs}", "e.g. --head-epochs 60"),
@@ -56,6 +66,16 @@ def validate(config: FinetuneConfig) -> None:
         (config.seed >= 0, f"--seed must be >= 0, not {config.seed}", "e.g. --seed 0"),
         (0 < config.val_fraction < 1, f"--val-fraction must be between 0 and 1, not {config.val_fraction}", "e.g. 0.2"),
         (config.patience >= 1, f"--patience must be >= 1, not {config.patience}", "e.g. --patience 4"),
+        (0 < config.lr_decay <= 1, f"--lr-decay must be in (0, 1], not {config.lr_decay}",
+         "e.g. 0.1: the input stage learns at a tenth of the head's lr"),
+        (config.schedule in recipe.SCHEDULES, f"unknown --schedule {config.schedule!r}",
+         f"available: {', '.join(recipe.SCHEDULES)}"),
+        (0 <= config.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {config.label_smoothing}",
+         "e.g. 0.1"),
+        (0 <= config.ema < math.inf, f"--ema must be a number of epochs >= 0, not {config.ema}",
+         "e.g. 1, or 0 for no average"),
+        (config.select in recipe.CRITERIA, f"unknown --select {config.select!r}",
+         f"available: {', '.join(recipe.CRITERIA)}"),
         (config.resize in RESIZE_MODES, f"unknown --resize {config.resize!r}", f"available: {', '.join(RESIZE_MODES)}"),
         (config.stage in ("finetune", "pretrain"), f"unknown stage {config.stage!r}", "finetune or pretrain"),
     ]
@@ -70,10 +90,6 @@ def validate(config: FinetuneConfig) -> None:
         if config.backbone is not None and config.backbone != trained:
             raise ConfigError(f"--backbone {config.backbone} does not match the weights run ({trained})",
                               "leave out --backbone to use the run's")
-    inputs = [p for p in (config.data, config.val, config.test) if p is not None]
-    if config.weights and Path(config.weights).exists():
-        inputs.append(Path(config.weights))  # a weights run cannot be replaced while it is read
-    fsutil.claim(config.out, fsutil.RUN, force=config.force, inputs=inputs)
 
 
 @dataclass
@@ -100,7 +116,7 @@ def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(len(labels), size=len(labels), replace=True, p=p / p.sum())
 
 
-def _augmenter(size: int):
+def augmenter(size: int):
     """What an edge camera varies: framing and distance, exposure (night, glare), motion blur.
     No horizontal flip: it turns a left arrow into a right one."""
     from torchvision.transforms import v2
@@ -116,8 +132,8 @@ def _augmenter(size: int):
 
 @torch.no_grad()
 def score(backbone: Backbone, head: torch.nn.Linear, split: Split, spec: PreprocessSpec,
-          world: distributed.World, batch_size: int = 128) -> tuple[float, float]:
-    """(top-1 in percent, mean cross-entropy); under DDP each rank scores its share and the sums are added."""
+          world: distributed.World, batch_size: int = 128) -> recipe.Score:
+    """Top-1 in percent and mean cross-entropy; under DDP each rank scores its share and the sums are added."""
     backbone.eval()
     images, labels = split.loaded.images, split.loaded.labels
     correct, loss = 0, 0.0
@@ -128,49 +144,46 @@ def score(backbone: Backbone, head: torch.nn.Linear, split: Split, spec: Preproc
         correct += int((logits.argmax(1) == y).sum())
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
     n = max(1, len(images))
-    return 100.0 * world.sum(correct) / n, world.sum(loss) / n
-
-
-def better(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    """Is val result `a` (top-1, loss) better than `b`? Accuracy first; on a tie, the lower loss."""
-    return a[0] > b[0] or (a[0] == b[0] and a[1] < b[1])
+    return recipe.Score(100.0 * world.sum(correct) / n, world.sum(loss) / n)
 
 
 def head_epoch(head: torch.nn.Linear, opt: torch.optim.Optimizer, features: torch.Tensor, labels: torch.Tensor,
-               order: np.ndarray, batch_size: int) -> None:
+               order: np.ndarray, batch_size: int, label_smoothing: float) -> None:
     """One epoch of the head over embeddings, in `order`."""
     order = torch.from_numpy(order)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        loss = F.cross_entropy(head(features[idx]), labels[idx], label_smoothing=0.1)
+        loss = F.cross_entropy(head(features[idx]), labels[idx], label_smoothing=label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
 
 def train_head(head: torch.nn.Linear, train: Split, val: Split, config: FinetuneConfig,
-               console: Console) -> tuple[tuple[float, float], int]:
-    """Head-only epochs over cached embeddings; keeps the best on val.
-    Returns ((val top-1, val loss), epochs run)."""
+               console: Console) -> tuple[recipe.Score, int]:
+    """Head-only epochs over cached embeddings; keeps the best on val. Returns (its val score, epochs run)."""
     rng = np.random.default_rng(config.seed)
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr * 3, weight_decay=config.weight_decay)
     x, y = train.features, torch.from_numpy(train.loaded.labels)
     vx, vy = val.features, torch.from_numpy(val.loaded.labels)
-    best, best_state, stale, epochs_run = (-1.0, math.inf), None, 0, 0
+    best, best_state, stale, epochs_run = None, None, 0, 0
     for _ in range(config.head_epochs):
         epochs_run += 1
-        head_epoch(head, opt, x, y, balanced_order(train.loaded.labels, rng), config.batch_size)
+        head_epoch(head, opt, x, y, balanced_order(train.loaded.labels, rng), config.batch_size,
+                   config.label_smoothing)
         with torch.no_grad():
             logits = head(vx)
-            result = (100.0 * float((logits.argmax(1) == vy).float().mean()), float(F.cross_entropy(logits, vy)))
-        if better(result, best):
+            result = recipe.Score(100.0 * float((logits.argmax(1) == vy).float().mean()),
+                                  float(F.cross_entropy(logits, vy)))
+        if result.better_than(best, config.select):
             best, best_state, stale = result, copy.deepcopy(head.state_dict()), 0
         else:
             stale += 1
             if stale >= config.patience * 5:  # head epochs are cheap; be patient
                 break
     head.load_state_dict(best_state)
-    console.log(f"head on frozen backbone: val top-1 {best[0]:.1f}% after {epochs_run} cached epochs")
+    console.log(f"head on frozen backbone: val top-1 {best.top1:.1f}%, loss {best.loss:.3f} "
+                f"after {epochs_run} cached epochs")
     return best, epochs_run
 
 
@@ -190,33 +203,33 @@ def quicken_batchnorm(backbone: Backbone) -> None:
 
 def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val: Split, spec: PreprocessSpec,
                    config: FinetuneConfig, world: distributed.World, console: Console,
-                   head_only: tuple[float, float]) -> tuple[float, int, list[dict]]:
-    """Unfrozen stages + head, end to end. Returns (best val top-1, best epoch, history).
+                   head_only: recipe.Score) -> tuple[recipe.Score, int, list[dict]]:
+    """Unfrozen stages + head, end to end. Returns (best val score, best epoch, history).
 
-    Epoch 0 is the head-only model: if no epoch beats it on val, that is what is kept."""
+    Epoch 0 is the head-only model: if no epoch beats it on val, that is what is kept. With
+    `--ema`, each epoch is judged (and kept) as the moving average of its weights."""
     quicken_batchnorm(backbone)
     model = torch.nn.Sequential(backbone, head)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world.distributed else model
-    backbone_params = [p for p in backbone.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": backbone_params, "lr": config.lr * config.backbone_lr_scale},
-         {"params": head.parameters(), "lr": config.lr}],
-        weight_decay=config.weight_decay,
-    )
-    base_lrs = [g["lr"] for g in opt.param_groups]
+    trainable = [s for s in backbone.stages() if any(p.requires_grad for p in backbone.stage(s).parameters())]
+    opt = torch.optim.AdamW(recipe.param_groups(backbone, head, trainable, config.lr, config.lr_decay,
+                                                config.backbone_lr_scale), weight_decay=config.weight_decay)
     per_rank_batch = max(1, config.batch_size // world.size)
     steps_per_epoch = math.ceil(len(train.loaded.labels) / (per_rank_batch * world.size))
-    total_steps = max(1, config.epochs * steps_per_epoch)
+    lr_schedule = recipe.schedule(opt, config.schedule, config.epochs * steps_per_epoch)
+    average = recipe.Ema(model, recipe.ema_decay(config.ema, steps_per_epoch)) if config.ema > 0 else None
+    judged = average.module if average is not None else model  # what each epoch is scored as
     rng = np.random.default_rng(config.seed + 1)  # same draws on every rank; each takes its share
     torch.manual_seed(config.seed + 1 + world.rank)  # augmentation differs per rank
-    augment = _augmenter(spec.size[0]) if config.augment else None
+    augment = augmenter(spec.size[0]) if config.augment else None
     images = nchw(train.loaded.images)
     labels = torch.from_numpy(train.loaded.labels)
+    wait = recipe.warmup_epochs(config.schedule, config.epochs)
 
     # `best` picks what is kept (head-only counts, as epoch 0); `phase_best` drives early
     # stopping, so the first epochs after unfreezing may dip below the head-only model.
-    best, best_epoch, phase_best, stale, step, history = head_only, 0, (-1.0, math.inf), 0, 0, []
-    best_state = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
+    best, best_epoch, phase_best, stale, history = head_only, 0, None, 0, []
+    best_state = copy.deepcopy(model.state_dict())
     with console.task("fine-tuning", config.epochs * steps_per_epoch) as advance:
         for epoch in range(1, config.epochs + 1):
             freeze.set_train_mode(backbone, config.freeze)
@@ -226,38 +239,37 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
                 chunk = order[s * per_rank_batch * world.size : (s + 1) * per_rank_batch * world.size]
                 idx = chunk[world.rank :: world.size]
                 if len(idx) < 2:  # BatchNorm needs two samples; the epoch's tail is dropped
+                    lr_schedule.step()
                     advance(1)
                     continue
                 batch = images[idx]
                 if augment is not None:
                     batch = torch.stack([augment(img) for img in batch])
-                for g, base in zip(opt.param_groups, base_lrs, strict=True):  # cosine decay over the whole run
-                    g["lr"] = base * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-                loss = F.cross_entropy(ddp(to_input(batch, spec)), labels[idx], label_smoothing=0.1)
+                loss = F.cross_entropy(ddp(to_input(batch, spec)), labels[idx], label_smoothing=config.label_smoothing)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                lr_schedule.step()
+                if average is not None:
+                    average.update_parameters(model)
                 losses.append(loss.item())
-                step += 1
                 advance(1)
-            result = score(backbone, head, val, spec, world)
+            result = score(judged[0], judged[1], val, spec, world)
             history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 4),
-                            "val_top1": round(result[0], 2), "val_loss": round(result[1], 4)})
+                            "val_top1": round(result.top1, 2), "val_loss": round(result.loss, 4)})
             console.log(f"epoch {epoch}/{config.epochs}: loss {history[-1]['loss']:.3f}  "
-                        f"val top-1 {result[0]:.1f}%  val loss {result[1]:.3f}")
-            if better(result, best):
-                best, best_epoch = result, epoch
-                best_state = (copy.deepcopy(backbone.state_dict()), copy.deepcopy(head.state_dict()))
-            if better(result, phase_best):
+                        f"val top-1 {result.top1:.1f}%  val loss {result.loss:.3f}")
+            if result.better_than(best, config.select):
+                best, best_epoch, best_state = result, epoch, copy.deepcopy(judged.state_dict())
+            if result.better_than(phase_best, config.select):
                 phase_best, stale = result, 0
-            else:
+            elif epoch > wait:
                 stale += 1
                 if stale >= config.patience:
-                    console.log(f"early stop: val top-1 has not improved for {stale} epochs")
+                    console.log(f"early stop: val {config.select} has not improved for {stale} epochs")
                     break
-    backbone.load_state_dict(best_state[0])
-    head.load_state_dict(best_state[1])
-    return best[0], best_epoch, history
+    model.load_state_dict(best_state)
+    return best, best_epoch, history
 
 
 def _load_split(name: str, samples, spec: PreprocessSpec, config: FinetuneConfig, console: Console) -> Split:
@@ -301,8 +313,25 @@ def finetune(config: FinetuneConfig, console: Console = QUIET) -> Result:
         distributed.leave()
 
 
-def _finetune(config: FinetuneConfig, world: distributed.World, console: Console) -> Result:
-    started = time.perf_counter()
+@dataclass
+class Prepared:
+    """Everything a run starts from: the backbone with its weights and freeze policy applied, a
+    fresh (or warm-started) head, and the images of each split, read once."""
+
+    name: str
+    weights: Weights
+    backbone: Backbone
+    head: torch.nn.Linear
+    trainable: list[str]
+    classes: tuple[str, ...]
+    spec: PreprocessSpec
+    train: Split
+    val: Split
+    test: Split | None
+
+
+def prepare(config: FinetuneConfig, console: Console = QUIET) -> Prepared:
+    """Build the backbone and read the splits `config` names (`finetune` and `lr-find` start here)."""
     torch.manual_seed(config.seed)
     weights_run = Path(config.weights) if config.weights and is_run(Path(config.weights)) else None
     name = config.backbone or (run_backbone_name(weights_run) if weights_run else DEFAULT_BACKBONE)
@@ -336,6 +365,10 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
     if config.test is not None:
         test_folder = scan(config.test, folder.classes, what="test")
         test = _load_split("test", list(test_folder.samples), spec, config, console)
+    if recipe.resolution(len(val.loaded.labels)) > 1.0:
+        console.log(f"[yellow]val has {len(val.loaded.labels)} images: one image is "
+                    f"{recipe.resolution(len(val.loaded.labels)):.1f} points of top-1, too few to resolve one point; "
+                    f"epochs are judged by val {config.select}. Give --val DIR with 100+ images for sharper choices[/]")
     console.log(f"{name} ({weights.source}), {img_size}px, {len(folder.classes)} classes, "
                 f"{len(train.loaded.labels)} train / {len(val.loaded.labels)} val images, "
                 f"trainable stages: {len(trainable)}/{len(backbone.stages())}")
@@ -344,28 +377,40 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
     if weights.head is not None and weights.classes == folder.classes:
         head.load_state_dict(weights.head)  # same classes as the source run: warm start
         console.log("head warm-started from the weights run (same classes)")
+    return Prepared(name, weights, backbone, head, trainable, tuple(folder.classes), spec, train, val, test)
+
+
+def embed_splits(p: Prepared, world: distributed.World, console: Console) -> None:
+    """The frozen backbone's embeddings of train and val, once, for the head-only epochs."""
+    with console.task("embedding (frozen backbone)", len(p.train.loaded.labels) + len(p.val.loaded.labels)) as advance:
+        p.train.features = embed(p.backbone, p.train.loaded.images, p.spec, world=world, progress=advance)
+        p.val.features = embed(p.backbone, p.val.loaded.images, p.spec, world=world, progress=advance)
+
+
+def _finetune(config: FinetuneConfig, world: distributed.World, console: Console) -> Result:
+    started = time.perf_counter()
+    p = prepare(config, console)
+    name, weights, backbone, head, trainable, spec = p.name, p.weights, p.backbone, p.head, p.trainable, p.spec
+    train, val, test = p.train, p.val, p.test
 
     # phase 1: head on the frozen backbone, over embeddings computed once
     t0 = time.perf_counter()
-    with console.task("embedding (frozen backbone)", len(train.loaded.labels) + len(val.loaded.labels)) as advance:
-        train.features = embed(backbone, train.loaded.images, spec, world=world, progress=advance)
-        val.features = embed(backbone, val.loaded.images, spec, world=world, progress=advance)
+    embed_splits(p, world, console)
     t1 = time.perf_counter()
-    head_only, head_epochs = train_head(head, train, val, config, console)
-    val_top1 = head_only[0]
+    kept, head_epochs = train_head(head, train, val, config, console)
     t2 = time.perf_counter()
     best_epoch, history = 0, []
 
     # phase 2: unfrozen stages and head together
     if trainable and config.epochs > 0:
-        val_top1, best_epoch, history = train_unfrozen(backbone, head, train, val, spec, config, world, console,
-                                                       head_only)
+        kept, best_epoch, history = train_unfrozen(backbone, head, train, val, spec, config, world, console, kept)
     t3 = time.perf_counter()
 
-    test_top1 = score(backbone, head, test, spec, world)[0] if test is not None else None
+    test_top1 = score(backbone, head, test, spec, world).top1 if test is not None else None
     result = Result(
-        stage=config.stage, backbone=name, weights=weights.source, classes=len(folder.classes), img_size=img_size,
-        freeze=config.freeze, trainable_stages=list(trainable), val_top1=round(val_top1, 2),
+        stage=config.stage, backbone=name, weights=weights.source, classes=len(p.classes), img_size=spec.size[0],
+        freeze=config.freeze, trainable_stages=list(trainable), seed=config.seed,
+        val_top1=round(kept.top1, 2), val_loss=round(kept.loss, 4),
         test_top1=None if test_top1 is None else round(test_top1, 2),
         epochs=len(history), head_epochs=head_epochs, best_epoch=best_epoch,
         seconds=round(time.perf_counter() - started, 2), seconds_embed=round(t1 - t0, 3),
@@ -381,6 +426,6 @@ def _finetune(config: FinetuneConfig, world: distributed.World, console: Console
         history=tuple(history),
     )
     if world.is_main:
-        _write_run(Path(config.out), backbone, head, folder.classes, spec, result, force=config.force)
+        _write_run(Path(config.out), backbone, head, p.classes, spec, result, force=config.force)
     world.barrier()
     return result

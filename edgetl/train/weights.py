@@ -7,6 +7,9 @@
 - a torchvision weights name, e.g. `MobileNet_V2_Weights.IMAGENET1K_V1`;
 - `none`: random initialisation (training from scratch);
 - a path to a state_dict (`.pth`/`.pt`), in the architecture's own layout or edgetl's;
+- a PyTorch Lightning checkpoint (`.ckpt`): its `state_dict`, with the LightningModule's attribute
+  prefix (`model.`, DDP's `module.`, torch.compile's `_orig_mod.`) stripped; from
+  `edgetl.train.lightning`, its EMA weights, and its head when the classes match;
 - an edgetl run directory (e.g. `runs/city-a`): its backbone, and its head when the classes match.
 
 Files are read with `torch.load(weights_only=True)`: a checkpoint is data, never code.
@@ -48,8 +51,8 @@ def _first_words(exc: BaseException, limit: int = 120) -> str:
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
-def load_state_dict(path: Path) -> dict:
-    """Read a checkpoint as plain tensors; refuse anything that needs unpickling code."""
+def _load(path: Path):
+    """`torch.load(weights_only=True)` of a file that must be a torch.save checkpoint."""
     if path.is_dir():
         raise WeightsError(f"{path} is a directory and not an edgetl run", "pass a run dir or a state_dict file")
     with open(path, "rb") as f:
@@ -60,25 +63,79 @@ def load_state_dict(path: Path) -> dict:
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols is not the user's to act on
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        lightning = path.suffix == ".ckpt"
         raise WeightsError(
             f"refusing to load {path}: it holds objects other than tensors"
             f"{f' ({found[1]})' if found else ''}",
+            "keep a Lightning module's hyper-parameters plain values (save_hyperparameters(ignore=[...])), "
+            "or save its state_dict alone" if lightning else
             "save a plain state_dict: torch.save(model.state_dict(), PATH)",
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WeightsError(f"cannot read weights file {path}: {_first_words(exc)}",
                            "pass a state_dict saved with torch.save") from None
+
+
+def _tensors(obj, path: Path) -> dict:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+        obj = obj["state_dict"]  # a Lightning (or similar) training checkpoint
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         if isinstance(obj, dict) and set(obj) == {"backbone", "head"}:
             return obj
         raise WeightsError(f"{path} is not a state_dict (a mapping of names to tensors)",
                            "save one with torch.save(model.state_dict(), PATH)")
     return obj
+
+
+def load_state_dict(path: Path) -> dict:
+    """Read a checkpoint as plain tensors; refuse anything that needs unpickling code."""
+    return _tensors(_load(path), path)
+
+
+EDGETL_ROOTS = ("backbone", "head", "body", "pool")  # edgetl's layouts: a run's checkpoint, a Backbone
+EMA = ("ema.module.0.", "ema.module.1.")  # edgetl.train.lightning's average of (backbone, head)
+
+
+def strip_prefixes(sd: dict) -> dict:
+    """Keys as the wrapped model has them: without DDP's `module.` and torch.compile's `_orig_mod.`,
+    and without a LightningModule attribute (`model.`, `net.`) that every key starts with."""
+    sd = {".".join(part for part in k.split(".") if part != "_orig_mod").removeprefix("module."): v
+          for k, v in sd.items()}
+    while sd:
+        first = {k.split(".", 1)[0] for k in sd}
+        if len(first) != 1 or next(iter(first)) in EDGETL_ROOTS or not all("." in k for k in sd):
+            return sd
+        sd = {k.split(".", 1)[1]: v for k, v in sd.items()}
+    return sd
+
+
+def _split_edgetl(sd: dict) -> tuple[dict, dict] | None:
+    """(backbone, head) of a state_dict of edgetl's (backbone, head) pair, the EMA preferred."""
+    for backbone, head in (EMA, ("backbone.", "head.")):
+        b = {k[len(backbone):]: v for k, v in sd.items() if k.startswith(backbone)}
+        h = {k[len(head):]: v for k, v in sd.items() if k.startswith(head)}
+        if b and h:
+            return b, h
+    return None
+
+
+def _from_file(path: Path) -> Weights:
+    obj = _load(path)
+    sd = _tensors(obj, path)
+    if set(sd) == {"backbone", "head"}:
+        return Weights(source=f"file:{path}", backbone=sd["backbone"], head=sd["head"])
+    hparams = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    classes = hparams.get("classes") if isinstance(hparams, dict) else None
+    classes = tuple(classes) if isinstance(classes, list | tuple) and all(isinstance(c, str) for c in classes) else None
+    sd = strip_prefixes(sd)
+    if pair := _split_edgetl(sd):
+        return Weights(source=f"file:{path}", backbone=pair[0], head=pair[1], classes=classes)
+    if any(k.startswith(("body.", "pool.")) for k in sd):
+        return Weights(source=f"file:{path}", backbone=sd)
+    return Weights(source=f"file:{path}", original=sd)
 
 
 def run_backbone_name(run: Path) -> str:
@@ -147,16 +204,11 @@ def resolve(spec: BackboneSpec, weights: str | None) -> Weights:
                                "pass a run dir written by `edgetl finetune`/`pretrain`, or a .pth file")
         return from_run(path)
     if path.is_file():
-        sd = load_state_dict(path)
-        if set(sd) == {"backbone", "head"}:
-            return Weights(source=f"file:{path}", backbone=sd["backbone"], head=sd["head"])
-        if any(k.startswith(("body.", "pool.")) for k in sd):
-            return Weights(source=f"file:{path}", backbone=sd)
-        return Weights(source=f"file:{path}", original=sd)
+        return _from_file(path)
     if "_Weights." in choice or choice.endswith("_Weights"):
         return _torchvision(choice)
     raise WeightsError(f"weights {choice!r} are neither a file, a run dir nor a known weights name",
-                       "use `imagenet`, `none`, a torchvision weights name, a .pth path or a run dir")
+                       "use `imagenet`, `none`, a torchvision weights name, a .pth/.ckpt path or a run dir")
 
 
 def load_backbone(spec: BackboneSpec, img_size: int, weights: Weights):

@@ -1,0 +1,113 @@
+"""edgetl's backbone + head and fine-tuning recipe as a Lightning `LightningModule`, for users
+whose training already runs under a Lightning `Trainer`.
+
+The same parts as `edgetl finetune`: discriminative learning rates per stage (`lr_decay`), the
+one-cycle (or cosine) schedule stepped per batch, label smoothing, BatchNorm statistics of frozen
+stages kept frozen, domain augmentation (no horizontal flips), and an EMA of the weights (over
+`ema` epochs), which is what validation scores. Pick the best epoch with `ModelCheckpoint(monitor="val_loss")`.
+What the Trainer saves is a `--weights` for `edgetl finetune` (the EMA weights, and the head
+when the classes match), so a Lightning-trained model goes on to export, quantize and compile.
+
+Batches are `(images, labels)`: uint8 NCHW RGB images are normalised (and augmented while
+training) here; float images are taken as already normalised with `module.spec`.
+
+Needs `lightning` (or `pytorch-lightning`): `pip install edgetl[lightning]`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from edgetl.errors import ConfigError
+
+try:
+    import lightning.pytorch as pl
+except ImportError:  # the older package name
+    try:
+        import pytorch_lightning as pl
+    except ImportError:
+        raise ConfigError("edgetl.train.lightning needs Lightning",
+                          "pip install 'edgetl[lightning]' (or lightning / pytorch-lightning)") from None
+
+from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.train import freeze, recipe
+from edgetl.train.backbones import get_spec, make_head
+from edgetl.train.features import to_input
+from edgetl.train.finetune import DEFAULT_BACKBONE, augmenter, quicken_batchnorm
+from edgetl.train.weights import load_backbone, resolve
+
+
+class FinetuneModule(pl.LightningModule):
+    """A registered backbone with a linear head over `classes`, trained with edgetl's recipe."""
+
+    def __init__(self, classes: Sequence[str], backbone: str = DEFAULT_BACKBONE, weights: str | None = "imagenet",
+                 img_size: int | None = None, freeze_policy: str = "none", lr: float = 1e-3, lr_decay: float = 0.1,
+                 schedule: str = "one-cycle", weight_decay: float = 1e-4, label_smoothing: float = 0.1,
+                 ema: float = 1.0, augment: bool = True):
+        super().__init__()
+        if schedule not in recipe.SCHEDULES:
+            raise ConfigError(f"unknown schedule {schedule!r}", f"available: {', '.join(recipe.SCHEDULES)}")
+        self.save_hyperparameters()  # plain values only: the checkpoint stays loadable with weights_only=True
+        self.hparams.classes = list(classes)
+        spec = get_spec(backbone)
+        size = img_size or spec.default_img_size
+        self.spec = PreprocessSpec(size=(size, size), mean=spec.mean, std=spec.std)
+        self.backbone = load_backbone(spec, size, resolve(spec, weights))
+        self.trainable = freeze.apply(self.backbone, freeze_policy)
+        quicken_batchnorm(self.backbone)
+        self.head = make_head(self.backbone.embedding_dim, len(classes))
+        self.ema = recipe.Ema(torch.nn.Sequential(self.backbone, self.head), 0.0) if ema > 0 else None
+        self._augment = augmenter(size) if augment else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(self._normalised(images)))
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:  # `ema` is in epochs: the decay follows from the Trainer's batches per epoch
+            total, epochs = self.trainer.estimated_stepping_batches, self.trainer.max_epochs or -1
+            steps = max(1, int(total) // epochs) if epochs > 0 and math.isfinite(total) else 100
+            self.ema.decay = recipe.ema_decay(self.hparams.ema, steps)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        """Frozen stages in eval mode, their BatchNorm statistics frozen (the Trainer sets every
+        module training, and restores modes of its own around validation)."""
+        freeze.set_train_mode(self.backbone, self.hparams.freeze_policy)
+        if self.ema is not None:
+            self.ema.eval()
+
+    def _normalised(self, images: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            return images
+        if augment and self._augment is not None:
+            images = torch.stack([self._augment(img) for img in images])
+        return to_input(images, self.spec)
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        logits = self.head(self.backbone(self._normalised(images, augment=True)))
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(torch.nn.Sequential(self.backbone, self.head))
+
+    def validation_step(self, batch, batch_idx):
+        images, labels = batch
+        judged = self.ema.module if self.ema is not None else torch.nn.Sequential(self.backbone, self.head)
+        logits = judged(self._normalised(images))
+        self.log("val_loss", F.cross_entropy(logits, labels), prog_bar=True)  # no smoothing: what picks epochs
+        self.log("val_top1", 100.0 * (logits.argmax(1) == labels).float().mean(), prog_bar=True)  # percent
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW(recipe.param_groups(self.backbone, self.head, self.trainable, h.lr, h.lr_decay),
+                                weight_decay=h.weight_decay)
+        steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": recipe.schedule(opt, h.schedule, steps),
+                                                   "interval": "step"}}
