@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("source", type=Path, metavar="RUN-OR-CONFIG",
                     help="a run dir (its recorded data and recipe) or a TOML file of finetune keys (data = ...)")
     lf.add_argument("--steps", type=int, default=200, help="mini-batches in the sweep (default 200)")
-    lf.add_argument("--start", type=float, default=1e-6, help="first lr of the sweep (default 1e-6)")
+    lf.add_argument("--start", type=float, default=1e-5, help="first lr of the sweep (default 1e-5)")
     lf.add_argument("--end", type=float, default=1.0, help="last lr of the sweep (default 1)")
     lf.add_argument("--plot", type=Path, default=Path("lr-find.png"), help="PNG to write (default lr-find.png)")
 

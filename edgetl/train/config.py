@@ -44,6 +44,8 @@ class FinetuneConfig:
     label_smoothing: float = _opt(0.1, "label smoothing of the training loss (default 0.1; 0 = off)")
     ema: float = _opt(1.0, "the weights scored and kept are their moving average over about this many epochs "
                       "(default 1; 0 = off)")
+    bn: str = _opt("auto", "BatchNorm statistics while fine-tuning: frozen (pretrained statistics; scale and shift "
+                   "still train) | train (follow the batches) | auto (default: frozen, train from scratch)")
     select: str = _opt("loss", "what picks the best epoch and stops early: loss (val cross-entropy, default) | top1")
     patience: int = _opt(4, "early stopping: epochs without val gain, counted once the lr has peaked (default 4)")
     val_fraction: float = _opt(0.2, "share of --data held out for val when no --val is given (default 0.2)")

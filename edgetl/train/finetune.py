@@ -74,6 +74,7 @@ def check(config: FinetuneConfig) -> None:
          "e.g. 0.1"),
         (0 <= config.ema < math.inf, f"--ema must be a number of epochs >= 0, not {config.ema}",
          "e.g. 1, or 0 for no average"),
+        (config.bn in freeze.BN_MODES, f"unknown --bn {config.bn!r}", f"available: {', '.join(freeze.BN_MODES)}"),
         (config.select in recipe.CRITERIA, f"unknown --select {config.select!r}",
          f"available: {', '.join(recipe.CRITERIA)}"),
         (config.resize in RESIZE_MODES, f"unknown --resize {config.resize!r}", f"available: {', '.join(RESIZE_MODES)}"),
@@ -208,7 +209,9 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
 
     Epoch 0 is the head-only model: if no epoch beats it on val, that is what is kept. With
     `--ema`, each epoch is judged (and kept) as the moving average of its weights."""
-    quicken_batchnorm(backbone)
+    frozen_bn = freeze.bn_frozen(config.bn, config.weights)
+    if not frozen_bn:
+        quicken_batchnorm(backbone)
     model = torch.nn.Sequential(backbone, head)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world.distributed else model
     trainable = [s for s in backbone.stages() if any(p.requires_grad for p in backbone.stage(s).parameters())]
@@ -233,6 +236,8 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
     with console.task("fine-tuning", config.epochs * steps_per_epoch) as advance:
         for epoch in range(1, config.epochs + 1):
             freeze.set_train_mode(backbone, config.freeze)
+            if frozen_bn:
+                freeze.freeze_batchnorm(backbone)
             order = torch.from_numpy(balanced_order(train.loaded.labels, rng))
             losses = []
             for s in range(steps_per_epoch):
@@ -368,7 +373,8 @@ def prepare(config: FinetuneConfig, console: Console = QUIET) -> Prepared:
     if recipe.resolution(len(val.loaded.labels)) > 1.0:
         console.log(f"[yellow]val has {len(val.loaded.labels)} images: one image is "
                     f"{recipe.resolution(len(val.loaded.labels)):.1f} points of top-1, too few to resolve one point; "
-                    f"epochs are judged by val {config.select}. Give --val DIR with 100+ images for sharper choices[/]")
+                    f"epochs are judged by val {'loss' if config.select == 'loss' else 'top-1'}. "
+                    "Give --val DIR with 100+ images for sharper choices[/]")
     console.log(f"{name} ({weights.source}), {img_size}px, {len(folder.classes)} classes, "
                 f"{len(train.loaded.labels)} train / {len(val.loaded.labels)} val images, "
                 f"trainable stages: {len(trainable)}/{len(backbone.stages())}")

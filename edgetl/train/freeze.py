@@ -7,6 +7,8 @@ Frozen stages also keep their BatchNorm statistics (eval mode), as a frozen laye
 
 from __future__ import annotations
 
+from torch import nn
+
 from edgetl.errors import ConfigError
 from edgetl.train.backbones import Backbone
 
@@ -48,3 +50,21 @@ def set_train_mode(backbone: Backbone, policy: str) -> None:
     backbone.train()
     for name in frozen_stages(backbone, policy):
         backbone.stage(name).eval()
+
+
+BN_MODES = ("auto", "frozen", "train")
+
+
+def bn_frozen(mode: str, weights: str | None) -> bool:
+    """`auto` freezes every BatchNorm's statistics when the weights are pretrained: a head trained
+    on eval-mode embeddings would otherwise meet batch statistics of a new domain at the first
+    step (at chance on 43 sign classes) and the fine-tune would start by relearning it. From
+    scratch (`--weights none`) there are no statistics worth keeping."""
+    return mode == "frozen" or (mode == "auto" and weights != "none")
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """Every BatchNorm in eval mode: it normalises with its running statistics and leaves them be."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()

@@ -2,9 +2,10 @@
 whose training already runs under a Lightning `Trainer`.
 
 The same parts as `edgetl finetune`: discriminative learning rates per stage (`lr_decay`), the
-one-cycle (or cosine) schedule stepped per batch, label smoothing, BatchNorm statistics of frozen
-stages kept frozen, domain augmentation (no horizontal flips), and an EMA of the weights (over
-`ema` epochs), which is what validation scores. Pick the best epoch with `ModelCheckpoint(monitor="val_loss")`.
+one-cycle (or cosine) schedule stepped per batch, label smoothing, BatchNorm statistics kept
+frozen (`bn`: of every stage when the weights are pretrained, of frozen stages always), domain
+augmentation (no horizontal flips), and an EMA of the weights (over `ema` epochs), which is what
+validation scores. Pick the best epoch with `ModelCheckpoint(monitor="val_loss")`.
 What the Trainer saves is a `--weights` for `edgetl finetune` (the EMA weights, and the head
 when the classes match), so a Lightning-trained model goes on to export, quantize and compile.
 
@@ -47,7 +48,7 @@ class FinetuneModule(pl.LightningModule):
     def __init__(self, classes: Sequence[str], backbone: str = DEFAULT_BACKBONE, weights: str | None = "imagenet",
                  img_size: int | None = None, freeze_policy: str = "none", lr: float = 1e-3, lr_decay: float = 0.1,
                  schedule: str = "one-cycle", weight_decay: float = 1e-4, label_smoothing: float = 0.1,
-                 ema: float = 1.0, augment: bool = True):
+                 ema: float = 1.0, bn: str = "auto", augment: bool = True):
         super().__init__()
         if schedule not in recipe.SCHEDULES:
             raise ConfigError(f"unknown schedule {schedule!r}", f"available: {', '.join(recipe.SCHEDULES)}")
@@ -58,7 +59,11 @@ class FinetuneModule(pl.LightningModule):
         self.spec = PreprocessSpec(size=(size, size), mean=spec.mean, std=spec.std)
         self.backbone = load_backbone(spec, size, resolve(spec, weights))
         self.trainable = freeze.apply(self.backbone, freeze_policy)
-        quicken_batchnorm(self.backbone)
+        if bn not in freeze.BN_MODES:
+            raise ConfigError(f"unknown bn {bn!r}", f"available: {', '.join(freeze.BN_MODES)}")
+        self._frozen_bn = freeze.bn_frozen(bn, weights)
+        if not self._frozen_bn:
+            quicken_batchnorm(self.backbone)
         self.head = make_head(self.backbone.embedding_dim, len(classes))
         self.ema = recipe.Ema(torch.nn.Sequential(self.backbone, self.head), 0.0) if ema > 0 else None
         self._augment = augmenter(size) if augment else None
@@ -76,6 +81,8 @@ class FinetuneModule(pl.LightningModule):
         """Frozen stages in eval mode, their BatchNorm statistics frozen (the Trainer sets every
         module training, and restores modes of its own around validation)."""
         freeze.set_train_mode(self.backbone, self.hparams.freeze_policy)
+        if self._frozen_bn:
+            freeze.freeze_batchnorm(self.backbone)
         if self.ema is not None:
             self.ema.eval()
 

@@ -69,7 +69,7 @@ def valley(losses: Sequence[float]) -> int:
     return min(n - 1, start + int(third) + int(third / 2))
 
 
-def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-6, end: float = 1.0,
+def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-5, end: float = 1.0,
           console: Console = QUIET) -> Sweep:
     """Run the finder on the data, backbone and recipe of `config` (its lr is ignored)."""
     check(config)
@@ -84,7 +84,9 @@ def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-6, end:
     embed_splits(p, distributed.SINGLE, console)
     train_head(p.head, p.train, p.val, config, console)
 
-    quicken_batchnorm(p.backbone)
+    frozen_bn = freeze.bn_frozen(config.bn, config.weights)
+    if not frozen_bn:
+        quicken_batchnorm(p.backbone)
     model = torch.nn.Sequential(p.backbone, p.head)
     groups = recipe.param_groups(p.backbone, p.head, p.trainable, 1.0, config.lr_decay, config.backbone_lr_scale)
     shares = [g["lr"] for g in groups]  # each group's lr relative to the head's
@@ -105,6 +107,8 @@ def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-6, end:
                 order = np.concatenate([order, balanced_order(p.train.loaded.labels, rng)])
             idx, order = torch.from_numpy(order[:batch]), order[batch:]
             freeze.set_train_mode(p.backbone, config.freeze)
+            if frozen_bn:
+                freeze.freeze_batchnorm(p.backbone)
             x = images[idx]
             if augment is not None:
                 x = torch.stack([augment(img) for img in x])
@@ -113,7 +117,7 @@ def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-6, end:
             loss.backward()
             opt.step()
             advance(1)
-            value = float(loss)
+            value = loss.item()
             if not math.isfinite(value):
                 stopped = True
                 break

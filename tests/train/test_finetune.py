@@ -40,6 +40,26 @@ def test_same_seed_same_metrics_and_head(tmp_path, signs):
     assert np.array_equal(np.load(tmp_path / "a" / "head.npz")["W"], np.load(tmp_path / "b" / "head.npz")["W"])
 
 
+def test_the_record_keeps_the_seed_and_the_epoch_lowest_on_val_loss(tmp_path, signs):
+    result = finetune(_config(signs["train"], tmp_path / "r", seed=5, epochs=3))
+    record = json.loads((tmp_path / "r" / "finetune.json").read_text())
+    assert record["seed"] == result.seed == 5
+    losses = [h["val_loss"] for h in result.history]
+    assert result.val_loss <= min(losses) + 1e-4  # never the head-only model when an unfrozen epoch was better
+    if result.best_epoch:
+        assert result.val_loss == pytest.approx(losses[result.best_epoch - 1], abs=1e-4)
+
+
+def test_a_val_split_too_small_to_resolve_one_point_is_said(tmp_path, signs, capsys):
+    from edgetl.cli import main
+
+    assert main(["finetune", "--data", str(signs["train"]), "--out", str(tmp_path / "r"), "--epochs", "0",
+                 "--backbone", "mobilenet_v3_small", "--weights", "none", "--img-size", "32",
+                 "--head-epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "too few to resolve one point" in err and "val loss" in err
+
+
 def test_pretrained_lite0_learns_the_signs(tmp_path, signs):
     """The offline default backbone with its real ImageNet weights, head plus a short fine-tune."""
     result = finetune(FinetuneConfig(data=signs["train"], out=tmp_path / "r", test=signs["test"],
