@@ -62,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strict", action="store_true", help="refuse unreadable images instead of skipping them")
 
     ft = sub.add_parser("finetune", parents=[common], help="fine-tune a pretrained backbone on local data",
-                        description="Head on the frozen backbone (cached embeddings), then the unfrozen stages "
-                                    "at a lower learning rate; writes a run dir. Runs under torchrun for DDP.")
+                        description="fastai's recipe: the head on the frozen backbone (cached embeddings), then "
+                                    "the unfrozen stages with discriminative learning rates under a one-cycle "
+                                    "schedule, the EMA of the weights judged on val loss; writes a run dir. Runs "
+                                    "under torchrun for DDP.")
     _add_train_flags(ft, "finetune")
     pt = sub.add_parser("pretrain", parents=[common], help="the same loop, server-side, on a source domain",
                         description="Server-side training on a source domain (e.g. city-a); the run it writes is "

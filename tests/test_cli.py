@@ -15,7 +15,7 @@ def _edgetl(*args, **kw):
 
 
 @pytest.mark.parametrize("command", [[], ["data", "synth"], ["data", "show"], ["backbones"], ["finetune"],
-                                     ["pretrain"], ["eval"], ["devices"]])
+                                     ["pretrain"], ["eval"], ["devices"], ["lr-find"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
