@@ -36,10 +36,12 @@ ABLATIONS = {
     "no_label_smoothing": {"label_smoothing": 0.0},
     "select_top1": {"select": "top1"},  # best epoch and early stopping by val top-1
     "no_augment": {"augment": False},
+    "weight_decay_1e-4": {"weight_decay": 1e-4},  # the previous default, next to none
 }
 
 
-RECIPE = ("epochs", "lr", "lr_decay", "schedule", "bn", "ema", "label_smoothing", "select", "patience")
+RECIPE = ("epochs", "lr", "lr_decay", "weight_decay", "schedule", "bn", "ema", "label_smoothing", "select",
+          "patience")
 
 
 def spread(values: list[float]) -> dict:

@@ -25,7 +25,7 @@ class FinetuneConfig:
     backbone: str | None = _opt(None, "registered backbone (see `edgetl backbones`); default: the --weights "
                                 "run's, else efficientnet_lite0")
     weights: str | None = _opt(None, "imagenet (default) | none | torchvision weights name | state_dict path | "
-                               "run dir")
+                               "Lightning .ckpt | run dir")
     val: Path | None = _opt(None, "val ImageFolder dir (default: a seeded split of --data)")
     test: Path | None = _opt(None, "test ImageFolder dir; its top-1 goes into the run record")
     freeze: str = _opt("none", "all (head only) | none (default) | until:STAGE")
@@ -42,12 +42,13 @@ class FinetuneConfig:
                            "sign crops; 0.1-0.01 for data close to ImageNet photos)")
     schedule: str = _opt("one-cycle", "one-cycle (default: warm up a quarter, then anneal) | cosine")
     backbone_lr_scale: float = _opt(1.0, "every unfrozen stage's lr x this, on top of --lr-decay (default 1.0)")
-    weight_decay: float = _opt(1e-4, "AdamW weight decay (default 1e-4)")
+    weight_decay: float = _opt(0.05, "AdamW (decoupled) weight decay (default 0.05)")
     label_smoothing: float = _opt(0.1, "label smoothing of the training loss (default 0.1; 0 = off)")
     ema: float = _opt(1.0, "the weights scored and kept are their moving average over about this many epochs "
                       "(default 1; 0 = off)")
     bn: str = _opt("auto", "BatchNorm statistics while fine-tuning: frozen (pretrained statistics; scale and shift "
-                   "still train) | train (follow the batches) | auto (default: frozen, train from scratch)")
+                   "still train) | train (follow the batches) | auto (default: frozen for pretrained weights, "
+                   "train with --weights none)")
     select: str = _opt("loss", "what picks the best epoch and stops early: loss (val cross-entropy, default) | top1")
     patience: int = _opt(4, "early stopping: epochs without val gain, counted once the lr has peaked (default 4)")
     val_fraction: float = _opt(0.2, "share of --data held out for val when no --val is given (default 0.2)")

@@ -35,7 +35,7 @@ from edgetl.train import distributed, freeze, recipe
 from edgetl.train.backbones import Backbone, get_spec, make_head
 from edgetl.train.config import FinetuneConfig  # noqa: F401 - the API's config, imported from here too
 from edgetl.train.features import embed, nchw, to_input
-from edgetl.train.weights import Weights, is_run, load_backbone, resolve, run_backbone_name
+from edgetl.train.weights import Weights, checkpoint_hints, is_run, load_backbone, resolve, run_backbone_name
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -243,7 +243,7 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
             for s in range(steps_per_epoch):
                 chunk = order[s * per_rank_batch * world.size : (s + 1) * per_rank_batch * world.size]
                 idx = chunk[world.rank :: world.size]
-                if len(idx) < 2:  # BatchNorm needs two samples; the epoch's tail is dropped
+                if len(chunk) < 2 * world.size:  # two samples per rank for BatchNorm; every rank skips alike
                     lr_schedule.step()
                     advance(1)
                     continue
@@ -339,9 +339,10 @@ def prepare(config: FinetuneConfig, console: Console = QUIET) -> Prepared:
     """Build the backbone and read the splits `config` names (`finetune` and `lr-find` start here)."""
     torch.manual_seed(config.seed)
     weights_run = Path(config.weights) if config.weights and is_run(Path(config.weights)) else None
-    name = config.backbone or (run_backbone_name(weights_run) if weights_run else DEFAULT_BACKBONE)
+    hinted_backbone, hinted_size = checkpoint_hints(Path(config.weights)) if config.weights else (None, None)
+    name = config.backbone or (run_backbone_name(weights_run) if weights_run else hinted_backbone or DEFAULT_BACKBONE)
     spec_b = get_spec(name)
-    img_size = config.img_size
+    img_size = config.img_size or hinted_size
     if img_size is None and weights_run is not None:
         img_size = RunDir(weights_run).spec.size[0]
     img_size = img_size or spec_b.default_img_size

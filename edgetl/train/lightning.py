@@ -47,13 +47,13 @@ class FinetuneModule(pl.LightningModule):
 
     def __init__(self, classes: Sequence[str], backbone: str = DEFAULT_BACKBONE, weights: str | None = "imagenet",
                  img_size: int | None = None, freeze_policy: str = "none", lr: float = 2e-3, lr_decay: float = 1.0,
-                 schedule: str = "one-cycle", weight_decay: float = 1e-4, label_smoothing: float = 0.1,
+                 schedule: str = "one-cycle", weight_decay: float = 0.05, label_smoothing: float = 0.1,
                  ema: float = 1.0, bn: str = "auto", augment: bool = True):
         super().__init__()
         if schedule not in recipe.SCHEDULES:
             raise ConfigError(f"unknown schedule {schedule!r}", f"available: {', '.join(recipe.SCHEDULES)}")
         self.save_hyperparameters()  # plain values only: the checkpoint stays loadable with weights_only=True
-        self.hparams.classes = list(classes)
+        self.hparams.classes = [str(c) for c in classes]  # numpy strings would not load with weights_only
         spec = get_spec(backbone)
         size = img_size or spec.default_img_size
         self.spec = PreprocessSpec(size=(size, size), mean=spec.mean, std=spec.std)
@@ -69,7 +69,13 @@ class FinetuneModule(pl.LightningModule):
         self._augment = augmenter(size) if augment else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(self._normalised(images)))
+        """Logits; outside training, of the EMA weights (what validation scored and the checkpoint keeps)."""
+        return self._judged()(self._normalised(images))
+
+    def _judged(self) -> torch.nn.Module:
+        if self.ema is not None and not self.training:
+            return self.ema.module
+        return torch.nn.Sequential(self.backbone, self.head)
 
     def on_fit_start(self) -> None:
         if self.ema is not None:  # `ema` is in epochs: the decay follows from the Trainer's batches per epoch
@@ -101,20 +107,25 @@ class FinetuneModule(pl.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if self.ema is not None:
+        if self.ema is not None and (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:  # per optimizer step
             self.ema.update_parameters(torch.nn.Sequential(self.backbone, self.head))
 
     def validation_step(self, batch, batch_idx):
         images, labels = batch
         judged = self.ema.module if self.ema is not None else torch.nn.Sequential(self.backbone, self.head)
         logits = judged(self._normalised(images))
-        self.log("val_loss", F.cross_entropy(logits, labels), prog_bar=True)  # no smoothing: what picks epochs
-        self.log("val_top1", 100.0 * (logits.argmax(1) == labels).float().mean(), prog_bar=True)  # percent
+        # no smoothing: what picks epochs; averaged over ranks under DDP
+        self.log("val_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
+        self.log("val_top1", 100.0 * (logits.argmax(1) == labels).float().mean(), prog_bar=True,
+                 sync_dist=True)  # percent
 
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.AdamW(recipe.param_groups(self.backbone, self.head, self.trainable, h.lr, h.lr_decay),
                                 weight_decay=h.weight_decay)
-        steps = int(self.trainer.estimated_stepping_batches)
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ConfigError("the schedule needs a known length", "give the Trainer max_epochs or max_steps")
+        steps = int(steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": recipe.schedule(opt, h.schedule, steps),
                                                    "interval": "step"}}

@@ -64,9 +64,9 @@ def valley(losses: Sequence[float]) -> int:
                 run[i] = run[j] + 1
         if run[i] > run[best_end]:
             best_end = i
-    start = best_end - run[best_end] + 1
+    start = best_end - run[best_end]  # fastai's arithmetic, kept exactly
     third = (best_end - start) / 3
-    return min(n - 1, start + int(third) + int(third / 2))
+    return max(0, min(n - 1, start + int(third) + int(third / 2)))
 
 
 def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-5, end: float = 1.0,
@@ -77,10 +77,10 @@ def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-5, end:
         raise ConfigError(f"--steps must be >= 10, not {steps}", "e.g. --steps 200")
     if not (0 < start < end < math.inf):
         raise ConfigError(f"the sweep must climb: --start {start:g} --end {end:g}", "e.g. --start 1e-6 --end 1")
-    p = prepare(config, console)
-    if not p.trainable:
+    if config.freeze == "all":
         raise ConfigError("--freeze all leaves nothing to unfreeze: lr-find sweeps the unfrozen phase",
                           "use --freeze none or until:STAGE")
+    p = prepare(config, console)
     embed_splits(p, distributed.SINGLE, console)
     train_head(p.head, p.train, p.val, config, console)
 
@@ -103,7 +103,7 @@ def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-5, end:
             lr = start * (end / start) ** (step / (steps - 1))
             for g, share in zip(opt.param_groups, shares, strict=True):
                 g["lr"] = lr * share
-            if len(order) < batch:
+            while len(order) < batch:
                 order = np.concatenate([order, balanced_order(p.train.loaded.labels, rng)])
             idx, order = torch.from_numpy(order[:batch]), order[batch:]
             freeze.set_train_mode(p.backbone, config.freeze)
@@ -131,9 +131,14 @@ def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-5, end:
                 break
     if len(lrs) < 5:
         raise ConfigError(f"the loss diverged within {len(lrs)} steps of lr {start:g}", "try a lower --start")
-    slope = np.gradient(np.asarray(losses), np.log(np.asarray(lrs)))
-    return Sweep(lrs=tuple(lrs), losses=tuple(losses), suggestion=lrs[valley(losses)],
-                 steepest=lrs[int(np.argmin(slope))], minimum=lrs[int(np.argmin(losses))], stopped_early=stopped)
+    # as fastai: the suggestions skip the first tenth (the smoothing's start) and the last 5 points
+    skip = len(lrs) // 10
+    kept = slice(skip, len(lrs) - 5) if len(lrs) - 5 - skip >= 5 else slice(0, len(lrs))
+    lr_kept, loss_kept = np.asarray(lrs[kept]), np.asarray(losses[kept])
+    slope = np.gradient(loss_kept, np.log(lr_kept))
+    return Sweep(lrs=tuple(lrs), losses=tuple(losses), suggestion=float(lr_kept[valley(list(loss_kept))]),
+                 steepest=float(lr_kept[int(np.argmin(slope))]), minimum=float(lr_kept[int(np.argmin(loss_kept))]),
+                 stopped_early=stopped)
 
 
 def plot(result: Sweep, title: str) -> bytes:
@@ -177,18 +182,27 @@ def config_from(source: Path, **overrides) -> FinetuneConfig:
         if not run.is_run():
             raise ConfigError(f"{source} is a directory but not an edgetl run",
                               "pass a run dir written by `edgetl finetune`, or a TOML file of finetune keys")
-        recorded = run.record.config
-        known = {f.name for f in dataclasses.fields(FinetuneConfig)}
-        fields = {k: v for k, v in recorded.items() if k in known}
-        for key in ("data", "val", "test", "out"):
-            if fields.get(key) is not None:
-                fields[key] = Path(fields[key])
-        return FinetuneConfig(**(fields | overrides))
+        record = run.validate()
+        known = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"data", "val", "test", "out", "force"}
+        fields = {k: v for k, v in record.config.items() if k in known}
+        data = record.data  # absolute paths, as the run resolved them; its config has them as typed
+        fields |= {"backbone": record.backbone, "img_size": record.img_size, "data": Path(data.train_dir),
+                   "val": Path(data.val_dir) if data.val_dir else None,
+                   "test": Path(data.test_dir) if data.test_dir else None, "out": source}
+        try:
+            return FinetuneConfig(**(fields | overrides))
+        except TypeError as exc:
+            raise ConfigError(f"{run.record_file}: its config cannot be read back ({exc})",
+                              "pass a TOML file of finetune keys instead") from None
     if source.suffix != ".toml":
         raise ConfigError(f"{source} is neither a run dir nor a .toml file",
                           "pass a run dir written by `edgetl finetune`, or a TOML file of finetune keys")
     raw = tomlfiles.read(source, "the finetune flags, e.g. data = \"data/city-b\"")
-    raw = raw.get("finetune", raw)
+    if "finetune" in raw:
+        if not isinstance(raw["finetune"], dict) or len(raw) > 1:
+            raise ConfigError(f"{source}: give the finetune keys at the top level or in one [finetune] table",
+                              'e.g. data = "data/city-b"')
+        raw = raw["finetune"]
     given = {"out": "lr-find"} if "out" not in raw else {}
     config = parse(FinetuneConfig, {k.replace("-", "_"): v for k, v in raw.items()}, source, given=given)
     rebased = {}

@@ -3,8 +3,9 @@ Lightning module: discriminative learning rates per stage, the schedule, an EMA 
 and how a run judges one epoch better than another.
 
 fastai's recipe, which practitioners trust: the head first (on cached embeddings here), then
-every stage unfrozen at once, the stages nearest the input moving least (their features are
-the most general), under a one-cycle schedule.
+every stage unfrozen at once under a one-cycle schedule, the stages nearest the input moving
+least when `lr_decay` < 1 (their features are the most general). On small sign crops, far
+from ImageNet's photos, the early stages need to move as much as the rest: the default is 1.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def stage_lrs(stages: list[str], lr: float, decay: float) -> dict[str, float]:
 def param_groups(backbone, head: torch.nn.Module, trainable: list[str], lr: float, decay: float,
                  backbone_scale: float = 1.0) -> list[dict]:
     """Optimizer groups: one per trainable stage at its discriminative lr, and the head at `lr`.
-    Stages without parameters (ReLU, pooling) are left out."""
-    lrs = stage_lrs([s for s in backbone.stages() if s in trainable], lr * backbone_scale, decay)
+    Stages without trainable parameters (ReLU, pooling) are left out, and take no share of the spread."""
+    learning = [s for s in backbone.stages()
+                if s in trainable and any(p.requires_grad for p in backbone.stage(s).parameters())]
+    lrs = stage_lrs(learning, lr * backbone_scale, decay) if learning else {}
     groups = []
     for name, stage_lr in lrs.items():
         params = [p for p in backbone.stage(name).parameters() if p.requires_grad]
@@ -46,7 +49,8 @@ def param_groups(backbone, head: torch.nn.Module, trainable: list[str], lr: floa
 
 
 def schedule(opt: torch.optim.Optimizer, kind: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """`one-cycle`: each group warms from lr/25 to its lr over the first quarter, then anneals by
+    """`one-cycle`: each group warms from lr/25 to its lr over the first quarter (at least two steps:
+    up to half of a very short run), then anneals by
     cosine to lr/1e5, with Adam's beta1 cycled the other way (0.95 -> 0.85 -> 0.95), as fastai does.
     `cosine`: from each group's lr straight down to 0."""
     total_steps = max(3, total_steps)  # fewer cannot warm up and anneal
@@ -81,6 +85,7 @@ class Ema(AveragedModel):
 
     def __init__(self, model: torch.nn.Module, decay: float):
         super().__init__(model, multi_avg_fn=self._update, use_buffers=True)
+        self.module.requires_grad_(False)  # never trained: DDP must not wait for its gradients
         self.decay = decay
 
     @torch.no_grad()

@@ -95,31 +95,45 @@ def load_state_dict(path: Path) -> dict:
     return _tensors(_load(path), path)
 
 
-EDGETL_ROOTS = ("backbone", "head", "body", "pool")  # edgetl's layouts: a run's checkpoint, a Backbone
 EMA = ("ema.module.0.", "ema.module.1.")  # edgetl.train.lightning's average of (backbone, head)
 
 
-def strip_prefixes(sd: dict) -> dict:
-    """Keys as the wrapped model has them: without DDP's `module.` and torch.compile's `_orig_mod.`,
-    and without a LightningModule attribute (`model.`, `net.`) that every key starts with."""
+def strip_prefixes(sd: dict, *, lightning: bool = False) -> dict:
+    """Keys as the wrapped model has them: without DDP's `module.` and torch.compile's `_orig_mod.`
+    wrappers and, in a Lightning checkpoint (`lightning`), without the LightningModule attribute
+    (`model.`, `net.`) that every key starts with. A plain state_dict keeps its roots: a headless
+    torchvision model's keys all start with `features.`, which is its own layout."""
+    sd = {k: v for k, v in sd.items() if k != "n_averaged"} if any(k.startswith("module.") for k in sd) else sd
     sd = {".".join(part for part in k.split(".") if part != "_orig_mod").removeprefix("module."): v
           for k, v in sd.items()}
-    while sd:
-        first = {k.split(".", 1)[0] for k in sd}
-        if len(first) != 1 or next(iter(first)) in EDGETL_ROOTS or not all("." in k for k in sd):
-            return sd
+    first = {k.split(".", 1)[0] for k in sd}
+    if lightning and len(first) == 1 and all("." in k for k in sd):
         sd = {k.split(".", 1)[1]: v for k, v in sd.items()}
     return sd
 
 
 def _split_edgetl(sd: dict) -> tuple[dict, dict] | None:
-    """(backbone, head) of a state_dict of edgetl's (backbone, head) pair, the EMA preferred."""
+    """(backbone, head) of a state_dict of edgetl's (backbone, head) pair, the EMA preferred. The
+    backbone part must be edgetl's `Backbone` (body./pool.): a user's module that merely names its
+    attributes `backbone` and `head` is left alone."""
     for backbone, head in (EMA, ("backbone.", "head.")):
         b = {k[len(backbone):]: v for k, v in sd.items() if k.startswith(backbone)}
         h = {k[len(head):]: v for k, v in sd.items() if k.startswith(head)}
-        if b and h:
+        if b and h and all(k.startswith(("body.", "pool.")) for k in b) and set(h) <= {"weight", "bias"}:
             return b, h
     return None
+
+
+def checkpoint_hints(path: Path) -> tuple[str | None, int | None]:
+    """The backbone and image size an `edgetl.train.lightning` checkpoint was trained with, if any:
+    `--weights model.ckpt` then needs no `--backbone`/`--img-size`, as a weights run needs none."""
+    if path.suffix != ".ckpt" or not path.is_file():
+        return None, None
+    hparams = _load(path).get("hyper_parameters")
+    if not isinstance(hparams, dict) or "classes" not in hparams:
+        return None, None
+    backbone, size = hparams.get("backbone"), hparams.get("img_size")
+    return (backbone if isinstance(backbone, str) else None), (size if isinstance(size, int) else None)
 
 
 def _from_file(path: Path) -> Weights:
@@ -131,7 +145,10 @@ def _from_file(path: Path) -> Weights:
     classes = hparams.get("classes") if isinstance(hparams, dict) else None
     classes = tuple(classes) if isinstance(classes, list | tuple) and all(isinstance(c, str) for c in classes) else None
     sd = strip_prefixes(sd)
-    if pair := _split_edgetl(sd):
+    if not (pair := _split_edgetl(sd)) and isinstance(obj, dict) and "state_dict" in obj:
+        sd = strip_prefixes(sd, lightning=True)  # the LightningModule's attribute holding the model
+        pair = _split_edgetl(sd)
+    if pair:
         return Weights(source=f"file:{path}", backbone=pair[0], head=pair[1], classes=classes)
     if any(k.startswith(("body.", "pool.")) for k in sd):
         return Weights(source=f"file:{path}", backbone=sd)

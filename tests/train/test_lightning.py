@@ -92,3 +92,32 @@ def test_a_checkpoint_with_pickled_objects_is_refused(tmp_path):
     with pytest.raises(WeightsError, match=r"refusing to load .*argparse\.Namespace") as err:
         resolve(get_spec("mobilenet_v3_small"), str(ckpt))
     assert "save_hyperparameters" in err.value.hint
+
+
+def test_its_checkpoint_brings_its_backbone_and_image_size(tmp_path, signs):
+    """`--weights model.ckpt` alone, as `--weights RUN` needs no --backbone or --img-size."""
+    classes, train = _loader(signs["train"], shuffle=True)
+    module = FinetuneModule(classes, **SMALL)
+    trainer = _fit(module, train, None, tmp_path)
+    ckpt = tmp_path / "signs.ckpt"
+    trainer.save_checkpoint(ckpt)
+    result = finetune(FinetuneConfig(data=signs["train"], out=tmp_path / "run", weights=str(ckpt), epochs=0,
+                                     head_epochs=2))
+    assert (result.backbone, result.img_size) == ("mobilenet_v3_small", 32)
+
+
+def test_a_users_module_named_backbone_and_head_is_not_taken_for_edgetls(tmp_path):
+    import torchvision
+
+    class UserModule(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torchvision.models.mobilenet_v3_small(weights=None)
+
+    ckpt = tmp_path / "user.ckpt"
+    user = UserModule()
+    torch.save({"state_dict": user.state_dict()}, ckpt)
+    weights = resolve(get_spec("mobilenet_v3_small"), str(ckpt))
+    assert weights.backbone is None and weights.original is not None  # the architecture's own layout
+    backbone = load_backbone(get_spec("mobilenet_v3_small"), 32, weights)
+    assert torch.equal(backbone.stage("0")[0].weight, user.backbone.features[0][0].weight)

@@ -12,7 +12,7 @@ SMALL = dict(backbone="mobilenet_v3_small", weights="none", img_size=32, head_ep
 
 def test_valley_is_halfway_down_the_longest_fall():
     losses = [3.0, 3.0, 2.9, 2.5, 2.0, 1.5, 1.0, 0.9, 2.0, 9.0]
-    assert valley(losses) == 4  # the fall runs from index 1 to 7
+    assert valley(losses) == 3  # the fall runs from index 0 to 7: fastai picks index 0 + 2 + 1
 
 
 def test_the_suggestion_falls_inside_the_sweep(tmp_path, signs):

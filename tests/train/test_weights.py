@@ -52,3 +52,26 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 def test_unknown_weights_value_is_explained(tmp_path):
     with pytest.raises(WeightsError, match="neither a file"):
         resolve(get_spec("resnet18"), str(tmp_path / "missing.pth"))
+
+
+def test_a_headless_state_dict_keeps_its_root(tmp_path):
+    """A torchvision model saved without its classifier: every key starts with `features.`, its own layout."""
+    import torchvision
+
+    features = {f"features.{k}": v for k, v in torchvision.models.mobilenet_v2(weights=None).features.state_dict()
+                .items()}
+    path = tmp_path / "headless.pth"
+    torch.save(features, path)
+    backbone = load_backbone(get_spec("mobilenet_v2"), 32, resolve(get_spec("mobilenet_v2"), str(path)))
+    assert torch.equal(backbone.stage("0")[0].weight, features["features.0.0.weight"])
+
+
+def test_prefixes_only_a_wrapper_adds_are_stripped():
+    from edgetl.train.weights import strip_prefixes
+
+    t = torch.zeros(1)
+    assert set(strip_prefixes({"module._orig_mod.features.0.weight": t})) == {"features.0.weight"}
+    assert set(strip_prefixes({"features.0.weight": t, "features.1.weight": t})) == {"features.0.weight",
+                                                                                     "features.1.weight"}
+    assert set(strip_prefixes({"model.features.0.weight": t}, lightning=True)) == {"features.0.weight"}
+    assert set(strip_prefixes({"module.conv.weight": t, "n_averaged": t})) == {"conv.weight"}  # an AveragedModel
