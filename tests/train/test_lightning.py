@@ -52,7 +52,7 @@ def test_the_module_trains_one_epoch_with_the_recipe(tmp_path, signs):
     assert not torch.equal(module.ema.module[1].weight, ema_before)  # the average followed the training
 
 
-def test_its_checkpoint_is_a_weights_for_finetune_with_its_head(tmp_path, signs):
+def test_its_checkpoint_is_a_weights_for_finetune_with_its_head_backbone_and_size(tmp_path, signs):
     classes, train = _loader(signs["train"], shuffle=True)
     module = FinetuneModule(classes, **SMALL)
     trainer = _fit(module, train, None, tmp_path)
@@ -63,9 +63,11 @@ def test_its_checkpoint_is_a_weights_for_finetune_with_its_head(tmp_path, signs)
     assert weights.classes == tuple(classes) and weights.head is not None
     backbone = load_backbone(get_spec("mobilenet_v3_small"), 32, weights)
     assert torch.equal(backbone.stage("0")[0].weight, module.ema.module[0].stage("0")[0].weight)  # the EMA's
-    result = finetune(FinetuneConfig(data=signs["train"], out=tmp_path / "run", backbone="mobilenet_v3_small",
-                                     weights=str(ckpt), img_size=32, epochs=0, head_epochs=2))
+    # `--weights model.ckpt` alone, as `--weights RUN` needs no --backbone or --img-size
+    result = finetune(FinetuneConfig(data=signs["train"], out=tmp_path / "run", weights=str(ckpt), epochs=0,
+                                     head_epochs=2))
     assert result.weights == f"file:{ckpt}"
+    assert (result.backbone, result.img_size) == ("mobilenet_v3_small", 32)
 
 
 def test_a_plain_module_checkpoint_has_its_attribute_prefix_stripped(tmp_path):
@@ -92,18 +94,6 @@ def test_a_checkpoint_with_pickled_objects_is_refused(tmp_path):
     with pytest.raises(WeightsError, match=r"refusing to load .*argparse\.Namespace") as err:
         resolve(get_spec("mobilenet_v3_small"), str(ckpt))
     assert "save_hyperparameters" in err.value.hint
-
-
-def test_its_checkpoint_brings_its_backbone_and_image_size(tmp_path, signs):
-    """`--weights model.ckpt` alone, as `--weights RUN` needs no --backbone or --img-size."""
-    classes, train = _loader(signs["train"], shuffle=True)
-    module = FinetuneModule(classes, **SMALL)
-    trainer = _fit(module, train, None, tmp_path)
-    ckpt = tmp_path / "signs.ckpt"
-    trainer.save_checkpoint(ckpt)
-    result = finetune(FinetuneConfig(data=signs["train"], out=tmp_path / "run", weights=str(ckpt), epochs=0,
-                                     head_epochs=2))
-    assert (result.backbone, result.img_size) == ("mobilenet_v3_small", 32)
 
 
 def test_a_users_module_named_backbone_and_head_is_not_taken_for_edgetls(tmp_path):
