@@ -29,10 +29,10 @@ class FinetuneConfig:
     val: Path | None = _opt(None, "val ImageFolder dir (default: a seeded split of --data)")
     test: Path | None = _opt(None, "test ImageFolder dir; its top-1 goes into the run record")
     freeze: str = _opt("none", "all (head only) | none (default) | until:STAGE")
-    epochs: int = _opt(15, "epochs with unfrozen stages (default 15; early stopping may end sooner)")
+    epochs: int = _opt(20, "epochs with unfrozen stages (default 20; early stopping may end sooner)")
     head_epochs: int = _opt(60, "head-only epochs on cached embeddings (default 60)")
     img_size: int | None = _opt(None, "model input size in px (default: the weights run's, else the backbone's: "
-                                "160 for efficientnet_lite0, see `edgetl backbones`)")
+                                "128 for efficientnet_lite0, see `edgetl backbones`)")
     resize: str = _opt("stretch", "stretch (whole crop, default) | crop (centre crop)")
     batch_size: int = _opt(32, "images per step (default 32)")
     lr: float = _opt(2e-3, "peak learning rate of the head and the stage next to it (default 2e-3); the head-only "
