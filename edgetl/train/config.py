@@ -35,7 +35,7 @@ class FinetuneConfig:
                                 "128 for efficientnet_lite0, see `edgetl backbones`)")
     resize: str = _opt("stretch", "stretch (whole crop, default) | crop (centre crop)")
     batch_size: int = _opt(32, "images per step (default 32)")
-    lr: float = _opt(2e-3, "peak learning rate of the head and the stage next to it (default 2e-3); the head-only "
+    lr: float = _opt(1e-3, "peak learning rate of the head and the stage next to it (default 1e-3); the head-only "
                      "phase uses 3 x lr. `edgetl lr-find` suggests one")
     lr_decay: float = _opt(1.0, "discriminative learning rates: the input stage learns at lr x this, the stages "
                            "between on a geometric spread (default 1: one lr for all, measured best on small "

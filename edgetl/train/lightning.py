@@ -46,7 +46,7 @@ class FinetuneModule(pl.LightningModule):
     """A registered backbone with a linear head over `classes`, trained with edgetl's recipe."""
 
     def __init__(self, classes: Sequence[str], backbone: str = DEFAULT_BACKBONE, weights: str | None = "imagenet",
-                 img_size: int | None = None, freeze_policy: str = "none", lr: float = 2e-3, lr_decay: float = 1.0,
+                 img_size: int | None = None, freeze_policy: str = "none", lr: float = 1e-3, lr_decay: float = 1.0,
                  schedule: str = "one-cycle", weight_decay: float = 0.05, label_smoothing: float = 0.1,
                  ema: float = 1.0, bn: str = "auto", augment: bool = True):
         super().__init__()
