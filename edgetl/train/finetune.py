@@ -235,9 +235,7 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
     best_state = copy.deepcopy(model.state_dict())
     with console.task("fine-tuning", config.epochs * steps_per_epoch) as advance:
         for epoch in range(1, config.epochs + 1):
-            freeze.set_train_mode(backbone, config.freeze)
-            if frozen_bn:
-                freeze.freeze_batchnorm(backbone)
+            freeze.set_train_mode(backbone, config.freeze, frozen_bn=frozen_bn)
             order = torch.from_numpy(balanced_order(train.loaded.labels, rng))
             losses = []
             for s in range(steps_per_epoch):

@@ -45,11 +45,14 @@ def apply(backbone: Backbone, policy: str) -> list[str]:
     return [s for s in backbone.stages() if s not in frozen]
 
 
-def set_train_mode(backbone: Backbone, policy: str) -> None:
-    """Training mode for the trainable stages only; frozen BatchNorms keep their running stats."""
+def set_train_mode(backbone: Backbone, policy: str, *, frozen_bn: bool = False) -> None:
+    """Training mode for the trainable stages only; frozen BatchNorms keep their running stats,
+    and with `frozen_bn` (see `bn_frozen`) every BatchNorm does."""
     backbone.train()
     for name in frozen_stages(backbone, policy):
         backbone.stage(name).eval()
+    if frozen_bn:
+        freeze_batchnorm(backbone)
 
 
 BN_MODES = ("auto", "frozen", "train")

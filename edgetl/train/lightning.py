@@ -86,9 +86,7 @@ class FinetuneModule(pl.LightningModule):
     def on_train_batch_start(self, batch, batch_idx) -> None:
         """Frozen stages in eval mode, their BatchNorm statistics frozen (the Trainer sets every
         module training, and restores modes of its own around validation)."""
-        freeze.set_train_mode(self.backbone, self.hparams.freeze_policy)
-        if self._frozen_bn:
-            freeze.freeze_batchnorm(self.backbone)
+        freeze.set_train_mode(self.backbone, self.hparams.freeze_policy, frozen_bn=self._frozen_bn)
         if self.ema is not None:
             self.ema.eval()
 

@@ -106,9 +106,7 @@ def sweep(config: FinetuneConfig, *, steps: int = 200, start: float = 1e-5, end:
             while len(order) < batch:
                 order = np.concatenate([order, balanced_order(p.train.loaded.labels, rng)])
             idx, order = torch.from_numpy(order[:batch]), order[batch:]
-            freeze.set_train_mode(p.backbone, config.freeze)
-            if frozen_bn:
-                freeze.freeze_batchnorm(p.backbone)
+            freeze.set_train_mode(p.backbone, config.freeze, frozen_bn=frozen_bn)
             x = images[idx]
             if augment is not None:
                 x = torch.stack([augment(img) for img in x])
