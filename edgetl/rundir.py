@@ -89,7 +89,7 @@ class FinetuneRecord(Record):
     config: dict[str, Any]
     history: tuple[dict[str, Any], ...] = ()
     seed: int | None = None  # of the split, the augmentation and the initialisation
-    val_loss: float | None = None  # mean val cross-entropy of the kept model: what picked it
+    val_loss: float | None = None  # mean val cross-entropy (label-smoothed as trained) of the kept model
     schema_version: int = 1
 
 

@@ -49,7 +49,8 @@ class FinetuneConfig:
     bn: str = _opt("auto", "BatchNorm statistics while fine-tuning: frozen (pretrained statistics; scale and shift "
                    "still train) | train (follow the batches) | auto (default: frozen for pretrained weights, "
                    "train with --weights none)")
-    select: str = _opt("loss", "what picks the best epoch and stops early: loss (val cross-entropy, default) | top1")
+    select: str = _opt("loss", "what picks the best epoch and stops early: loss (val cross-entropy, "
+                               "label-smoothed as trained; default) | top1")
     patience: int = _opt(4, "early stopping: epochs without val gain, counted once the lr has peaked (default 4)")
     val_fraction: float = _opt(0.2, "share of --data held out for val when no --val is given (default 0.2)")
     seed: int = _opt(0, "seed of the split, the augmentation and the initialisation (default 0)")

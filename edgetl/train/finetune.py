@@ -133,8 +133,9 @@ def augmenter(size: int):
 
 @torch.no_grad()
 def score(backbone: Backbone, head: torch.nn.Linear, split: Split, spec: PreprocessSpec,
-          world: distributed.World, batch_size: int = 128) -> recipe.Score:
-    """Top-1 in percent and mean cross-entropy; under DDP each rank scores its share and the sums are added."""
+          world: distributed.World, batch_size: int = 128, label_smoothing: float = 0.0) -> recipe.Score:
+    """Top-1 in percent and mean cross-entropy (with the training's label smoothing, when judging
+    epochs); under DDP each rank scores its share and the sums are added."""
     backbone.eval()
     images, labels = split.loaded.images, split.loaded.labels
     correct, loss = 0, 0.0
@@ -143,7 +144,7 @@ def score(backbone: Backbone, head: torch.nn.Linear, split: Split, spec: Preproc
         y = torch.from_numpy(labels[start : start + batch_size])
         logits = head(backbone(x))
         correct += int((logits.argmax(1) == y).sum())
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        loss += float(F.cross_entropy(logits, y, reduction="sum", label_smoothing=label_smoothing))
     n = max(1, len(images))
     return recipe.Score(100.0 * world.sum(correct) / n, world.sum(loss) / n)
 
@@ -175,7 +176,7 @@ def train_head(head: torch.nn.Linear, train: Split, val: Split, config: Finetune
         with torch.no_grad():
             logits = head(vx)
             result = recipe.Score(100.0 * float((logits.argmax(1) == vy).float().mean()),
-                                  float(F.cross_entropy(logits, vy)))
+                                  float(F.cross_entropy(logits, vy, label_smoothing=config.label_smoothing)))
         if result.better_than(best, config.select):
             best, best_state, stale = result, copy.deepcopy(head.state_dict()), 0
         else:
@@ -257,7 +258,7 @@ def train_unfrozen(backbone: Backbone, head: torch.nn.Linear, train: Split, val:
                     average.update_parameters(model)
                 losses.append(loss.item())
                 advance(1)
-            result = score(judged[0], judged[1], val, spec, world)
+            result = score(judged[0], judged[1], val, spec, world, label_smoothing=config.label_smoothing)
             history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 4),
                             "val_top1": round(result.top1, 2), "val_loss": round(result.loss, 4)})
             console.log(f"epoch {epoch}/{config.epochs}: loss {history[-1]['loss']:.3f}  "

@@ -112,8 +112,9 @@ class FinetuneModule(pl.LightningModule):
         images, labels = batch
         judged = self.ema.module if self.ema is not None else torch.nn.Sequential(self.backbone, self.head)
         logits = judged(self._normalised(images))
-        # no smoothing: what picks epochs; averaged over ranks under DDP
-        self.log("val_loss", F.cross_entropy(logits, labels), prog_bar=True, sync_dist=True)
+        # the training's own loss, as `edgetl finetune` judges epochs; averaged over ranks under DDP
+        self.log("val_loss", F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing),
+                 prog_bar=True, sync_dist=True)
         self.log("val_top1", 100.0 * (logits.argmax(1) == labels).float().mean(), prog_bar=True,
                  sync_dist=True)  # percent
 

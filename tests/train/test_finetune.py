@@ -122,3 +122,36 @@ def test_bad_configuration_is_refused_before_any_work(tmp_path, signs, kw, error
     with pytest.raises(error):
         finetune(_config(signs["train"], tmp_path / "r", **kw))
     assert not (tmp_path / "r").exists()
+
+
+def test_epochs_are_judged_by_the_smoothed_loss_they_train_on():
+    """Trained toward smoothed targets (p = 0.95 of 2 classes at 0.1), a model at that target must
+    not look worse than an over-confident one: plain cross-entropy would say it does."""
+    from pathlib import Path
+
+    from edgetl.data.imagefolder import LoadedImages
+    from edgetl.train.backbones import Backbone
+    from edgetl.train.distributed import SINGLE
+    from edgetl.train.finetune import Split, score
+
+    images = np.zeros((8, 8, 8, 3), np.uint8)
+    images[:4, ..., 0] = images[4:, ..., 2] = 255  # red signs are class 0, blue ones class 1
+    labels = np.array([0] * 4 + [1] * 4)
+    val = Split("val", LoadedImages(images, labels, tuple(Path(f"{i}.png") for i in range(8)), ()))
+    spec = PreprocessSpec(size=(8, 8), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    backbone = Backbone("means", torch.nn.Identity(), torch.nn.AdaptiveAvgPool2d(1), 3, [])
+
+    def head(confidence: float) -> torch.nn.Linear:
+        h = torch.nn.Linear(3, 2)
+        with torch.no_grad():  # logit gap log(p / (1 - p)) between the right class and the other
+            gap = float(np.log(confidence / (1 - confidence))) / 4
+            h.weight.copy_(torch.tensor([[gap, 0.0, -gap], [-gap, 0.0, gap]]))
+            h.bias.zero_()
+        return h
+
+    at_target, over_confident = head(0.95), head(0.9999)
+    plain = [score(backbone, h, val, spec, SINGLE) for h in (at_target, over_confident)]
+    smoothed = [score(backbone, h, val, spec, SINGLE, label_smoothing=0.1) for h in (at_target, over_confident)]
+    assert plain[0].top1 == plain[1].top1 == 100.0
+    assert plain[1].better_than(plain[0])
+    assert smoothed[0].better_than(smoothed[1])
