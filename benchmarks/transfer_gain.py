@@ -59,6 +59,9 @@ def main() -> None:
                     help=f"also run recipe elements changed in turn (seed 0): all, or some of {','.join(ABLATIONS)}")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
+    unknown = [name for name in args.ablate.split(",") if name and name not in ABLATIONS]
+    if unknown:  # before the first run, not after half an hour of them
+        ap.error(f"unknown ablation {','.join(unknown)}: choose from {','.join(ABLATIONS)}")
     data = gtsrb_mini()
     if data is None:
         skip("transfer_gain", "gtsrb-mini not found (set EDGETL_GTSRB_MINI)")
