@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="onnx", help="onnx (default) | tflite")
     ex.add_argument("--tolerance", type=float, default=1e-3,
                     help="parity: largest embedding difference allowed, relative to the embeddings' range")
+    ex.add_argument("--taps", default="auto",
+                    help="pooled stage outputs beside the embedding, for heads learnt on the device: auto (default: "
+                         "every stage whose output is a feature map) | none | STAGE,STAGE (a wrong name lists them)")
 
     calib = sub.add_parser("calib", parents=[common], help="calibration sets: inspect")
     calib_sub = calib.add_subparsers(dest="calib_command", metavar="ACTION")
@@ -106,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--split", default="val", help="the run's split the budget is judged on: val (default) | test")
     qz.add_argument("--data", type=Path, help="score on this labelled ImageFolder dir instead of the run's split")
     qz.add_argument("--io", default="int8", help="tflite input/output type: int8 (default) | uint8 (targets that ask)")
+    qz.add_argument("--taps", default=None,
+                    help="re-export with these taps when the run's export has others: auto | none | STAGE,STAGE "
+                         "(default: the export as it is; auto when there is none)")
     qz.add_argument("--search-trials", type=int,
                     help="--method auto: at most this many float-layer trials (default 6)")
     qz.add_argument("--search-seconds", type=float,
@@ -480,7 +486,7 @@ def _cmd_export(args, console) -> int:
 
     check_format(args.format)
     check_tolerance(args.tolerance)
-    result = export(args.run, args.format, tolerance=args.tolerance, console=console)
+    result = export(args.run, args.format, tolerance=args.tolerance, taps=args.taps, console=console)
     p, sizes = result.record.parity, result.record.sizes_bytes
     console.table(f"export: {result.path}", ["file", "MB", "max |diff|", "top-1 agreement"],
                   [[result.backbone.name, f"{sizes['backbone'] / 1e6:.1f}",
@@ -508,13 +514,16 @@ def _cmd_quantize(args, console) -> int:
     search = SearchBudget(SearchBudget.trials if args.search_trials is None else args.search_trials,
                           SearchBudget.seconds if args.search_seconds is None else args.search_seconds).check()
     r = quantize(args.run, args.calib, fmt=args.format, method=args.method, max_drop=args.max_drop,
-                 split=args.split, data=args.data, io=args.io, search=search, console=console)
+                 split=args.split, data=args.data, io=args.io, search=search, taps=args.taps, console=console)
     lat, size = r.latency_ms, r.sizes_bytes
     console.log(f"quantize ({r.format}, {r.method}) -> {args.run}/quantize/{r.format}")
     console.table(f"quantize {r.format} ({r.method})", ["", "top-1 %", "MB", "p50 ms (1 thread)"],
                   [["fp32", percent(r.fp32_top1), f"{size['fp32'] / 1e6:.1f}", lat["fp32"]["p50_ms"]],
                    ["int8", percent(r.int8_top1), f"{size['int8'] / 1e6:.1f}", lat["int8"]["p50_ms"]]])
     floats = ", ".join(r.float_layers) or "none"
+    if r.taps:
+        console.log(f"taps: int8 error / spread {max(r.taps['error'].values()):.2f} at worst (limit "
+                    f"{r.taps['error_max']:g}); dropped: {', '.join(r.taps['dropped']) or 'none'}")
     console.log(f"drop {r.drop:.2f} points (budget {r.max_drop:g}), agreement {r.agreement:.1%} on {r.eval}; "
                 f"int8 verified: {r.ops['int8_ops']} int8 ops, {r.ops['float_ops']} float; "
                 f"float layers: {floats}; int8/fp32 latency {r.int8_over_fp32_latency:.2f}x")

@@ -20,7 +20,7 @@ from edgetl.checkset import FILE as CHECKSET
 from edgetl.checkset import build as build_checkset
 from edgetl.errors import ConfigError
 from edgetl.fsutil import claim_bundle
-from edgetl.rundir import FORMATS, HEAD
+from edgetl.rundir import FEATURES, FORMATS, HEAD
 from edgetl.runtime.atomic import staged
 from edgetl.runtime.engines import TensorSpec
 from edgetl.runtime.manifest import Checkset, Compatibility, FileEntry, Manifest, Signer, SourceRun
@@ -91,6 +91,7 @@ def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, fi
                                     first_unmapped=report.first_unmapped.name if report.first_unmapped else None,
                                     cpu_ops=len(report.cpu_ops)),
         signer=signer,
+        features=FEATURES if FEATURES in files else None,
     )
 
 
@@ -206,6 +207,9 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
     if artifacts.model.name.endswith("_edgetpu.tflite"):
         model_name = "backbone_edgetpu.tflite"
     files = {model_name: artifacts.model, HEAD: source.run.head, **artifacts.extra}
+    statistics = source.statistics(artifact_format(artifacts.model), artifacts.precision)
+    if statistics is not None:
+        files[FEATURES] = statistics
     with staged(out, [archive_path(out)], recheck=lambda: claim_bundle(out, force=force)) as (tmp, (tmp_archive,)):
         for name, path in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)

@@ -32,13 +32,14 @@ RUN_RECORD = "finetune.json"
 LABELS = "labels.json"
 SPEC = "preprocess.json"
 HEAD = "head.npz"
+FEATURES = "features.npz"  # per-feature mean/std of the backbone output on training images
 CHECKPOINT = "checkpoint.pt"
 EXPORT_RECORD = "export.json"
 QUANTIZE_RECORD = "quantize.json"
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 EXPORT_DIR, QUANTIZE_DIR, BUNDLES_DIR = "export", "quantize", "bundles"  # the stages' dirs inside a run
 RUN_FILES = frozenset({RUN_RECORD, LABELS, SPEC, HEAD, CHECKPOINT})  # what a fine-tune writes
-STAGE_FILES = frozenset({HEAD, LABELS, SPEC})  # beside every export and quantize artifact
+STAGE_FILES = frozenset({HEAD, LABELS, SPEC, FEATURES})  # beside every export and quantize artifact
 
 
 def damaged(path: Path, why: str) -> RunError:
@@ -132,7 +133,7 @@ class QuantizeRecord(Record):
     """One format's int8 result. `fp32_top1`/`int8_top1` are top-1 in percent (0-100, 2 decimals),
     `drop` is in points of it; `search` says how the float-layer search went and what ended it."""
 
-    OPTIONAL_KEYS = frozenset({"schema_version"})
+    OPTIONAL_KEYS = frozenset({"schema_version", "taps"})
 
     format: str
     run: str
@@ -161,6 +162,7 @@ class QuantizeRecord(Record):
     int8_over_fp32_latency: float
     seconds: float
     versions: dict[str, str]
+    taps: dict[str, Any] | None = None  # per output segment: int8 error vs its spread; the taps dropped
     schema_version: int = 1
 
     def accuracy(self, precision: str) -> ExpectedAccuracy:
@@ -231,6 +233,7 @@ class StageDir:
     spec_file = _file(SPEC)
     head = _file(HEAD)
     labels = _file(LABELS)
+    features = _file(FEATURES)  # mean/std of the backbone's outputs on the run's training images (optional)
 
     def spec(self) -> PreprocessSpec:
         return read_spec(self.spec_file)
@@ -242,11 +245,14 @@ class StageDir:
         return self.path / self.RECORD  # the subclass's record
 
     @classmethod
-    def fill(cls, staged: Path, run: RunDir, spec: PreprocessSpec, record: Record) -> None:
+    def fill(cls, staged: Path, run: RunDir, spec: PreprocessSpec, record: Record, features: Path | None = None
+             ) -> None:
         """Write a stage's small files into its staged dir: the run's head and labels beside the
-        artifact, the spec with what this stage added, and its record."""
+        artifact, the feature statistics of its outputs, the spec with what this stage added, and its record."""
         shutil.copy2(run.head, staged / HEAD)
         shutil.copy2(run.labels_file, staged / LABELS)
+        if features is not None and features.is_file() and features != staged / FEATURES:
+            shutil.copy2(features, staged / FEATURES)
         (staged / SPEC).write_text(spec.to_json())
         record.write(staged / cls.RECORD)
 

@@ -25,7 +25,11 @@ def host_bundle(compiled_run, tmp_path):
 def test_a_bundle_holds_a_manifest_with_every_file_hashed_and_what_the_device_needs(host_bundle, compiled_run):
     m = json.loads((host_bundle / "manifest.json").read_text())
     assert m["schema_version"] == 1 and m["target"] == "host-cpu" and m["created_by"].startswith("edgetl ")
-    assert set(m["files"]) == {m["model"], "head.npz", "checkset.npz"}
+    assert set(m["files"]) == {m["model"], "head.npz", "checkset.npz", "features.npz"}
+    assert m["features"] == "features.npz"  # what unlabelled frames on the device move the head's statistics from
+    outputs = m["preprocess"]["outputs"]  # the backbone's output: the embedding, then the taps, as the model gives it
+    assert outputs[0]["name"] == "embedding" and len(outputs) > 1
+    assert sum(o["dim"] for o in outputs) == m["outputs"][0]["shape"][-1]
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
     # what `edgetl check` scores on the device: 4 test images per class, as pixels at the model's size
     assert m["checkset"] == {"file": "checkset.npz", "images": 16, "from": "run test split", "per_class": 4}

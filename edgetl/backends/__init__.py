@@ -151,6 +151,11 @@ class Source:
 
         return export(self.path, fmt).backbone
 
+    def statistics(self, fmt: str, precision: str) -> Path | None:
+        """The feature statistics file beside the artifact a bundle packs (features.npz), if it has one."""
+        found = self.run.quantized(fmt) if precision == "int8" else self.run.exported(fmt)
+        return found.features if found is not None and found.features.is_file() else None
+
     def spec(self, fmt: str, precision: str) -> PreprocessSpec:
         """The preprocessing spec of the artifact a bundle packs: the int8 result's (with its input
         scale and zero-point) or the export's (with its layout), as those stages wrote it."""

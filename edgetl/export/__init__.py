@@ -19,7 +19,7 @@ from edgetl.console import QUIET, Console
 from edgetl.data.imagefolder import load_images
 from edgetl.errors import ConfigError, DataError
 from edgetl.fsutil import EXPORT, claim, staged_dir
-from edgetl.rundir import FORMATS, HEAD, ExportDir, ExportFiles, ExportRecord, InputInfo, RunDir
+from edgetl.rundir import FEATURES, FORMATS, HEAD, ExportDir, ExportFiles, ExportRecord, InputInfo, RunDir
 from edgetl.runtime.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:  # torch and the run reader load only once an export really starts
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # torch and the run reader load only once an export really st
 
 LAYOUT = {"onnx": "NCHW", "tflite": "NHWC"}
 PARITY_IMAGES = 64
+STATISTICS_IMAGES = 512
 
 
 def classifier(backbone: torch.nn.Module, head: torch.nn.Linear) -> torch.nn.Module:
@@ -76,6 +77,30 @@ def artifact_spec(spec: PreprocessSpec, fmt: str) -> PreprocessSpec:
     return spec.with_layout(LAYOUT[fmt])
 
 
+def to_input_float(images: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
+    """uint8 NHWC images as the backbone's float NCHW input."""
+    from edgetl.train.features import nchw, to_input
+
+    return to_input(nchw(images), spec)
+
+
+def write_statistics(backbone: torch.nn.Module, run: Run, path: Path, n: int = STATISTICS_IMAGES) -> None:
+    """The mean and std of each output feature on up to `n` of the run's training images (stratified,
+    seeded): what the bundle's own head is standardised by when unlabelled frames on the device move
+    the statistics to new conditions (`edgetl.runtime.adapt`)."""
+    import torch
+
+    from edgetl.train.run import split_samples, stratified
+
+    samples = stratified(split_samples(run, "train"), n, 0)
+    loaded = load_images(samples, run.spec.size, run.spec.resize, interpolation=run.spec.interpolation)
+    with torch.no_grad():
+        out = torch.cat([backbone(to_input_float(loaded.images[i : i + 64], run.spec))
+                         for i in range(0, len(loaded.labels), 64)]).numpy()
+    np.savez(path, mean=out.mean(0).astype(np.float32), std=out.std(0).astype(np.float32),
+             images=np.int64(len(out)))
+
+
 def real_images(run: Run, n: int, *, seed: int = 0) -> np.ndarray:
     """`n` of the run's own validation images (stratified, seeded), decoded at its input size."""
     from edgetl.train.run import split_samples, stratified
@@ -99,37 +124,62 @@ def write_artifact(module: torch.nn.Module, sample: torch.Tensor, path: Path, fm
         to_tflite(channels_last(module).eval(), nhwc(sample), path)
 
 
-def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, console: Console = QUIET,
-           run: Run | None = None) -> Export:
+def tapped(run: Run, spec: PreprocessSpec) -> torch.nn.Module:
+    """The module an artifact with `spec`'s outputs was made from: the backbone, with its taps if it has any."""
+    if not spec.outputs:
+        return run.backbone
+    from edgetl.train.taps import Tapped
+
+    taps = spec.outputs[1:]
+    return Tapped(run.backbone, tuple(t.name for t in taps), tuple(t.gain for t in taps),
+                  tuple(t.grid for t in taps)).eval()
+
+
+def export_taps(found: Export) -> tuple[str, ...]:
+    """The stages an export taps."""
+    return tuple(s.name for s in found.spec.outputs[1:])
+
+
+def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, taps="auto",
+           console: Console = QUIET, run: Run | None = None) -> Export:
     """Export and parity-check one run in one format into RUN/export/FORMAT (replaced as a whole).
 
     `tolerance`: the largest embedding difference allowed against PyTorch, relative to the
-    embeddings' range (finite, > 0; checked before any work)."""
+    embeddings' range (finite, > 0; checked before any work). `taps`: "auto" (every stage whose
+    output is a feature map, see `edgetl.train.taps`), "none", or stage names ("blocks.4,blocks.10"):
+    their pooled outputs follow the embedding in the backbone's one output."""
     check_format(fmt)
     check_tolerance(tolerance)
     import torch
 
     from edgetl.export import parity
+    from edgetl.train import taps as tapping
     from edgetl.train.finetune import versions
     from edgetl.train.run import load_run
 
     run = run or load_run(run_path)
-    spec = artifact_spec(run.spec, fmt)
+    chosen = tapping.choose(run.backbone, run.spec.size, taps)  # a bad --taps fails before any work
     out = claim(run.dir.export_dir(fmt).path, EXPORT, flag="the export dir")  # before any work
     images = real_images(run, PARITY_IMAGES)
     sample = torch.zeros((1, 3, *run.spec.size), dtype=torch.float32)
+    x = to_input_float(images, run.spec)
+    grids = tapping.grids(run.backbone, run.spec.size, chosen)
+    gains = tapping.gains(run.backbone, chosen, grids, x)
+    spec = artifact_spec(run.spec, fmt).with_outputs(tapping.segments(run.backbone, chosen, gains, grids, x))
+    backbone = tapped(run, spec)
     t0 = time.perf_counter()
     with staged_dir(out, EXPORT) as tmp:
         backbone_file, model_file = (tmp / name for name in ExportDir.names(fmt))
         with console.task(f"exporting {run.record.backbone} to {fmt}", 3, "steps") as advance:
-            write_artifact(run.backbone, sample, backbone_file, fmt, output_name="embedding")
+            write_artifact(backbone, sample, backbone_file, fmt, output_name="embedding")
             advance(1)
             write_artifact(classifier(run.backbone, run.head), sample, model_file, fmt, output_name="logits")
             advance(1)
-            result = parity.check(backbone_file, model_file, run.backbone, run.head, images, spec,
+            result = parity.check(backbone_file, model_file, backbone, run.head, images, spec,
                                   tolerance=tolerance)
             advance(1)
         parity.require(result, f"the {fmt} export of {run.path}")
+        write_statistics(backbone, run, tmp / FEATURES)
         record = ExportRecord(
             format=fmt, backbone=run.record.backbone, run=str(run.path),
             files=ExportFiles(backbone=backbone_file.name, model=model_file.name, head=HEAD),
@@ -139,9 +189,9 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
             sizes_bytes={"backbone": backbone_file.stat().st_size, "model": model_file.stat().st_size},
             parity=result.to_dict(), seconds=round(time.perf_counter() - t0, 2), versions=versions(),
         )
-        ExportDir.fill(tmp, run.dir, spec, record)
-    console.log(f"{fmt}: parity on {result.images} real images: max |diff| {result.max_abs_diff:.2e}, "
-                f"top-1 agreement {result.top1_agreement:.1%} -> {out}")
+        ExportDir.fill(tmp, run.dir, spec, record, tmp / FEATURES)
+    console.log(f"{fmt}: parity on {result.images} real images ({len(spec.outputs) or 1} output segment(s)): "
+                f"max |diff| {result.max_abs_diff:.2e}, top-1 agreement {result.top1_agreement:.1%} -> {out}")
     return Export(out, fmt, out / backbone_file.name, out / model_file.name, spec, record)
 
 

@@ -15,7 +15,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +25,20 @@ from edgetl.backends.tflite_io import IO_TYPES, to_uint8
 from edgetl.console import QUIET, Console, silenced
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.errors import ConfigError, DataError, QuantizeError
-from edgetl.export import check_format, export, load_export
+from edgetl.export import check_format, export, export_taps, load_export, tapped
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
 from edgetl.quantize import calibration
 from edgetl.rundir import FORMATS, QuantizeDir, QuantizeRecord, RunDir
 from edgetl.runtime import engines
+from edgetl.runtime.features import EMBEDDING, Layout
 from edgetl.train.finetune import versions
 from edgetl.train.run import Run, load_run, split_samples
+from edgetl.train.taps import choose
 
 METHODS = ("minmax", "entropy", "percentile")
 SENSITIVITY_IMAGES = 32
 MAX_FLOAT_FRACTION = 0.25  # keeping more than this in float is no longer an int8 model
+MAX_TAP_ERROR = 0.5  # int8 noise / a tap's spread across images beyond which the tap is dropped (SNR < 6 dB)
 
 
 @dataclass(frozen=True)
@@ -106,15 +109,31 @@ def _top1(pred: np.ndarray, labels: np.ndarray) -> float:
 class _Scorer:
     """Scores backbone artifacts with the run's float head; fp32 predictions are the reference."""
 
-    def __init__(self, fp32: Path, head: dict, sets: list[Labelled]):
+    def __init__(self, fp32: Path, head: dict, sets: list[Labelled], layout: Layout):
         self.W, self.b = head["W"], head["b"]
-        self.sets = sets
+        self.sets, self.layout = sets, layout
+        self.embedding = layout.columns((EMBEDDING,))
         engine = _load(fp32)
+        self.features = engine.run(sets[0].x)  # fp32 outputs on the guard set: what each tap is held to
         self.reference = [self.predict(engine, s) for s in sets]
         self.fp32_top1 = [_top1(p, s.labels) for p, s in zip(self.reference, sets, strict=True)]
 
     def predict(self, engine, labelled: Labelled) -> np.ndarray:
-        return (engine.run(labelled.x) @ self.W.T + self.b).argmax(1)
+        return (engine.run(labelled.x)[:, self.embedding] @ self.W.T + self.b).argmax(1)
+
+    def tap_errors(self, path: Path) -> dict[str, float]:
+        """Per output segment, the int8 error relative to the segment's own variation across images:
+        |int8 - fp32| / |fp32 - its mean| (Frobenius) on the guard set; a head standardises each
+        feature, so this is the noise it sees against the signal."""
+        with silenced():
+            q = _load(path).run(self.sets[0].x)
+        out = {}
+        for name in self.layout.names:
+            cols = self.layout.columns((name,))
+            f = self.features[:, cols]
+            spread = float(np.linalg.norm(f - f.mean(0)))
+            out[name] = round(float(np.linalg.norm(q[:, cols] - f)) / max(spread, 1e-12), 4)
+        return out
 
     def score(self, path: Path) -> list[tuple[float, float, float]]:
         """(int8 top-1 %, drop in points, agreement with fp32) per labelled set."""
@@ -153,8 +172,8 @@ def _quantizer(fmt: str):
 
 def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx", method: str = "auto",
              max_drop: float = 1.0, split: str = "val", data: str | Path | None = None, io: str = "int8",
-             search: SearchBudget = DEFAULT_SEARCH, console: Console = QUIET, run: Run | None = None
-             ) -> QuantizeRecord:
+             search: SearchBudget = DEFAULT_SEARCH, taps=None, console: Console = QUIET,
+             run: Run | None = None) -> QuantizeRecord:
     """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns its record (quantize.json).
 
     The budget is judged on the run's `split` (val or test), or on `data`; with val, the run's
@@ -163,7 +182,10 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     search of `method="auto"` (default: 6 trials, 120 s; see `SearchBudget`).
 
     In the record, `fp32_top1` and `int8_top1` are top-1 in percent (0-100, 2 decimals) and
-    `drop` is in points of it; `search` says how the float-layer search went and what ended it."""
+    `drop` is in points of it; `search` says how the float-layer search went and what ended it.
+    `taps` (auto|none|STAGE,...) re-exports when the run's export taps other stages (None: the
+    export as it is, made with auto when there is none); `taps` in the record gives each output
+    segment's int8 error and the taps dropped for it."""
     check_format(fmt)
     if split not in ("val", "test"):
         raise ConfigError(f"unknown --split {split!r}", "val (default) or test")
@@ -180,8 +202,11 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     run = run or load_run(run_path)
     out = claim(run.dir.quantize_dir(fmt).path, QUANTIZED, flag="the quantize dir")  # before any work
     selection = calibration.select(calibration.read(calib_file))
-    exported = load_export(run.path, fmt) or export(run.path, fmt, console=console, run=run)
+    exported = load_export(run.path, fmt)
+    if exported is None or (taps is not None and export_taps(exported) != choose(run.backbone, run.spec.size, taps)):
+        exported = export(run.path, fmt, taps="auto" if taps is None else taps, console=console, run=run)
     spec = exported.spec
+    layout = Layout.of(spec.outputs, int(run.head.in_features))
     calib_x = spec.normalize(calibration.images(selection, run.spec))
     console.log(f"calibration: {len(calib_x)} images from {selection.calib.source} "
                 f"({len(selection.classes)} classes, seed {selection.calib.seed})")
@@ -191,13 +216,14 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     if data is None and split == "val" and has_test:
         sets.append(_labelled(run, spec, None, "test"))
     head = dict(np.load(run.dir.head))
-    scorer = _Scorer(exported.backbone, head, sets)
+    scorer = _Scorer(exported.backbone, head, sets, layout)
     q = _quantizer(fmt)
     suffix = FORMATS[fmt]
 
     with tempfile.TemporaryDirectory(prefix="edgetl-quantize-") as work_dir:
         work = Path(work_dir)
-        source = q.prepare(exported.backbone, work / f"prepared{suffix}") if fmt == "onnx" else run.backbone
+        source = (q.prepare(exported.backbone, work / f"prepared{suffix}") if fmt == "onnx"
+                  else tapped(run, spec))
         graphs = {}
 
         def trial(m: str, keep_float: tuple[str, ...] = (), label: str = "") -> Trial:
@@ -246,7 +272,14 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
             latency["int8"] = engines.latency_ms(int8)
             advance(1)
         name = QuantizeDir.name(fmt)
-        int8_spec = spec.with_input(int8.input.dtype, int8.input.scale, int8.input.zero_point)
+        errors = scorer.tap_errors(best.path)
+        outputs = tuple(replace(s, dropped=s.name != EMBEDDING and errors[s.name] > MAX_TAP_ERROR)
+                        for s in spec.outputs)
+        dropped = [s.name for s in outputs if s.dropped]
+        if dropped:
+            console.log(f"  int8 damages tap(s) {', '.join(dropped)} (error > {MAX_TAP_ERROR} of their spread): "
+                        "dropped, no head reads them")
+        int8_spec = spec.with_input(int8.input.dtype, int8.input.scale, int8.input.zero_point).with_outputs(outputs)
         record = QuantizeRecord(
             format=fmt, run=str(run.path), backbone=run.record.backbone, file=name,
             method=best.method, method_requested=method, max_drop=float(max_drop),
@@ -257,6 +290,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
             test=({"images": int(len(sets[1].labels)), "fp32_top1": scorer.fp32_top1[1], **best.extra["test"][0]}
                   if len(sets) > 1 else None),
             trials=tuple(t.summary() for t in trials),
+            taps=({"error_max": MAX_TAP_ERROR, "error": errors, "dropped": dropped} if spec.outputs else None),
             sensitivity_db=tuple((n, round(v, 2)) for n, v in sensitivity[:20]),
             search=searched,
             calibration={"file": str(selection.calib.file), "source": str(selection.calib.source),
@@ -272,7 +306,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         )
         with staged_dir(out, QUANTIZED) as tmp:
             shutil.copy2(best.path, tmp / name)
-            QuantizeDir.fill(tmp, run.dir, int8_spec, record)
+            QuantizeDir.fill(tmp, run.dir, int8_spec, record, run.dir.exported(fmt).features)
     return record
 
 

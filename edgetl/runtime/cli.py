@@ -51,9 +51,20 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 def add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle dir (heads are kept beside it, in BUNDLE.heads)")
     p.add_argument("--data", type=Path, help="labelled images: DATA/<label>/*.png; new labels add classes")
+    p.add_argument("--unlabelled", type=Path, metavar="DIR",
+                   help="frames of the new conditions without labels (any folders): the head's feature statistics "
+                        "move to them; alone, the bundle's checkset guards the change")
+    p.add_argument("--replace-labels", action="store_true",
+                   help="a head for only the labels in --data (a new label set), guarded on their holdout")
     p.add_argument("--rollback", action="store_true", help="put the previous head back in force")
-    p.add_argument("--margin", type=float, default=1.0,
-                   help="old-class holdout top-1 points the new head may lose (default 1.0)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="the guard refuses a new head only for a loss significant at this level (McNemar's exact "
+                        "test on the holdout; default 0.05) and of at least --min-effect points")
+    p.add_argument("--min-effect", type=float, default=1.0,
+                   help="points of holdout top-1 a significant loss must reach to refuse the head (default 1)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="a fixed rule instead of the test: refuse a drop of more than this many points")
+    p.add_argument("--no-taps", action="store_true", help="a head over the embedding alone, not the backbone's taps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--unguarded", action="store_true",
                    help="commit even without old-class images for the guard to check")
@@ -73,12 +84,21 @@ def check_args(args) -> None:
     if hasattr(args, "top") and (args.top is None or args.top < 1):
         bad(f"--top {args.top}", "list at least the best label", "pass --top 1 or more")
     if hasattr(args, "rollback"):  # adapt
-        if args.rollback == bool(args.data):
-            raise ConfigError("give --data DIR to adapt, or --rollback", "edgetl adapt BUNDLE --data DIR")
-        if args.rollback and args.unguarded:
-            bad("--unguarded", "goes with --data, not --rollback", "edgetl adapt BUNDLE --rollback")
-        if not (math.isfinite(args.margin) and args.margin >= 0):
+        learns = bool(args.data) or bool(args.unlabelled)
+        if args.rollback == learns:
+            raise ConfigError("give --data DIR (and/or --unlabelled DIR) to adapt, or --rollback",
+                              "edgetl adapt BUNDLE --data DIR")
+        for flag, on in (("--unguarded", args.unguarded), ("--replace-labels", args.replace_labels)):
+            if args.rollback and on:
+                bad(flag, "goes with --data, not --rollback", "edgetl adapt BUNDLE --rollback")
+        if args.replace_labels and not args.data:
+            bad("--replace-labels", "needs the new labels' images", "edgetl adapt BUNDLE --data DIR --replace-labels")
+        if args.margin is not None and not (math.isfinite(args.margin) and args.margin >= 0):
             bad(f"--margin {args.margin}", "must be a finite number >= 0 (top-1 percentage points)", "--margin 1")
+        if not (math.isfinite(args.alpha) and 0 < args.alpha < 1):
+            bad(f"--alpha {args.alpha}", "must be a significance level between 0 and 1", "--alpha 0.05")
+        if not (math.isfinite(args.min_effect) and args.min_effect >= 0):
+            bad(f"--min-effect {args.min_effect}", "must be a finite number >= 0 (points)", "--min-effect 1")
         if args.seed < 0:
             bad(f"--seed {args.seed}", "must be >= 0", "--seed 0")
         if not (math.isfinite(args.wait) and args.wait >= 0):
@@ -88,6 +108,8 @@ def check_args(args) -> None:
                               "unpack the .tar.gz first: heads live beside the dir")
         if args.data is not None and not Path(args.data).is_dir():
             raise ConfigError(f"--data {args.data} is not a directory", "pass DIR/<label>/*.png, one folder per label")
+        if args.unlabelled is not None and not Path(args.unlabelled).is_dir():
+            raise ConfigError(f"--unlabelled {args.unlabelled} is not a directory", "pass a folder of frames")
     if command == "measure":
         if args.duration is None and (args.runs is None or args.runs < 1):
             bad(f"--runs {args.runs}", "at least one timed frame", "pass --runs N (N >= 1)")
@@ -112,25 +134,39 @@ def predict(args) -> list[dict]:
 
 
 def adapt(args) -> dict:
-    """Adapt the head from --data DIR (unreadable images skipped and counted), or --rollback."""
+    """Adapt the head from --data DIR and/or --unlabelled DIR (unreadable images skipped and counted), or
+    --rollback."""
     from edgetl.runtime.adapt import AdaptConfig
-    from edgetl.runtime.images import InputError, labelled_folder, read_files
+    from edgetl.runtime.images import InputError, image_files, labelled_folder, read_files
     from edgetl.runtime.model import Model
 
     check_args(args)
-    config = AdaptConfig(margin=args.margin, seed=args.seed)
+    config = AdaptConfig(margin=args.margin, alpha=args.alpha, min_effect=args.min_effect, seed=args.seed,
+                         taps=not args.no_taps, replace_labels=args.replace_labels)
     model = Model.load(args.bundle, key=args.key, machine="any" if args.any_arch else None, fallback_head=True)
     if args.rollback:
         done = model.heads.rollback(timeout=args.wait)
         with model.heads.lock(exclusive=False):
             classes = len(model.heads.in_force().head.labels)
         return {"rolled_back_to": done.version, "classes": classes, "note": done.note}
-    paths, labels = labelled_folder(args.data)
-    pixels, kept, skipped = read_files(paths, model.input_size, model.spec.resize, model.spec.interpolation)
-    if not kept:
-        raise InputError(f"none of the {len(paths)} images in {args.data} could be read "
-                         f"({skipped[0][0].name}: {skipped[0][1]})", "pass readable PNG/JPEG/BMP/PPM files")
-    result = model.adapt(pixels, [labels[i] for i in kept], config=config, unguarded=args.unguarded,
+
+    def read(paths, where):
+        pixels, kept, skipped = read_files(paths, model.input_size, model.spec.resize, model.spec.interpolation)
+        if not kept:
+            raise InputError(f"none of the {len(paths)} images in {where} could be read "
+                             f"({skipped[0][0].name}: {skipped[0][1]})", "pass readable PNG/JPEG/BMP/PPM files")
+        return pixels, kept, skipped
+
+    pixels = labels = frames = None
+    skipped = []
+    if args.data is not None:
+        paths, names = labelled_folder(args.data)
+        pixels, kept, skipped = read(paths, args.data)
+        labels = [names[i] for i in kept]
+    if args.unlabelled is not None:
+        frames, _, more = read(image_files(args.unlabelled), args.unlabelled)
+        skipped = skipped + more
+    result = model.adapt(pixels, labels, unlabelled=frames, config=config, unguarded=args.unguarded,
                          lock_timeout=args.wait)
     return {**result.to_dict(), "classes": len(result.head.labels), "skipped": len(skipped),
             "skipped_files": [f"{path}: {why}" for path, why in skipped[:SKIPPED_LISTED]]}
@@ -146,8 +182,11 @@ def adapt_summary(r: dict) -> str:
     if r.get("skipped"):
         more = f" (+{r['skipped'] - SKIPPED_LISTED} more)" if r["skipped"] > SKIPPED_LISTED else ""
         skipped = f"; {r['skipped']} unreadable images skipped: {'; '.join(r['skipped_files'])}{more}"
-    return f"{recovered}{r['reason']}; {r['images']} images, {r['epochs']} epochs{new}{skipped}" + (
-        f"; head version {r['version']}" if r["committed"] else "")
+    frames = f", {r['unlabelled']} unlabelled frames" if r.get("unlabelled") else ""
+    head = r.get("head") or {}
+    over = f"; {head.get('kind', 'softmax')} head over {len(head.get('taps', []))} segment(s)" if head else ""
+    return (f"{recovered}{r['reason']}; {r['images']} images{frames}, {r['epochs']} epochs{new}{over}{skipped}"
+            + (f"; head version {r['version']}" if r["committed"] else ""))
 
 
 def add_device_args(sub, parents=()) -> None:

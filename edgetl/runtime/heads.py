@@ -33,6 +33,7 @@ import numpy as np
 
 from edgetl.errors import ConfigError, DamagedHead, HeadStoreBusy
 from edgetl.runtime.atomic import write_file
+from edgetl.runtime.features import Layout
 from edgetl.runtime.head import Head
 
 CURRENT = "CURRENT"
@@ -118,17 +119,20 @@ def store_lock(root: Path, *, exclusive: bool, timeout: float = LOCK_TIMEOUT_S, 
 
 
 class HeadStore:
-    def __init__(self, root: str | Path, base: Head, keep: int = 5, lock_timeout: float = LOCK_TIMEOUT_S):
+    def __init__(self, root: str | Path, base: Head, keep: int = 5, lock_timeout: float = LOCK_TIMEOUT_S,
+                 layout: Layout | None = None):
         self.root, self.keep = Path(root), max(2, keep)
         self.base = base if base.version == 0 else replace(base, version=0)  # version 0: the bundle's own
+        self.layout = layout or Layout.of((), base.width)  # the segments the bundle's backbone outputs
         self.lock_timeout = lock_timeout
         self._held: str | None = None  # "exclusive" | "shared" while this object holds the lock
 
     @classmethod
-    def beside(cls, bundle_dir: Path, base: Head, keep: int = 5, lock_timeout: float = LOCK_TIMEOUT_S) -> HeadStore:
+    def beside(cls, bundle_dir: Path, base: Head, keep: int = 5, lock_timeout: float = LOCK_TIMEOUT_S,
+               layout: Layout | None = None) -> HeadStore:
         """The store for a bundle: BUNDLE.heads next to it (a bundle dir holds only what it lists)."""
         bundle_dir = Path(bundle_dir)
-        return cls(bundle_dir.with_name(bundle_dir.name + ".heads"), base, keep, lock_timeout)
+        return cls(bundle_dir.with_name(bundle_dir.name + ".heads"), base, keep, lock_timeout, layout)
 
     @property
     def bundle(self) -> Path:
@@ -191,9 +195,9 @@ class HeadStore:
             head = Head.read(path, self.base.labels)
         except DamagedHead as exc:
             return None, f"head {version} ({path}) is damaged: {exc.why}"
-        if head.W.shape[1] != self.base.W.shape[1]:
-            return None, (f"head {version} ({path}) is damaged: it takes {head.W.shape[1]}-d embeddings, "
-                          f"the backbone gives {self.base.W.shape[1]}")
+        mismatch = self.layout.problem(head.taps, head.dims)
+        if mismatch:
+            return None, f"head {version} ({path}) does not fit this bundle: {mismatch}"
         return replace(head, version=version), None
 
     def in_force(self) -> InForce:
@@ -298,8 +302,7 @@ class HeadStore:
             parent = state.version if parent is None else parent
             version = self._next_version()
             buf = io.BytesIO()
-            np.savez(buf, W=head.W.astype(np.float32), b=head.b.astype(np.float32),
-                     labels=np.asarray(head.labels), version=np.int64(version))
+            np.savez(buf, **{**head.arrays(), "version": np.int64(version)})
             written = []
             try:
                 write_file(self._file(version), buf.getvalue())

@@ -136,3 +136,14 @@ def labelled_folder(root: str | Path) -> tuple[list[Path], list[str]]:
     if not paths:
         raise InputError(f"no labelled images in {root}", "expected DIR/<label>/*.png, one folder per label")
     return paths, labels
+
+
+def image_files(root: str | Path) -> list[Path]:
+    """Every image file under ROOT (any depth, sorted): unlabelled frames, whatever their folders say."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root} is not a directory", "pass a folder of frames (PNG/JPEG/BMP/PPM)")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InputError(f"no images in {root}", "pass a folder of frames (PNG/JPEG/BMP/PPM)")
+    return paths

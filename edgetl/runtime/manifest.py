@@ -78,6 +78,7 @@ class Manifest(Record):
     """manifest.json of a bundle. Top-1 figures in `accuracy` are percent (0-100)."""
 
     SCHEMA_VERSIONS = (1,)
+    OPTIONAL_KEYS = frozenset({"features"})  # manifests written before feature statistics were shipped
 
     schema_version: int
     name: str
@@ -101,6 +102,7 @@ class Manifest(Record):
     deferred: str | None
     compatibility: Compatibility
     signer: Signer | None
+    features: str | None = None  # the file of the backbone outputs' mean/std on the server's training images
 
     def to_bytes(self) -> bytes:
         """The manifest file's bytes: sorted keys, so that two builds of the same inputs match."""

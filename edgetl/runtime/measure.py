@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import EdgetlError
-from edgetl.runtime.manifest import Manifest
 from edgetl.runtime.records import Record, record
 
 SAMPLES_KEPT = 5000  # latency samples returned for the report's histogram
@@ -138,12 +136,6 @@ def percentile(ms: np.ndarray, q: float) -> float:
     return round(float(np.percentile(ms, q)), 4)
 
 
-def checkset(bundle_dir: Path, manifest: Manifest) -> tuple[np.ndarray, list[str]]:
-    entry = manifest.checkset
-    if not entry:
-        raise EdgetlError("this bundle has no checkset", "pass --data DIR with labelled images on the device")
-    with np.load(bundle_dir / entry.file, allow_pickle=False) as f:
-        return f["pixels"], [str(s) for s in f["labels"]]
 
 
 def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, warmup: int = 20,
@@ -160,7 +152,7 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
             frames = model.pixels(paths)
             source = str(data)
         else:
-            frames, labels = checkset(model.bundle.path, model.bundle.manifest)
+            frames, labels = model.bundle.checkset()
             frames = model.pixels(frames)
             source = "checkset"
         before = thermals()

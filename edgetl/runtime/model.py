@@ -19,13 +19,15 @@ import shutil
 import tempfile
 import weakref
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from edgetl.errors import ConfigError
-from edgetl.runtime.adapt import AdaptConfig, adapt_head
+from edgetl.runtime.adapt import AdaptConfig, adapt_head, guard_with
 from edgetl.runtime.engines import Engine, open_engine
+from edgetl.runtime.features import EMBEDDING, Layout
 from edgetl.runtime.head import Head, softmax
 from edgetl.runtime.heads import HeadStore
 from edgetl.runtime.images import as_batch
@@ -55,6 +57,7 @@ class Model:
         self.heads = heads  # the HeadStore beside a bundle dir (None for an unpacked archive)
         self.head_note = head_note  # why the head in force is a fallback (loaded with fallback_head), else None
         self._origin = os.path.realpath(bundle.path)  # what BUNDLE resolved to (a deploy swaps a link)
+        self._columns: tuple[Head | None, slice | np.ndarray] = (None, slice(None))  # the last head checked
 
     @property
     def head_version(self) -> int:
@@ -109,10 +112,17 @@ class Model:
             raise ConfigError(f"the {m.engine} engine sees input {engine.input.shape}, the manifest says "
                               f"{list(expected)}", "the bundle and its model disagree: compile it again")
         _check_input(spec, engine, m.engine)
+        layout = Layout.of(spec.outputs, int(engine.output.shape[-1]))
+        if layout.width != int(engine.output.shape[-1]):
+            raise ConfigError(f"the {m.engine} engine gives {engine.output.shape[-1]} features, the manifest's "
+                              f"outputs {layout.width}", "the bundle and its model disagree: compile it again")
         base = Head.read(bundle.path / m.head, m.labels)
+        if base.taps != (EMBEDDING,) or base.width != layout.dims((EMBEDDING,))[0]:
+            raise ConfigError(f"the bundle's head takes {base.width} features, its backbone's embedding has "
+                              f"{layout.dims((EMBEDDING,))[0]}", "the bundle and its model disagree: compile it again")
         if not Path(path).is_dir():
             return cls(bundle, engine, base, spec)
-        heads = HeadStore.beside(bundle.path, base)
+        heads = HeadStore.beside(bundle.path, base, layout=layout)
         if not fallback_head:
             return cls(bundle, engine, heads.current(), spec, heads=heads)
         with heads.lock(exclusive=False):
@@ -141,8 +151,28 @@ class Model:
         """`images` as uint8 NHWC at the model's size (see `edgetl.runtime.images.as_batch`)."""
         return as_batch(images, self.input_size, self.spec.resize, self.spec.interpolation)
 
+    @cached_property
+    def layout(self) -> Layout:
+        """The segments of the backbone's output: the embedding, then its taps (`edgetl.runtime.features`)."""
+        return Layout.of(self.spec.outputs, int(self.engine.output.shape[-1]))
+
+    def logits(self, features: np.ndarray, head: Head | None = None) -> np.ndarray:
+        """Logits of `head` (default: the one in force) over the backbone outputs `features` (from `embed`):
+        the head reads its own segments; one whose segments this bundle lacks is refused."""
+        head = head or self.head
+        checked, columns = self._columns
+        if head is not checked:  # once per head, not per frame
+            problem = self.layout.problem(head.taps, head.dims)
+            if problem:
+                raise ConfigError(f"head {head.version} does not fit this bundle: {problem}",
+                                  "adapt again on this bundle, or roll back to a head made for it")
+            columns = self.layout.columns(head.taps)
+            self._columns = (head, columns)
+        return head.logits(features[:, columns])
+
     def embed(self, images) -> np.ndarray:
-        """Embeddings (N, D) float32 of `images`: paths, PIL images or uint8 HxWx3 arrays."""
+        """The backbone's outputs (N, width) float32 of `images` (paths, PIL images or uint8 HxWx3 arrays):
+        the embedding, then the pooled taps (`layout`)."""
         pixels = self.pixels(images)
         if len(pixels) <= self.batch_size:
             return self.engine.run(self.spec.normalize(pixels)).astype(np.float32, copy=False)
@@ -151,7 +181,7 @@ class Model:
         return np.concatenate(out).astype(np.float32, copy=False)
 
     def probabilities(self, images) -> np.ndarray:
-        return softmax(self.head.logits(self.embed(images)))
+        return softmax(self.logits(self.embed(images)))
 
     def predict(self, images, *, top_k: int = 1) -> list[Prediction]:
         """The best label and its probability per image, with the `top_k` best (top_k >= 1)."""
@@ -165,29 +195,44 @@ class Model:
                                   tuple((self.labels[i], float(row[i])) for i in order)))
         return out
 
-    def adapt(self, images, labels, *, config=None, unguarded: bool = False, lock_timeout: float | None = None):
-        """Learn the head from `images` and their `labels` (new labels add classes); commit it to the
-        head store if the guard allows. Returns an `AdaptResult` saying what happened and why.
+    def adapt(self, images=None, labels=None, *, unlabelled=None, config=None, unguarded: bool = False,
+              lock_timeout: float | None = None):
+        """Learn the head from `images` and their `labels` (new labels add classes; `config.replace_labels`:
+        only these labels), and/or move its feature statistics to `unlabelled` frames of new conditions;
+        commit it to the head store if the guard allows. Returns an `AdaptResult` saying what happened
+        and why. Unlabelled frames alone are guarded on the bundle's checkset (its labelled images).
 
-        The embeddings are computed first, unlocked (the slow part); then, holding the store's lock
+        The features are computed first, unlocked (the slow part); then, holding the store's lock
         (waiting up to `lock_timeout` s, default the store's, for another adapt or deploy), the head
         in force is read again and trained from, so the version committed names it as its parent
         and no concurrent commit is lost. A damaged head in force is trained past: from the newest
         intact one, which the result names (`parent`, `recovered`)."""
         config = config or AdaptConfig()
-        if labels is None or isinstance(labels, str | bytes):
-            raise ConfigError("labels must be a list of class names, one per image", "e.g. ['stop', 'yield']")
-        labels = list(labels)
-        bad = next((lab for lab in labels if not isinstance(lab, str) or not lab.strip()), None)
-        if bad is not None or not labels:
-            raise ConfigError(f"labels must be non-empty class names (strings), not {bad!r}",
-                              f"use the names the head knows ({', '.join(self.labels[:3])}, ...) or new ones")
-        many = isinstance(images, list | tuple) or (isinstance(images, np.ndarray) and images.ndim == 4)
-        if many and len(images) != len(labels):  # refused before the slow part
-            raise ConfigError(f"{len(images)} images and {len(labels)} labels", "give one label per image")
-        embeddings = self.embed(images)
+        if images is None and labels is None:
+            if unlabelled is None:
+                raise ConfigError("nothing to adapt from", "give images and labels, or unlabelled frames")
+        else:
+            labels = self._labels_for(images, labels)
+        features = self.embed(images) if labels is not None else None
+        frames = self.embed(unlabelled) if unlabelled is not None else None
+        check = None
+        if features is None and not unguarded:  # unlabelled alone: the bundle's own labelled images judge it
+            if not self.bundle.manifest.checkset:
+                raise ConfigError("unlabelled frames alone are judged on the bundle's checkset, and this bundle "
+                                  "has none", "add labelled images of the new conditions (--data DIR), or pass "
+                                              "--unguarded")
+            pixels, names = self.bundle.checkset()
+            check = (self.embed(pixels), names)
+
+        def learn(head: Head):
+            result = adapt_head(head, features, labels, config, self.layout, unlabelled=frames,
+                                source=self.bundle.feature_statistics(), unguarded=unguarded)
+            if check is not None:
+                result = guard_with(result, head, self.layout, *check, config)
+            return result
+
         if self.heads is None:  # an archive: nothing to commit to, but the guard's verdict still comes back
-            result = adapt_head(self.head, embeddings, labels, config, unguarded=unguarded)
+            result = learn(self.head)
             if result.committed:
                 raise ConfigError("this model has no head store (it was loaded from an archive)",
                                   "unpack the bundle and load its dir to adapt it")
@@ -197,13 +242,27 @@ class Model:
                 raise ConfigError(f"{self.bundle.path} was replaced (a deploy) while these images were embedded",
                                   "adapt again: the new backbone needs its own embeddings")
             state = self.heads.in_force()
-            result = adapt_head(state.head, embeddings, labels, config, unguarded=unguarded)
+            result = learn(state.head)
             result.parent, result.recovered = state.version, state.problem
             if result.committed:
                 result.version = self.heads.commit(result.head, result.to_dict(), parent=state.version)
                 result.head = replace(result.head, version=result.version)
                 self.head, self.head_note = result.head, None
         return result
+
+    def _labels_for(self, images, labels) -> list[str]:
+        """`labels` checked against `images` before the slow part: one non-empty name per image."""
+        if labels is None or isinstance(labels, str | bytes):
+            raise ConfigError("labels must be a list of class names, one per image", "e.g. ['stop', 'yield']")
+        labels = list(labels)
+        bad = next((lab for lab in labels if not isinstance(lab, str) or not lab.strip()), None)
+        if bad is not None or not labels:
+            raise ConfigError(f"labels must be non-empty class names (strings), not {bad!r}",
+                              f"use the names the head knows ({', '.join(self.labels[:3])}, ...) or new ones")
+        many = isinstance(images, list | tuple) or (isinstance(images, np.ndarray) and images.ndim == 4)
+        if many and len(images) != len(labels):
+            raise ConfigError(f"{len(images)} images and {len(labels)} labels", "give one label per image")
+        return labels
 
 
 def _check_input(spec: PreprocessSpec, engine: Engine, name: str) -> None:

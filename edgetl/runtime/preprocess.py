@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
+from edgetl.runtime.features import Segment
 from edgetl.runtime.records import Record, RecordError, record
 
 RESIZE_MODES = ("stretch", "crop")
@@ -35,7 +36,11 @@ class PreprocessSpec(Record):
     layout: NCHW (PyTorch, ONNX) or NHWC (TFLite artifacts, which take images as decoded): set by export.
     dtype/input_scale/input_zero_point: the model input's type and quantization: set by quantize,
             checked against the engine's own input when a bundle is loaded.
+    outputs: the segments of the backbone's output (the embedding, then its taps): set by export;
+            empty when the whole output is the embedding (`edgetl.runtime.features`).
     """
+
+    OPTIONAL_KEYS = frozenset({"outputs"})  # specs written before taps existed
 
     size: tuple[int, int]
     mean: tuple[float, float, float]
@@ -47,6 +52,7 @@ class PreprocessSpec(Record):
     dtype: str = "float32"
     input_scale: float | None = None
     input_zero_point: int | None = None
+    outputs: tuple[Segment, ...] = ()
     schema_version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -70,7 +76,15 @@ class PreprocessSpec(Record):
                 self.input_scale is None):
             return (f"dtype {self.dtype}, input_scale {self.input_scale} and input_zero_point "
                     f"{self.input_zero_point} do not fit together (an integer input has both, a float one neither)")
+        names = [o.name for o in self.outputs]
+        if self.outputs and (names[0] != "embedding" or len(set(names)) != len(names)
+                             or any(o.dim < 1 for o in self.outputs)):
+            return f"outputs must start with the embedding and name each segment once, not {names!r}"
         return None
+
+    def with_outputs(self, outputs: tuple[Segment, ...]) -> PreprocessSpec:
+        """What export (the taps) and quantize (a dropped tap) add: the backbone output's segments."""
+        return replace(self, outputs=tuple(outputs))
 
     def with_layout(self, layout: str) -> PreprocessSpec:
         """What export adds: the artifact's input layout."""

@@ -52,6 +52,29 @@ class Bundle:
     def target(self) -> str:
         return self.manifest.target
 
+    def checkset(self):
+        """(uint8 NHWC pixels, labels) of the bundle's checkset: the labelled images it carries."""
+        import numpy as np
+
+        from edgetl.errors import EdgetlError
+
+        entry = self.manifest.checkset
+        if not entry:
+            raise EdgetlError("this bundle has no checkset", "pass --data DIR with labelled images on the device")
+        with np.load(self.path / entry.file, allow_pickle=False) as f:
+            return f["pixels"], [str(s) for s in f["labels"]]
+
+    def feature_statistics(self):
+        """(mean, std) of the backbone's outputs on the server's training images (features.npz), or None
+        for a bundle made before edgetl recorded them."""
+        import numpy as np
+
+        name = self.manifest.features
+        if not name:
+            return None
+        with np.load(self.path / name, allow_pickle=False) as f:
+            return np.asarray(f["mean"], np.float32), np.asarray(f["std"], np.float32)
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()

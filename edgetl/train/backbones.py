@@ -43,6 +43,24 @@ class Backbone(nn.Module):
     def stage(self, name: str) -> nn.Module:
         return self.pool if name == "pool" else self.body.get_submodule(name)
 
+    def body_stages(self) -> list[str]:
+        """The stages whose outputs are feature maps (what taps pool), input first."""
+        return list(self._stages)
+
+    def stage_maps(self, images: torch.Tensor, wanted: frozenset[str]) -> tuple[torch.Tensor, dict]:
+        """(embedding, {stage: its output feature map}) for the `wanted` stages, in one pass: the same
+        computation as `forward`, written out so that an export traces the taps as plain graph edges."""
+        walk = getattr(self.body, "stage_maps", None)
+        if walk is not None:
+            x, maps = walk(images, wanted)
+        else:
+            x, maps = images, {}
+            for name, module in self.body.named_children():
+                x = module(x)
+                if name in wanted:
+                    maps[name] = x
+        return torch.flatten(self.pool(x), 1), maps
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -173,6 +191,20 @@ def _efficientnet_lite0(img_size: int, weights: dict | None) -> Backbone:
             for i, block in enumerate(self.blocks):  # stochastic depth as in the original
                 x = block(x, drop_connect_rate=drop_connect * i / len(self.blocks))
             return self.head(x)
+
+        def stage_maps(self, x, wanted):  # eval only (what export traces): no stochastic depth
+            maps = {}
+            x = self.stem(x)
+            if "stem" in wanted:
+                maps["stem"] = x
+            for i, block in enumerate(self.blocks):
+                x = block(x)
+                if f"blocks.{i}" in wanted:
+                    maps[f"blocks.{i}"] = x
+            x = self.head(x)
+            if "head" in wanted:
+                maps["head"] = x
+            return x, maps
 
     body = LiteBody()
     stages = ["stem"] + [f"blocks.{i}" for i in range(len(body.blocks))] + ["head"]

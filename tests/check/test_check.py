@@ -13,7 +13,7 @@ from edgetl.check import NOT_JUDGED
 from edgetl.cli import main
 from edgetl.compile import compile_bundle
 from edgetl.runtime import Model
-from edgetl.runtime.measure import checkset, throttling
+from edgetl.runtime.measure import throttling
 
 pytestmark = pytest.mark.hil
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "junit-10.xsd"
@@ -71,7 +71,7 @@ def test_check_measures_on_the_device_and_every_loose_budget_holds(local_check, 
         "latency_p95_ms": "pass", "max_rss_mb": "pass", "min_top1": "pass"}
     # the device scored the bundle's own checkset, and predicted what the host predicts
     model = Model.load(host_bundle)
-    pixels, labels = checkset(model.bundle.path, model.bundle.manifest)
+    pixels, labels = model.bundle.checkset()
     assert r["measured"]["accuracy"]["images"] == len(labels) == 4 * 4  # 4 per class
     assert r["measured"]["accuracy"]["predictions"] == [p.label for p in model.predict(pixels)]
 
@@ -146,7 +146,7 @@ def test_a_fleet_over_ssh_and_emulation_is_checked_in_parallel_with_the_same_pre
     assert results["lab"]["bundle"] == "signs" and results["pi"]["bundle"] == "pi4"
     for name, bundle in (("lab", host_bundle), ("pi", tmp_path / "pi4")):
         model = Model.load(bundle, machine="any")  # the same bundle run here
-        pixels, _ = checkset(model.bundle.path, model.bundle.manifest)
+        pixels, _ = model.bundle.checkset()
         assert results[name]["measured"]["accuracy"]["predictions"] == [p.label for p in model.predict(pixels)]
     pi = {v["budget"]: v["status"] for v in results["pi"]["verdicts"]}
     assert pi == {"latency_p95_ms": NOT_JUDGED, "max_rss_mb": NOT_JUDGED, "min_top1": "pass"}  # only correctness

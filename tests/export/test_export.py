@@ -15,7 +15,8 @@ from edgetl.train.run import load_run
 def test_onnx_export_writes_backbone_head_and_combined_model_with_parity(run_dir):
     result = export(run_dir, "onnx")
     files = sorted(p.name for p in result.path.iterdir())
-    assert files == ["backbone.onnx", "export.json", "head.npz", "labels.json", "model.onnx", "preprocess.json"]
+    assert files == ["backbone.onnx", "export.json", "features.npz", "head.npz", "labels.json", "model.onnx",
+                     "preprocess.json"]
     record = json.loads((result.path / "export.json").read_text())
     assert record["parity"]["ok"] and record["parity"]["max_abs_diff"] < 1e-3
     assert record["parity"]["top1_agreement"] == 1.0
@@ -66,7 +67,7 @@ def test_graph_that_differs_when_exported_is_caught(run_dir):
 
     run.backbone = Branchy(run.backbone).eval()
     with pytest.raises(parity.ParityError):
-        export(run_dir, "onnx", run=run)
+        export(run_dir, "onnx", run=run, taps="none")
 
 
 def test_cli_export_and_bad_format(run_dir, capsys):
@@ -86,3 +87,45 @@ def test_head_npz_is_the_run_head(run_dir):
     result = export(run_dir, "onnx")
     a, b = np.load(run_dir / "head.npz"), np.load(result.path / "head.npz")
     assert np.array_equal(a["W"], b["W"]) and np.array_equal(a["b"], b["b"])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_taps_are_outputs_of_every_format_and_parity_covers_each(run_dir, fmt):
+    """auto taps every stage whose output is a feature map; each pooled tap follows the embedding in the
+    one output, and the parity check holds every segment to the tolerance on its own range."""
+    import torch
+
+    run = load_run(run_dir)
+    result = export(run_dir, fmt)
+    names = [s.name for s in result.spec.outputs]
+    assert names[0] == "embedding" and len(names) > 2 and set(names[1:]) <= set(run.backbone.body_stages())
+    assert set(result.record.parity["segments"]) == set(names)
+    assert all(v <= 1e-3 for v in result.record.parity["segments"].values())
+    with engines.load(result.backbone) as engine:
+        assert engine.output.shape[-1] == sum(s.dim for s in result.spec.outputs)
+        x = result.spec.normalize(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+        out = engine.run(x)
+    from edgetl.export import tapped
+    from edgetl.train.features import nchw
+
+    ref = tapped(run, result.spec)(torch.from_numpy(x if fmt == "onnx" else x.transpose(0, 3, 1, 2).copy()))
+    np.testing.assert_allclose(out, ref.detach().numpy(), atol=1e-3 * float(np.abs(out).max()))
+    del nchw
+    stats = np.load(result.path / "features.npz")
+    assert stats["mean"].shape == stats["std"].shape == (out.shape[1],) and int(stats["images"]) > 0
+
+
+def test_taps_none_and_named_stages(run_dir):
+    run = load_run(run_dir)
+    plain = export(run_dir, "onnx", taps="none")
+    assert plain.spec.outputs == () and engines.load(plain.backbone).output.shape[-1] == run.head.in_features
+    stages = run.backbone.body_stages()
+    named = export(run_dir, "onnx", taps=f"{stages[2]},{stages[1]}")
+    assert [s.name for s in named.spec.outputs] == ["embedding", stages[1], stages[2]]  # in the network's order
+
+
+def test_an_unknown_tap_is_refused_before_any_work(run_dir, capsys):
+    assert main(["export", str(run_dir), "--taps", "blocks.99"]) == 2
+    err = capsys.readouterr().err
+    assert "blocks.99 is not a stage" in err and "auto, none, or stages of" in err
+    assert not (run_dir / "export" / "onnx").exists()

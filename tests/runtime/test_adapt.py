@@ -79,11 +79,15 @@ def test_regression_adds_classes_and_keeps_the_old_ones():
 
 def test_the_guard_refuses_a_head_that_forgets_the_old_classes():
     head = _trained_head()
-    x, y = _clusters(3, 20, 5)
+    x, y = _clusters(3, 80, 5)  # 16 holdout images a class: enough for a real loss to be significant
     lookalike, _ = _clusters(1, 80, 6, names=["a"])  # a "new" sign the camera cannot tell from class a
     result = adapt_head(head, np.concatenate([x, lookalike]), y + ["d"] * 80)
-    assert not result.committed and "would drop" in result.reason, result.reason
-    assert result.old_top1_after < result.old_top1_before - AdaptConfig().margin
+    assert not result.committed and "significantly worse" in result.reason, result.reason
+    test = result.details["guard"]
+    assert test["rule"] == "mcnemar" and test["p_worse"] < 0.05 and test["worse"] > test["better"]
+    assert result.old_top1_after < result.old_top1_before - 1
+    fixed = adapt_head(head, np.concatenate([x, lookalike]), y + ["d"] * 80, AdaptConfig(margin=1.0))
+    assert not fixed.committed and "would drop" in fixed.reason and fixed.details["guard"]["rule"] == "margin"
     assert adapt_head(head, x, y).committed  # the old classes alone pass
 
 
@@ -169,3 +173,96 @@ def test_a_process_killed_while_writing_leaves_a_whole_head_in_force(tmp_path):
         assert version >= last and np.all(head.W == float(head.version)) and head.version == version
         last = version
     assert last > 0
+
+
+def test_a_head_over_the_taps_is_standardised_and_reads_every_segment(bundle, signs):
+    model = Model.load(bundle)
+    assert len(model.layout.names) > 2  # the embedding and the taps auto chose
+    paths, labels = _labelled(signs["city_b"])
+    result = model.adapt(paths, labels, unguarded=True)
+    head = Model.load(bundle).head
+    assert result.committed and head.taps == model.layout.usable and head.width == model.layout.width
+    assert head.mean is not None and head.std is not None and (head.std > 0).all()
+    assert result.to_dict()["tried"] and result.to_dict()["chosen"]
+    plain = model.adapt(paths, labels, config=AdaptConfig(taps=False), unguarded=True)
+    assert plain.head.taps == ("embedding",) and plain.head.width == model.layout.dims(("embedding",))[0]
+
+
+def test_the_bundles_own_head_reads_only_the_embedding(bundle):
+    model = Model.load(bundle)
+    assert model.head.taps == ("embedding",) and model.head.mean is None
+    assert model.bundle.manifest.features == "features.npz" and model.bundle.feature_statistics() is not None
+
+
+def _renamed(src, tmp_path, prefix):
+    """The same images under other label names: another country's labels for its own signs."""
+    out = tmp_path / f"{prefix}-labels"
+    for folder in sorted(src.iterdir()):
+        (out / f"{prefix}-{folder.name}").mkdir(parents=True)
+        for image in sorted(folder.iterdir()):
+            (out / f"{prefix}-{folder.name}" / image.name).symlink_to(image)
+    return out
+
+
+def test_replace_labels_learns_only_the_labels_given_and_rolls_back(bundle, signs, tmp_path, capsys):
+    from edgetl.cli import main
+
+    before = Model.load(bundle).labels
+    data = _renamed(signs["train"], tmp_path, "de")
+    assert main(["adapt", str(bundle), "--data", str(data), "--replace-labels", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"committed": true' in out and "holdout of the labels given" in out
+    model = Model.load(bundle)
+    assert set(model.labels) == {f"de-{c}" for c in before} and model.head_version == 1
+    test_paths, test_labels = _labelled(signs["test"])
+    hits = [p.label == f"de-{t}" for p, t in zip(model.predict(test_paths), test_labels, strict=True)]
+    assert np.mean(hits) >= 0.5  # learnt, not guessed (4 classes: chance is 0.25)
+    assert main(["adapt", str(bundle), "--rollback"]) == 0
+    assert Model.load(bundle).labels == before
+
+
+def test_unlabelled_frames_with_a_corrupt_and_an_odd_sized_one(bundle, signs, tmp_path, capsys):
+    from PIL import Image
+
+    from edgetl.cli import main
+
+    frames = tmp_path / "frames" / "cam0"
+    frames.mkdir(parents=True)
+    for i, path in enumerate(_labelled(signs["city_b"])[0]):
+        (frames / f"{i:03d}.png").symlink_to(path)
+    (frames / "torn.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # a write cut short by a power loss
+    Image.new("RGB", (50, 37), (90, 120, 30)).save(frames / "odd.png")  # another camera's size: resized
+    before = Model.load(bundle).head
+    code = main(["adapt", str(bundle), "--unlabelled", str(frames.parent), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    import json
+
+    record = json.loads(out)
+    assert record["unlabelled"] == len(_labelled(signs["city_b"])[0]) + 1 and record["skipped"] == 1
+    assert "torn.png" in record["skipped_files"][0] and "checkset" in record["reason"]
+    if record["committed"]:  # the bundle's checkset judged it: only the statistics moved, not the weights
+        model = Model.load(bundle)
+        mean, std = (s[: before.width] for s in model.bundle.feature_statistics())
+        after = model.head
+        assert np.allclose(after.W, before.W * std, rtol=1e-4, atol=1e-9) and not np.allclose(after.mean, mean)
+
+
+def test_unlabelled_frames_alone_need_a_checkset_or_unguarded(bundle, signs):
+    model = Model.load(bundle)
+    frames = _labelled(signs["city_b"])[0]
+    result = model.adapt(unlabelled=frames, unguarded=True)
+    assert result.committed and result.unlabelled == len(frames) and result.head.mean is not None
+
+
+def test_a_head_for_other_taps_is_refused_with_a_clear_message(bundle):
+    model = Model.load(bundle)
+    layout = model.layout
+    wrong = Head(np.zeros((4, 10), np.float32), np.zeros(4, np.float32), model.labels, taps=("embedding", "nowhere"),
+                 dims=(6, 4))
+    HeadStore.beside(bundle, model.head, layout=layout).commit(wrong, {})
+    with pytest.raises(ConfigError, match=r"does not fit this bundle: it was trained for taps \(embedding, nowhere"):
+        Model.load(bundle)
+    with pytest.raises(ConfigError, match="does not fit this bundle"):
+        model.logits(model.embed(np.zeros((1, 32, 32, 3), np.uint8)), wrong)
+    assert Model.load(bundle, fallback_head=True).head_note  # adapt and rollback get past it

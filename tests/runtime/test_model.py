@@ -35,7 +35,9 @@ def test_paths_pil_images_and_arrays_predict_alike(bundles, signs):
     assert [p.label for p in by_path] == [p.label for p in model.predict([Image.open(p) for p in paths])]
     assert [p.label for p in by_path] == [p.label for p in model.predict(arrays)]
     assert all(p.label in model.labels and 0 < p.probability <= 1 and len(p.top) == 3 for p in by_path)
-    assert model.embed(paths).shape == (len(paths), model.head.W.shape[1])
+    features = model.embed(paths)  # the embedding, then the pooled taps
+    assert features.shape == (len(paths), model.layout.width) and model.layout.names[0] == "embedding"
+    assert model.layout.width > model.head.W.shape[1] == model.layout.dims(("embedding",))[0]
 
 
 def test_int8_litert_bundle_matches_its_engine_run_once_dequantized(bundles, signs):
