@@ -33,7 +33,9 @@ from edgetl.runtime.head import Head, softmax
 
 IMPRINT_MAX = 5  # a class with at most this many examples is imprinted, not regressed
 L2_PATH = (1e-1, 1e-2, 1e-3)  # the regularisation tried on the holdout, strong to weak
-PATH_GAIN = 0.05  # the L2 path goes on while each step lowers the holdout loss by at least this fraction
+PATH_GAIN = 0.1  # the L2 path goes on while each step lowers the holdout loss by at least this fraction
+STOP_GAIN = 1e-3  # an epoch counts as progress when it lowers the holdout loss by this fraction
+BLOCK_ROWS = 128  # rows summed at a time for the statistics (bounds the float64 temporaries)
 PRIOR_FRAMES = 32  # unlabelled statistics: the old ones weigh as much as this many new frames
 STD_FLOOR = 1e-3  # a feature's std is at least this fraction of the median std (a constant feature stays ~0)
 
@@ -123,11 +125,28 @@ def head_input(head: Head, x: np.ndarray) -> np.ndarray:
     return x if head.mean is None else (x - head.mean) / head.std
 
 
-def statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std, the std floored (a feature constant on these frames stays near 0, not huge)."""
-    mean, std = x.mean(axis=0), x.std(axis=0)
+def statistics(*parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std over the rows of `parts`, the std floored (a feature constant on these frames
+    stays near 0, not huge). Summed in float64 over blocks of rows: no copy of the features is made."""
+    total, sums, squares = 0, 0.0, 0.0
+    for part in parts:
+        for start in range(0, len(part), BLOCK_ROWS):
+            block = part[start : start + BLOCK_ROWS].astype(np.float64)
+            total += len(block)
+            sums = sums + block.sum(axis=0)
+            squares = squares + np.square(block).sum(axis=0)
+    mean = sums / total
+    std = np.sqrt(np.maximum(squares / total - mean ** 2, 0.0))
     floor = STD_FLOOR * max(float(np.median(std)), 1e-12)
     return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32)
+
+
+def standardised(x: np.ndarray, rows: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x[rows] - mean) / std, in the one new array the indexing makes."""
+    z = np.asarray(x[rows], np.float32)
+    z -= mean
+    z /= std
+    return z
 
 
 def rewritten(head: Head, layout: Layout, taps: tuple[str, ...], mean: np.ndarray, std: np.ndarray) -> Head:
@@ -218,7 +237,7 @@ def regress(head: Head, x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np.nda
         W, b = yW - step * (g.T @ x + l2 * yW), yb - step * g.sum(axis=0)
         if len(hy):
             loss = _loss(W, b, hx, hy)
-            if loss < best_loss - 1e-6:
+            if loss < best_loss * (1 - STOP_GAIN):
                 best, best_loss, since = (W.copy(), b.copy()), loss, 0
             else:
                 since += 1
@@ -250,18 +269,28 @@ def _top1(head: Head, z: np.ndarray, y: np.ndarray) -> float | None:
     return None if len(y) == 0 else round(100.0 * float(((z @ head.W.T + head.b).argmax(1) == y).mean()), 2)
 
 
-def row_space(x: np.ndarray) -> np.ndarray | None:
-    """An orthonormal basis V (features, r) of the span of the rows of `x`, when there are fewer rows than
-    features (else None). Gradient descent from zero never leaves that span (each gradient is a
-    combination of the rows), so softmax regression in the r coordinates x @ V is the same regression
-    at r/features of the cost per epoch; W = W_r @ V.T brings it back."""
-    n, d = x.shape
-    if n >= d:
-        return None
-    gram = (x @ x.T).astype(np.float64)
-    values, vectors = np.linalg.eigh(gram)
-    keep = values > 1e-6 * max(float(values[-1]), 1e-30)
-    return ((x.T @ vectors[:, keep].astype(np.float32)) / np.sqrt(values[keep]).astype(np.float32)).astype(np.float32)
+class RowSpace:
+    """Softmax regression from zero in the span of the training rows, when they are fewer than the
+    features. Each gradient is a combination of the rows, so descent from zero never leaves that
+    span: with the training Gram matrix K = Z Z^T = U diag(e) U^T, the coordinates U sqrt(e) give
+    the same regression at r/features of the cost per epoch, and W = (W_r / sqrt(e)) U^T Z brings it
+    back. Nothing features-wide is built beyond Z itself."""
+
+    def __init__(self, z: np.ndarray):
+        values, vectors = np.linalg.eigh((z @ z.T).astype(np.float64))
+        keep = values > 1e-6 * max(float(values[-1]), 1e-30)
+        self.z = z
+        self.u, self.root = vectors[:, keep].astype(np.float32), np.sqrt(values[keep]).astype(np.float32)
+
+    def coordinates(self) -> np.ndarray:
+        return self.u * self.root
+
+    def of(self, other: np.ndarray) -> np.ndarray:
+        """Other rows (the holdout) in the same coordinates: their projection on the span."""
+        return ((other @ self.z.T) @ self.u) / self.root
+
+    def weights(self, W_r: np.ndarray) -> np.ndarray:
+        return ((W_r / self.root) @ self.u.T @ self.z).astype(np.float32)
 
 
 def _rounded(loss: float) -> float | None:
@@ -269,34 +298,35 @@ def _rounded(loss: float) -> float | None:
     return round(loss, 4) if math.isfinite(loss) else None
 
 
-def fit(start: Head, z: np.ndarray, y: np.ndarray, train: np.ndarray, hold: np.ndarray,
+def fit(start: Head, x: np.ndarray, y: np.ndarray, train: np.ndarray, hold: np.ndarray,
         config: AdaptConfig) -> tuple[Head, int, dict]:
     """The head the holdout prefers: softmax regression along the L2 path (or at `config.l2`), and
-    nearest class mean beside it, both judged by holdout loss; `z` is the head's standardised input.
-    A cold start is solved in the row space of the training features (`row_space`). Returns
-    (head, epochs, what was tried)."""
-    x, hx, hy = z[train], z[hold], y[hold]
-    basis = row_space(x) if not start.W.any() else None
-    if basis is not None:
-        x, hx = x @ basis, hx @ basis
-        current = replace(start, W=np.zeros((len(start.labels), basis.shape[1]), np.float32))
+    nearest class mean beside it, both judged by holdout loss; `x` are the raw features the head
+    reads, standardised here by the head's statistics. A cold start is solved in the row space of
+    the training features (`RowSpace`). Returns (head, epochs, what was tried)."""
+    z, hz, hy = (standardised(x, train, start.mean, start.std), standardised(x, hold, start.mean, start.std),
+                 y[hold])
+    space = RowSpace(z) if not start.W.any() and len(train) < x.shape[1] else None
+    if space is not None:
+        xs, hxs = space.coordinates(), space.of(hz)
+        current = replace(start, W=np.zeros((len(start.labels), xs.shape[1]), np.float32))
     else:
-        current = start
-    lipschitz = _lipschitz(x, 0.0)
+        xs, hxs, current = z, hz, start
+    lipschitz = _lipschitz(xs, 0.0)
     tried, best, epochs = [], None, 0
     for l2 in ((config.l2,) if config.l2 is not None else L2_PATH):
-        current, n, loss = regress(current, x, y[train], hx, hy, l2, config.max_epochs, config.patience, lipschitz)
+        current, n, loss = regress(current, xs, y[train], hxs, hy, l2, config.max_epochs, config.patience, lipschitz)
         epochs += n
         tried.append({"kind": "softmax", "l2": l2, "epochs": n, "holdout_loss": _rounded(loss),
-                      "holdout_top1": _top1(current, hx, hy)})
+                      "holdout_top1": _top1(current, hxs, hy)})
         if best is None or loss < best[1] * (1 - PATH_GAIN):
             best = (current, loss, l2)
         else:
             break  # weaker regularisation stopped paying: the path goes no further
-    chosen = best[0] if basis is None else replace(best[0], W=(best[0].W @ basis.T).astype(np.float32))
-    ncm = class_means(start, z[train], y[train], z[hold], hy)
-    ncm_loss = _loss(ncm.W, ncm.b, z[hold], hy) if len(hy) else np.inf
-    tried.append({"kind": "ncm", "holdout_loss": _rounded(ncm_loss), "holdout_top1": _top1(ncm, z[hold], hy)})
+    chosen = best[0] if space is None else replace(best[0], W=space.weights(best[0].W))
+    ncm = class_means(start, z, y[train], hz, hy)
+    ncm_loss = _loss(ncm.W, ncm.b, hz, hy) if len(hy) else np.inf
+    tried.append({"kind": "ncm", "holdout_loss": _rounded(ncm_loss), "holdout_top1": _top1(ncm, hz, hy)})
     if ncm_loss < best[1] - 1e-6:  # judged as the regression is, by holdout loss; ties go to the regression
         return ncm, epochs, {"tried": tried, "chosen": "ncm"}
     return chosen, epochs, {"tried": tried, "chosen": f"softmax l2={best[2]:g}"}
@@ -335,30 +365,32 @@ def adapt_head(head: Head, features: np.ndarray | None, labels, config: AdaptCon
         return _imprint_only(head, layout, features, labels, counts, config, unguarded)
 
     taps = layout.usable if config.taps else (EMBEDDING,)
-    x = features[:, layout.columns(taps)].astype(np.float32)
-    pool = x if unlabelled is None else np.vstack([x, unlabelled[:, layout.columns(taps)].astype(np.float32)])
-    mean, std = statistics(pool)
-    z = (x - mean) / std
+    cols = layout.columns(taps)
+    x = np.asarray(features[:, cols], np.float32)  # a view when the columns are one span of float32 features
+    mean, std = statistics(x) if unlabelled is None else statistics(x, np.asarray(unlabelled[:, cols], np.float32))
     classes = tuple(counts) if config.replace_labels else (*head.labels, *new)
     y = np.asarray([classes.index(lab) for lab in labels])
     covers = set(counts) >= set(classes)
     if covers:  # every class shown: relearn from scratch (what the holdout measured as best)
-        start = Head(np.zeros((len(classes), z.shape[1]), np.float32), np.zeros(len(classes), np.float32), classes,
+        start = Head(np.zeros((len(classes), x.shape[1]), np.float32), np.zeros(len(classes), np.float32), classes,
                      head.version, taps, layout.dims(taps), mean, std)
     else:  # some classes shown: refine the head in force, rewritten over the taps, so the rest are kept
         start = with_labels(rewritten(head, layout, taps, mean, std), classes)
         for c in new:
             start = imprint(start, x[[i for i, lab in enumerate(labels) if lab == c]], c)
     train, hold = split(y, config.holdout, config.seed)
-    candidate, epochs, tried = fit(start, z, y, train, hold, config)
+    candidate, epochs, tried = fit(start, x, y, train, hold, config)
+    held = [candidate.labels[i] for i in candidate.logits(x[hold]).argmax(1)] if len(hold) else []
     result = AdaptResult(False, "", candidate, new_classes=() if config.replace_labels else new,
                          imprinted=imprinted if not covers else (), epochs=epochs, images=len(labels),
-                         holdout_top1_after=_top1(candidate, z[hold], y[hold]),
+                         holdout_top1_after=round(100.0 * float(np.mean([p == labels[i] for p, i in
+                                                                         zip(held, hold, strict=True)])), 2)
+                         if held else None,
                          unlabelled=0 if unlabelled is None else len(unlabelled), details=tried)
     judged = hold if config.replace_labels else np.asarray([i for i in hold if labels[i] in known], int)
     what = "holdout of the labels given" if config.replace_labels else "old-class holdout"
-    return _judge(result, head, layout, features[judged], [labels[i] for i in judged], candidate, z[judged],
-                  config, unguarded, what)
+    return _judge(result, head, layout, features[judged], [labels[i] for i in judged], candidate, config,
+                  unguarded, what)
 
 
 def _predicted(head: Head, layout: Layout, features: np.ndarray) -> list[str]:
@@ -367,13 +399,10 @@ def _predicted(head: Head, layout: Layout, features: np.ndarray) -> list[str]:
 
 
 def _judge(result: AdaptResult, old: Head, layout: Layout, features: np.ndarray, truth: list[str], new: Head,
-           new_input: np.ndarray | None, config: AdaptConfig, unguarded: bool, what: str) -> AdaptResult:
+           config: AdaptConfig, unguarded: bool, what: str) -> AdaptResult:
     """The guard's verdict on `new` against `old`, both scored on the same labelled `features`."""
     old_right = np.asarray([p == t for p, t in zip(_predicted(old, layout, features), truth, strict=True)], bool)
-    if new_input is not None:  # the new head's standardised input
-        new_pred = [new.labels[i] for i in (new_input @ new.W.T + new.b).argmax(1)] if len(truth) else []
-    else:
-        new_pred = _predicted(new, layout, features)
+    new_pred = _predicted(new, layout, features)
     new_right = np.asarray([p == t for p, t in zip(new_pred, truth, strict=True)], bool)
     if len(truth):
         result.old_top1_before = round(100.0 * float(old_right.mean()), 2)
@@ -402,7 +431,7 @@ def _imprint_only(head: Head, layout: Layout, features: np.ndarray, labels: list
         grown = imprint(grown, x[[i for i, lab in enumerate(labels) if lab == c]], c)
     grown = replace(grown, kind="imprinted" if head.kind == "softmax" and head.version == 0 else head.kind)
     result = AdaptResult(False, "", grown, new_classes=tuple(counts), imprinted=tuple(counts), images=len(labels))
-    return _judge(result, head, layout, features[:0], [], grown, None, config, unguarded, "old-class holdout")
+    return _judge(result, head, layout, features[:0], [], grown, config, unguarded, "old-class holdout")
 
 
 def _restandardise(head: Head, layout: Layout, unlabelled: np.ndarray, source, config: AdaptConfig,
@@ -413,7 +442,7 @@ def _restandardise(head: Head, layout: Layout, unlabelled: np.ndarray, source, c
     if unlabelled is None or len(unlabelled) == 0:
         raise ConfigError("nothing to adapt from: no labelled images and no unlabelled frames",
                           "give labelled images (--data DIR) or unlabelled frames (--unlabelled DIR)")
-    x = unlabelled[:, layout.columns(head.taps)].astype(np.float32)
+    x = np.asarray(unlabelled[:, layout.columns(head.taps)], np.float32)
     if head.mean is None:
         if source is None:
             raise ConfigError("the bundle's own head has no feature statistics to move (its bundle carries no "
@@ -435,4 +464,4 @@ def _restandardise(head: Head, layout: Layout, unlabelled: np.ndarray, source, c
 def guard_with(result: AdaptResult, old: Head, layout: Layout, features: np.ndarray, labels: list[str],
                config: AdaptConfig, what: str = "checkset") -> AdaptResult:
     """Judge an unlabelled adaptation on labelled `features` (the bundle's checkset, or images given)."""
-    return _judge(result, old, layout, features, [str(x) for x in labels], result.head, None, config, False, what)
+    return _judge(result, old, layout, features, [str(x) for x in labels], result.head, config, False, what)
