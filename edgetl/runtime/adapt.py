@@ -202,30 +202,35 @@ def with_labels(head: Head, labels: tuple[str, ...]) -> Head:
 def _lipschitz(x: np.ndarray, l2: float) -> float:
     """A bound on the curvature of mean softmax cross-entropy in (W, b): 0.5 * sigma_max([x 1])^2 / n + l2
     (power iteration), so a step of 1/L never overshoots, however the features are scaled."""
-    xa = np.hstack([x, np.ones((len(x), 1), x.dtype)])
-    v = np.ones(xa.shape[1], x.dtype) / np.sqrt(xa.shape[1])
+    v, v1 = np.ones(x.shape[1], x.dtype), 1.0  # [x 1] @ (v, v1), without building [x 1]
     for _ in range(30):
-        v = xa.T @ (xa @ v)
-        v /= max(float(np.linalg.norm(v)), 1e-30)
-    return 0.5 * float(np.linalg.norm(xa @ v)) ** 2 / len(x) + l2
+        u = x @ v + v1
+        v, v1 = x.T @ u, float(u.sum())
+        norm = max(float(np.sqrt(v @ v + v1 * v1)), 1e-30)
+        v, v1 = v / norm, v1 / norm
+    u = x @ v + v1
+    return 0.5 * float(u @ u) / len(x) + l2
 
 
-def _loss(W: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
-    p = softmax(x @ W.T + b)
+def _loss(W: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, offset=0.0) -> float:
+    p = softmax(x @ W.T + b + offset)
     return float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
 
 
 def regress(head: Head, x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np.ndarray, l2: float,
-            max_epochs: int, patience: int, lipschitz: float | None = None) -> tuple[Head, int, float]:
+            max_epochs: int, patience: int, lipschitz: float | None = None, hold_offset=0.0
+            ) -> tuple[Head, int, float]:
     """Softmax regression from `head`'s weights over its input `x` (already standardised): Nesterov-
     accelerated full-batch descent on mean cross-entropy + l2/2 |W|^2, step 1/L, stopped when the
     holdout loss has not improved for `patience` epochs, the best kept (the start is a candidate).
+    `hold_offset` is added to the holdout's logits (what the weights outside `x`'s span give them).
     float32 and no randomness: the same inputs give the same head. Returns (head, epochs, holdout loss)."""
     W, b = head.W.astype(np.float32).copy(), head.b.astype(np.float32).copy()
     onehot = np.eye(len(b), dtype=np.float32)[y]
     step = np.float32(1.0 / ((lipschitz or _lipschitz(x, 0.0)) + l2))
     l2 = np.float32(l2)
-    best, best_loss, since, epoch = (W.copy(), b.copy()), (_loss(W, b, hx, hy) if len(hy) else np.inf), 0, 0
+    best, best_loss, since, epoch = (W.copy(), b.copy()), (_loss(W, b, hx, hy, hold_offset) if len(hy)
+                                                            else np.inf), 0, 0
     prev_W, prev_b = W.copy(), b.copy()
     for epoch in range(1, max_epochs + 1):
         momentum = np.float32((epoch - 1) / (epoch + 2))
@@ -236,7 +241,7 @@ def regress(head: Head, x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np.nda
         prev_W, prev_b = W, b
         W, b = yW - step * (g.T @ x + l2 * yW), yb - step * g.sum(axis=0)
         if len(hy):
-            loss = _loss(W, b, hx, hy)
+            loss = _loss(W, b, hx, hy, hold_offset)
             if loss < best_loss * (1 - STOP_GAIN):
                 best, best_loss, since = (W.copy(), b.copy()), loss, 0
             else:
@@ -264,17 +269,19 @@ def class_means(head: Head, x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np
     return replace(head, W=(W / temperature).astype(np.float32), b=(b / temperature).astype(np.float32), kind="ncm")
 
 
-def _top1(head: Head, z: np.ndarray, y: np.ndarray) -> float | None:
+def _top1(head: Head, z: np.ndarray, y: np.ndarray, offset=0.0) -> float | None:
     """Top-1 (percent) of `head` on its standardised input `z`."""
-    return None if len(y) == 0 else round(100.0 * float(((z @ head.W.T + head.b).argmax(1) == y).mean()), 2)
+    return None if len(y) == 0 else round(100.0 * float(((z @ head.W.T + head.b + offset).argmax(1) == y).mean()), 2)
 
 
 class RowSpace:
-    """Softmax regression from zero in the span of the training rows, when they are fewer than the
-    features. Each gradient is a combination of the rows, so descent from zero never leaves that
-    span: with the training Gram matrix K = Z Z^T = U diag(e) U^T, the coordinates U sqrt(e) give
-    the same regression at r/features of the cost per epoch, and W = (W_r / sqrt(e)) U^T Z brings it
-    back. Nothing features-wide is built beyond Z itself."""
+    """Softmax regression in the span of the training rows, when they are fewer than the features.
+    Each gradient is a combination of the rows, so descent changes W only within that span: with
+    the training Gram matrix K = Z Z^T = U diag(e) U^T, the coordinates U sqrt(e) give the same
+    regression at r/features of the cost per epoch. From zero it is exactly the regression in
+    the features; from a head in force, the part of its weights outside the span (which the new
+    images cannot see) is kept as it is, not shrunk by the L2. Nothing features-wide is built
+    beyond Z itself."""
 
     def __init__(self, z: np.ndarray):
         values, vectors = np.linalg.eigh((z @ z.T).astype(np.float64))
@@ -289,7 +296,12 @@ class RowSpace:
         """Other rows (the holdout) in the same coordinates: their projection on the span."""
         return ((other @ self.z.T) @ self.u) / self.root
 
+    def project(self, W: np.ndarray) -> np.ndarray:
+        """Weights in the features -> their coordinates in the span (the part the rows see)."""
+        return ((W @ self.z.T) @ self.u / self.root).astype(np.float32)
+
     def weights(self, W_r: np.ndarray) -> np.ndarray:
+        """Coordinates in the span -> weights in the features."""
         return ((W_r / self.root) @ self.u.T @ self.z).astype(np.float32)
 
 
@@ -302,28 +314,33 @@ def fit(start: Head, x: np.ndarray, y: np.ndarray, train: np.ndarray, hold: np.n
         config: AdaptConfig) -> tuple[Head, int, dict]:
     """The head the holdout prefers: softmax regression along the L2 path (or at `config.l2`), and
     nearest class mean beside it, both judged by holdout loss; `x` are the raw features the head
-    reads, standardised here by the head's statistics. A cold start is solved in the row space of
-    the training features (`RowSpace`). Returns (head, epochs, what was tried)."""
+    reads, standardised here by the head's statistics. With fewer training images than features it
+    is solved in the span of their rows (`RowSpace`). Returns (head, epochs, what was tried)."""
     z, hz, hy = (standardised(x, train, start.mean, start.std), standardised(x, hold, start.mean, start.std),
                  y[hold])
-    space = RowSpace(z) if not start.W.any() and len(train) < x.shape[1] else None
+    space = RowSpace(z) if len(train) < x.shape[1] else None
+    offset = 0.0
     if space is not None:
         xs, hxs = space.coordinates(), space.of(hz)
-        current = replace(start, W=np.zeros((len(start.labels), xs.shape[1]), np.float32))
+        seen = space.project(start.W)  # the start's weights as the rows see them
+        if start.W.any():  # what the rest of the start's weights give the holdout, held fixed
+            offset = hz @ start.W.T - hxs @ seen.T
+        current = replace(start, W=seen)
     else:
         xs, hxs, current = z, hz, start
     lipschitz = _lipschitz(xs, 0.0)
     tried, best, epochs = [], None, 0
     for l2 in ((config.l2,) if config.l2 is not None else L2_PATH):
-        current, n, loss = regress(current, xs, y[train], hxs, hy, l2, config.max_epochs, config.patience, lipschitz)
+        current, n, loss = regress(current, xs, y[train], hxs, hy, l2, config.max_epochs, config.patience, lipschitz,
+                                   offset)
         epochs += n
         tried.append({"kind": "softmax", "l2": l2, "epochs": n, "holdout_loss": _rounded(loss),
-                      "holdout_top1": _top1(current, hxs, hy)})
+                      "holdout_top1": _top1(current, hxs, hy, offset)})
         if best is None or loss < best[1] * (1 - PATH_GAIN):
             best = (current, loss, l2)
         else:
             break  # weaker regularisation stopped paying: the path goes no further
-    chosen = best[0] if space is None else replace(best[0], W=space.weights(best[0].W))
+    chosen = best[0] if space is None else replace(best[0], W=start.W + space.weights(best[0].W - seen))
     ncm = class_means(start, z, y[train], hz, hy)
     ncm_loss = _loss(ncm.W, ncm.b, hz, hy) if len(hy) else np.inf
     tried.append({"kind": "ncm", "holdout_loss": _rounded(ncm_loss), "holdout_top1": _top1(ncm, hz, hy)})
@@ -429,7 +446,6 @@ def _imprint_only(head: Head, layout: Layout, features: np.ndarray, labels: list
     grown = head
     for c in counts:
         grown = imprint(grown, x[[i for i, lab in enumerate(labels) if lab == c]], c)
-    grown = replace(grown, kind="imprinted" if head.kind == "softmax" and head.version == 0 else head.kind)
     result = AdaptResult(False, "", grown, new_classes=tuple(counts), imprinted=tuple(counts), images=len(labels))
     return _judge(result, head, layout, features[:0], [], grown, config, unguarded, "old-class holdout")
 

@@ -19,7 +19,7 @@ import numpy as np
 from edgetl.errors import DamagedHead
 from edgetl.runtime.features import EMBEDDING
 
-KINDS = ("softmax", "ncm", "imprinted")
+KINDS = ("softmax", "ncm")
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,7 +34,7 @@ class Head:
     dims: tuple[int, ...] = ()  # their widths (() : one segment as wide as W)
     mean: np.ndarray | None = None  # per-feature standardisation (None: the features as they come)
     std: np.ndarray | None = None
-    kind: str = "softmax"  # what fitted it: softmax regression, nearest class mean, imprinting
+    kind: str = "softmax"  # what fitted it: softmax regression or nearest class mean (imprinting adds rows to either)
 
     def __post_init__(self):
         if not self.dims:

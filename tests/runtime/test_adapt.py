@@ -77,6 +77,17 @@ def test_regression_adds_classes_and_keeps_the_old_ones():
     assert _accuracy(result.head, test_x, test_y) >= 0.95
 
 
+def test_images_of_some_classes_refine_the_head_and_the_others_are_kept():
+    """A batch of a new class and one old one: the head in force is refined, so b and c, not shown,
+    are still recognised (a relearn from zero would forget them)."""
+    head = _trained_head()
+    x, y = _clusters(2, 20, 8, names=["a", "d"])
+    result = adapt_head(head, x, y)
+    assert result.committed and result.head.labels == ("a", "b", "c", "d")
+    test_x, test_y = _clusters(4, 50, 9, names=["a", "b", "c", "d"])
+    assert _accuracy(result.head, test_x, test_y) >= 0.9
+
+
 def test_the_guard_refuses_a_head_that_forgets_the_old_classes():
     head = _trained_head()
     x, y = _clusters(3, 80, 5)  # 16 holdout images a class: enough for a real loss to be significant
