@@ -62,6 +62,16 @@ class Tapped(nn.Module):
 
 
 @torch.no_grad()
+def traced(backbone: Backbone, size: tuple[int, int], stages) -> tuple[torch.Tensor, dict]:
+    """(embedding, {stage: output map}) of one zero image at `size`, in eval mode: the shapes taps are chosen by."""
+    was = backbone.training
+    backbone.eval()
+    try:
+        return backbone.stage_maps(torch.zeros(1, 3, *size), frozenset(stages))
+    finally:
+        backbone.train(was)
+
+
 def candidates(backbone: Backbone, size: tuple[int, int]) -> tuple[str, ...]:
     """The stages `auto` taps: those whose output is a feature map (N, C, H, W), input first, without the
     last one when the embedding is its plain average pool. A model without registered stages (not a
@@ -69,30 +79,19 @@ def candidates(backbone: Backbone, size: tuple[int, int]) -> tuple[str, ...]:
     if not isinstance(backbone, Backbone):
         return ()
     stages = backbone.body_stages()
-    was = backbone.training
-    backbone.eval()
-    try:
-        embedding, maps = backbone.stage_maps(torch.zeros(1, 3, *size), frozenset(stages))
-    finally:
-        backbone.train(was)
+    embedding, maps = traced(backbone, size, stages)
     found = [s for s in stages if s in maps and maps[s].dim() == 4]
     if found and not any(True for _ in backbone.pool.parameters()) and maps[found[-1]].shape[1] == embedding.shape[1]:
         found = found[:-1]
     return tuple(found)
 
 
-@torch.no_grad()
 def grids(backbone: Backbone, size: tuple[int, int], taps: tuple[str, ...]) -> tuple[int, ...]:
-    """Per tap, the cells per side it is pooled to: GRID where its map's height and width are even
-    multiples of it (an exact average pool), else 1."""
+    """Per tap, the cells per side it is pooled to: GRID where its map's height and width are multiples
+    of it (an exact average pool), else 1."""
     if not taps:
         return ()
-    was = backbone.training
-    backbone.eval()
-    try:
-        _, maps = backbone.stage_maps(torch.zeros(1, 3, *size), frozenset(taps))
-    finally:
-        backbone.train(was)
+    _, maps = traced(backbone, size, taps)
     return tuple(GRID if all(d >= GRID and d % GRID == 0 for d in maps[t].shape[2:]) else 1 for t in taps)
 
 
@@ -108,9 +107,11 @@ def choose(backbone: Backbone, size: tuple[int, int], taps: str | tuple[str, ...
     known = candidates(backbone, size)
     stages = backbone.body_stages() if isinstance(backbone, Backbone) else []
     unknown = [t for t in taps if t not in stages]
-    if unknown or not taps or len(set(taps)) != len(taps):
-        raise ConfigError(f"--taps {','.join(taps)}: {unknown[0] if unknown else 'each stage once'} is not a stage "
-                          f"of {getattr(backbone, 'name', type(backbone).__name__)}",
+    name = getattr(backbone, "name", type(backbone).__name__)
+    why = (f"{unknown[0] or 'an empty name'} is not a stage of {name}" if unknown else
+           "names a stage twice" if len(set(taps)) != len(taps) else "")
+    if why:
+        raise ConfigError(f"--taps {','.join(taps)}: {why}",
                           f"auto, none, or stages of: {', '.join(known) or '(none: this model has no stages to tap)'}")
     return tuple(sorted(taps, key=stages.index))
 

@@ -23,6 +23,7 @@ def test_onnx_export_writes_backbone_head_and_combined_model_with_parity(run_dir
     model = onnx.load(str(result.backbone))
     assert model.opset_import[0].version >= 17
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]  # static
+    _taps_are_outputs_and_parity_covers_each(run_dir, result, "onnx")
 
 
 def test_tflite_export_takes_nhwc_images(run_dir):
@@ -31,6 +32,7 @@ def test_tflite_export_takes_nhwc_images(run_dir):
     assert engine.input.shape == (1, 32, 32, 3) and engine.input.dtype == "float32"
     assert result.spec.layout == "NHWC"
     assert result.record["parity"]["ok"]
+    _taps_are_outputs_and_parity_covers_each(run_dir, result, "tflite")
 
 
 def test_a_broken_export_fails_parity_and_writes_nothing(run_dir, monkeypatch):
@@ -89,14 +91,14 @@ def test_head_npz_is_the_run_head(run_dir):
     assert np.array_equal(a["W"], b["W"]) and np.array_equal(a["b"], b["b"])
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-def test_taps_are_outputs_of_every_format_and_parity_covers_each(run_dir, fmt):
+def _taps_are_outputs_and_parity_covers_each(run_dir, result, fmt):
     """auto taps every stage whose output is a feature map; each pooled tap follows the embedding in the
     one output, and the parity check holds every segment to the tolerance on its own range."""
     import torch
 
+    from edgetl.export import tapped
+
     run = load_run(run_dir)
-    result = export(run_dir, fmt)
     names = [s.name for s in result.spec.outputs]
     assert names[0] == "embedding" and len(names) > 2 and set(names[1:]) <= set(run.backbone.body_stages())
     assert set(result.record.parity["segments"]) == set(names)
@@ -105,12 +107,8 @@ def test_taps_are_outputs_of_every_format_and_parity_covers_each(run_dir, fmt):
         assert engine.output.shape[-1] == sum(s.dim for s in result.spec.outputs)
         x = result.spec.normalize(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
         out = engine.run(x)
-    from edgetl.export import tapped
-    from edgetl.train.features import nchw
-
     ref = tapped(run, result.spec)(torch.from_numpy(x if fmt == "onnx" else x.transpose(0, 3, 1, 2).copy()))
     np.testing.assert_allclose(out, ref.detach().numpy(), atol=1e-3 * float(np.abs(out).max()))
-    del nchw
     stats = np.load(result.path / "features.npz")
     assert stats["mean"].shape == stats["std"].shape == (out.shape[1],) and int(stats["images"]) > 0
 
