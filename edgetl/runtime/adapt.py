@@ -8,8 +8,9 @@ The backbone stays frozen (int8, compiled: what a device has); the head is what 
   L2 is chosen on the holdout too (a path from strong to weak, each fit warm-started from the
   last). Full-batch Nesterov descent with step 1/L: no learning rate to tune, deterministic.
 - **Relearn or refine.** Labelled images of every class the head knows relearn it from scratch;
-  images of some classes refine the head in force (rewritten over the taps), so the classes not
-  shown are not forgotten.
+  images of some classes refine the head in force (rewritten over the taps): only the rows of the
+  classes shown move. The classes not shown can still lose (the shown ones' logits grow), and no
+  holdout of these images shows it, so such a head is not committed unless unguarded.
 - **Imprinting** for a class seen 1-5 times: the normalised mean of its features is its row.
 - **Unlabelled frames** re-estimate the standardisation of the head in force (AdaBN at the head:
   the statistics move to the new conditions, the weights stay).
@@ -112,7 +113,7 @@ def split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, n
     train, hold = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        k = max(1, int(round(fraction * len(idx)))) if len(idx) >= 2 and fraction > 0 else 0
+        k = min(max(1, int(round(fraction * len(idx)))), len(idx) - 1) if len(idx) >= 2 and fraction > 0 else 0
         hold.extend(idx[:k])
         train.extend(idx[k:])
     return np.sort(np.asarray(train, int)), np.sort(np.asarray(hold, int))
@@ -218,12 +219,13 @@ def _loss(W: np.ndarray, b: np.ndarray, x: np.ndarray, y: np.ndarray, offset=0.0
 
 
 def regress(head: Head, x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np.ndarray, l2: float,
-            max_epochs: int, patience: int, lipschitz: float | None = None, hold_offset=0.0
-            ) -> tuple[Head, int, float]:
+            max_epochs: int, patience: int, lipschitz: float | None = None, hold_offset=0.0,
+            learn: np.ndarray | None = None) -> tuple[Head, int, float]:
     """Softmax regression from `head`'s weights over its input `x` (already standardised): Nesterov-
     accelerated full-batch descent on mean cross-entropy + l2/2 |W|^2, step 1/L, stopped when the
     holdout loss has not improved for `patience` epochs, the best kept (the start is a candidate).
     `hold_offset` is added to the holdout's logits (what the weights outside `x`'s span give them).
+    `learn` (one bool per class) says which rows move; the others keep their weights and bias.
     float32 and no randomness: the same inputs give the same head. Returns (head, epochs, holdout loss)."""
     W, b = head.W.astype(np.float32).copy(), head.b.astype(np.float32).copy()
     onehot = np.eye(len(b), dtype=np.float32)[y]
@@ -232,6 +234,7 @@ def regress(head: Head, x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np.nda
     best, best_loss, since, epoch = (W.copy(), b.copy()), (_loss(W, b, hx, hy, hold_offset) if len(hy)
                                                             else np.inf), 0, 0
     prev_W, prev_b = W.copy(), b.copy()
+    rows = np.ones(len(b), np.float32) if learn is None else np.asarray(learn, np.float32)
     for epoch in range(1, max_epochs + 1):
         momentum = np.float32((epoch - 1) / (epoch + 2))
         yW, yb = W + momentum * (W - prev_W), b + momentum * (b - prev_b)
@@ -239,7 +242,7 @@ def regress(head: Head, x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np.nda
         g -= onehot
         g /= len(y)
         prev_W, prev_b = W, b
-        W, b = yW - step * (g.T @ x + l2 * yW), yb - step * g.sum(axis=0)
+        W, b = yW - (step * rows)[:, None] * (g.T @ x + l2 * yW), yb - step * rows * g.sum(axis=0)
         if len(hy):
             loss = _loss(W, b, hx, hy, hold_offset)
             if loss < best_loss * (1 - STOP_GAIN):
@@ -311,7 +314,7 @@ def _rounded(loss: float) -> float | None:
 
 
 def fit(start: Head, x: np.ndarray, y: np.ndarray, train: np.ndarray, hold: np.ndarray,
-        config: AdaptConfig) -> tuple[Head, int, dict]:
+        config: AdaptConfig, learn: np.ndarray | None = None) -> tuple[Head, int, dict]:
     """The head the holdout prefers: softmax regression along the L2 path (or at `config.l2`), and
     nearest class mean beside it, both judged by holdout loss; `x` are the raw features the head
     reads, standardised here by the head's statistics. With fewer training images than features it
@@ -332,7 +335,7 @@ def fit(start: Head, x: np.ndarray, y: np.ndarray, train: np.ndarray, hold: np.n
     tried, best, epochs = [], None, 0
     for l2 in ((config.l2,) if config.l2 is not None else L2_PATH):
         current, n, loss = regress(current, xs, y[train], hxs, hy, l2, config.max_epochs, config.patience, lipschitz,
-                                   offset)
+                                   offset, learn)
         epochs += n
         tried.append({"kind": "softmax", "l2": l2, "epochs": n, "holdout_loss": _rounded(loss),
                       "holdout_top1": _top1(current, hxs, hy, offset)})
@@ -378,16 +381,17 @@ def adapt_head(head: Head, features: np.ndarray | None, labels, config: AdaptCon
     known = set(head.labels)
     new = tuple(c for c in counts if c not in known)
     imprinted = tuple(c for c in new if counts[c] <= config.imprint_max)
-    if not config.replace_labels and set(counts) <= set(imprinted):
+    if not config.replace_labels and unlabelled is None and set(counts) <= set(imprinted):
         return _imprint_only(head, layout, features, labels, counts, config, unguarded)
 
-    taps = layout.usable if config.taps else (EMBEDDING,)
+    classes = tuple(counts) if config.replace_labels else (*head.labels, *new)
+    covers = set(counts) >= set(classes)
+    wanted = set(layout.usable if config.taps else (EMBEDDING,)) | (set() if covers else set(head.taps))
+    taps = tuple(n for n in layout.names if n in wanted)  # a refine keeps what the head in force reads
     cols = layout.columns(taps)
     x = np.asarray(features[:, cols], np.float32)  # a view when the columns are one span of float32 features
     mean, std = statistics(x) if unlabelled is None else statistics(x, np.asarray(unlabelled[:, cols], np.float32))
-    classes = tuple(counts) if config.replace_labels else (*head.labels, *new)
     y = np.asarray([classes.index(lab) for lab in labels])
-    covers = set(counts) >= set(classes)
     if covers:  # every class shown: relearn from scratch (what the holdout measured as best)
         start = Head(np.zeros((len(classes), x.shape[1]), np.float32), np.zeros(len(classes), np.float32), classes,
                      head.version, taps, layout.dims(taps), mean, std)
@@ -396,7 +400,8 @@ def adapt_head(head: Head, features: np.ndarray | None, labels, config: AdaptCon
         for c in new:
             start = imprint(start, x[[i for i, lab in enumerate(labels) if lab == c]], c)
     train, hold = split(y, config.holdout, config.seed)
-    candidate, epochs, tried = fit(start, x, y, train, hold, config)
+    shown = None if covers else np.asarray([c in counts for c in classes])  # the rows not shown stay as they are
+    candidate, epochs, tried = fit(start, x, y, train, hold, config, shown)
     held = [candidate.labels[i] for i in candidate.logits(x[hold]).argmax(1)] if len(hold) else []
     result = AdaptResult(False, "", candidate, new_classes=() if config.replace_labels else new,
                          imprinted=imprinted if not covers else (), epochs=epochs, images=len(labels),
@@ -406,8 +411,15 @@ def adapt_head(head: Head, features: np.ndarray | None, labels, config: AdaptCon
                          unlabelled=0 if unlabelled is None else len(unlabelled), details=tried)
     judged = hold if config.replace_labels else np.asarray([i for i in hold if labels[i] in known], int)
     what = "holdout of the labels given" if config.replace_labels else "old-class holdout"
-    return _judge(result, head, layout, features[judged], [labels[i] for i in judged], candidate, config,
-                  unguarded, what)
+    result = _judge(result, head, layout, features[judged], [labels[i] for i in judged], candidate, config,
+                    unguarded, what)
+    unseen = [c for c in head.labels if c not in counts] if not config.replace_labels else []
+    if unseen and result.committed and not unguarded:  # the holdout cannot show what they lost
+        result.committed = False
+        result.reason = (f"not committed: no images of {len(unseen)} class(es) the head knows "
+                         f"({', '.join(unseen[:3])}{', ...' if len(unseen) > 3 else ''}), and the holdout cannot "
+                         "show what a head refined without them loses; include a few of each, or pass unguarded")
+    return result
 
 
 def _predicted(head: Head, layout: Layout, features: np.ndarray) -> list[str]:

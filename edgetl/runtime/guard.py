@@ -25,7 +25,7 @@ def binomial_tail(k: int, n: int) -> float:
     """P(X >= k) for X ~ Binomial(n, 1/2): the exact one-sided McNemar p-value."""
     if k <= 0:
         return 1.0
-    return min(1.0, sum(math.comb(n, i) for i in range(k, n + 1)) / 2.0 ** n)
+    return min(1.0, sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n)  # int / int: exact, any n
 
 
 @dataclass(frozen=True)

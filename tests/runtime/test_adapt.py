@@ -77,15 +77,29 @@ def test_regression_adds_classes_and_keeps_the_old_ones():
     assert _accuracy(result.head, test_x, test_y) >= 0.95
 
 
-def test_images_of_some_classes_refine_the_head_and_the_others_are_kept():
-    """A batch of a new class and one old one: the head in force is refined, so b and c, not shown,
-    are still recognised (a relearn from zero would forget them)."""
+def test_images_of_some_classes_are_not_committed_without_the_others():
+    """A batch of a new class and one old one refines the head in force (only the rows shown move), but
+    no holdout of it can show what b and c lost: not committed unless unguarded, and it says why."""
     head = _trained_head()
     x, y = _clusters(2, 20, 8, names=["a", "d"])
     result = adapt_head(head, x, y)
-    assert result.committed and result.head.labels == ("a", "b", "c", "d")
-    test_x, test_y = _clusters(4, 50, 9, names=["a", "b", "c", "d"])
-    assert _accuracy(result.head, test_x, test_y) >= 0.9
+    assert not result.committed and "no images of 2 class(es) the head knows (b, c)" in result.reason
+    forced = adapt_head(head, x, y, unguarded=True)
+    assert forced.committed and forced.head.labels == ("a", "b", "c", "d")
+    test_x, test_y = _clusters(2, 50, 9, names=["a", "d"])
+    assert _accuracy(forced.head, test_x, test_y) >= 0.9
+
+
+def test_a_refine_without_taps_keeps_the_taps_the_head_in_force_reads():
+    from edgetl.runtime.features import Layout, Segment
+
+    layout = Layout((Segment("embedding", 16), Segment("s2", 8)))
+    x, y = _clusters(3, 30, 10, dim=24)
+    empty = Head(np.zeros((3, 24), np.float32), np.zeros(3, np.float32), ("a", "b", "c"), dims=(24,))
+    empty = Head(empty.W, empty.b, empty.labels, taps=("embedding", "s2"), dims=(16, 8))
+    tapped = adapt_head(empty, x, y, AdaptConfig(), layout, unguarded=True).head
+    again = adapt_head(tapped, x[:40], y[:40], AdaptConfig(taps=False), layout, unguarded=True)
+    assert again.head.taps == ("embedding", "s2")  # a refine over the segments it reads, not a KeyError
 
 
 def test_the_guard_refuses_a_head_that_forgets_the_old_classes():

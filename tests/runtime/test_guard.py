@@ -56,6 +56,12 @@ def test_the_alpha_is_the_users():
     assert not guard.mcnemar(paired, alpha=0.10).commit
 
 
+def test_a_large_holdout_is_tested_exactly_without_overflow():
+    """Over 1,023 discordant pairs 2.0 ** n overflows a float; the tail is computed in integers."""
+    paired = guard.Paired.of(*_outcomes(3000, 600, 500, 900))
+    assert 0 < paired.p_worse < 0.01 and not guard.mcnemar(paired).commit
+
+
 def test_outcomes_of_different_lengths_are_refused():
     with pytest.raises(ValueError):
         guard.Paired.of(np.ones(3, bool), np.ones(4, bool))
