@@ -58,7 +58,7 @@ def _score(bundle_dir: Path, run_dir: Path) -> dict:
     out = {}
     for split in ("val", "test"):
         loaded = load_images(split_samples(run, split), spec.size, spec.resize)
-        pred = (engine.run(spec.normalize(loaded.images)) @ head["W"].T + head["b"]).argmax(1)
+        pred = (engine.run(spec.model_input(loaded.images)) @ head["W"].T + head["b"]).argmax(1)
         out[split] = round(100.0 * float((pred == loaded.labels).mean()), 2)
     return out
 

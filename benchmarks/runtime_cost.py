@@ -1,15 +1,19 @@
-"""What the on-device runtime costs over the engine, and what head-only adaptation costs, measured
-side by side in one run on one core.
+"""What the on-device runtime costs over the engine, for uint8 bundles (the default: the model takes
+the frame itself) and float-input bundles (`--input float`), measured side by side in one run on
+one core; and what head-only adaptation costs.
 
-- Overhead: `Model.predict` on one uint8 image at the model's size (preprocessing, quantize,
-  invoke, dequantize, head, softmax) vs the raw engine's own invoke on the prepared input, for
-  the host-cpu bundle (onnxruntime) and the rpi4 bundle run here (LiteRT), of
-  efficientnet_lite0 fine-tuned on gtsrb-mini at 64 px (the pipeline's own model, at the precision
-  compile chose), and of efficientnet_lite0 at its native 224 px (fp32, not quantized: the
-  ImageNet backbone with a gtsrb-mini head): the
-  runtime's cost is per frame, so the ratio depends on how long the engine takes.
-- Adaptation: softmax regression over 1,000 cached embeddings (43 classes), imprinting one class
-  from 5 embeddings, and the peak memory both allocate (tracemalloc sees numpy's buffers).
+- Overhead: `Model.predict` on one uint8 frame at the model's size vs the raw engine invoke on
+  the engine's own input tensor of that frame, for the host-cpu bundle (onnxruntime) and the rpi4
+  bundle run here (LiteRT) of efficientnet_lite0 fine-tuned on gtsrb-mini at 64 px (at the
+  precision compile chose), and of efficientnet_lite0 at its native 224 px (fp32, not quantized:
+  the ImageNet backbone with a gtsrb-mini head). For each target the uint8 bundle's invoke and
+  predict and the float bundle's invoke and predict are timed call by call in rounds whose order
+  rotates, so drift in a shared machine's speed falls on all four alike; ratios are medians of
+  each round's own ratio.
+- Agreement: the uint8 and the float bundle's predictions on every gtsrb-mini test frame, and the
+  int8 drop each quantize recorded (top-1 in percent, drops in points).
+- Adaptation: softmax regression over 1,000 cached features (43 classes), imprinting one class
+  from 5, and the peak memory both allocate (tracemalloc sees numpy's buffers).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: before numpy and the 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -30,46 +35,63 @@ from _common import emit, gtsrb_mini, skip  # noqa: E402
 
 from edgetl.compile import compile_bundle  # noqa: E402
 from edgetl.data.imagefolder import load_images, scan  # noqa: E402
+from edgetl.export import export  # noqa: E402
 from edgetl.quantize import load_record, quantize  # noqa: E402
 from edgetl.runtime import Head, Model  # noqa: E402
 from edgetl.runtime.adapt import AdaptConfig, adapt_head, imprint  # noqa: E402
 from edgetl.train.finetune import FinetuneConfig, finetune  # noqa: E402
 
+ROUNDS = 2000
 
-def _paired(a, b, runs: int = 2000, warmup: int = 100) -> tuple[float, float]:
-    """(p50 of `a`, median of `b` - `a`) in ms, timed call by call in pairs whose order
-    alternates, so drift in a shared machine's speed (which moves a p50 by more than the runtime
-    costs) falls on both alike and cancels in each pair's difference."""
+
+def _rounds(calls: dict, rounds: int = ROUNDS, warmup: int = 100) -> dict[str, np.ndarray]:
+    """Each call's time (s) per round, the calls' order rotating from round to round."""
+    names = list(calls)
     for _ in range(warmup):
-        a()
-        b()
-    ta, diff = [], []
-    for i in range(runs):
-        first, second = (a, b) if i % 2 else (b, a)
-        t0 = time.perf_counter()
-        first()
-        t1 = time.perf_counter()
-        second()
-        t2 = time.perf_counter()
-        time_a, time_b = (t1 - t0, t2 - t1) if i % 2 else (t2 - t1, t1 - t0)
-        ta.append(time_a)
-        diff.append(time_b - time_a)
-    return float(np.median(ta)) * 1000.0, float(np.median(diff)) * 1000.0
+        for name in names:
+            calls[name]()
+    times = {name: np.empty(rounds) for name in names}
+    for r in range(rounds):
+        for k in range(len(names)):
+            name = names[(r + k) % len(names)]
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name][r] = time.perf_counter() - t0
+    return times
 
 
-def _overhead(bundle: Path, image: np.ndarray) -> dict:
-    model = Model.load(bundle, threads=1, machine="any")
-    x = model.spec.normalize(model.pixels(image))
-    if model.engine.input.quantized:
-        from edgetl.runtime.engines import quantize as q
+def _overhead(uint8_bundle: Path, float_bundle: Path, image: np.ndarray) -> dict:
+    models = {"uint8": Model.load(uint8_bundle, threads=1, machine="any"),
+              "float": Model.load(float_bundle, threads=1, machine="any")}
+    frame = models["uint8"].pixels(image)[0]
+    calls = {}
+    for kind, model in models.items():
+        x = model.engine.prepare(model.spec.model_input(frame[None]))  # the engine's own input tensor
+        calls[f"{kind} invoke"] = lambda model=model, x=x: model.engine.invoke(x)
+        calls[f"{kind} predict"] = lambda model=model: model.predict(frame)
+    t = _rounds(calls)
+    out = {}
+    for kind, model in models.items():
+        invoke, predict = t[f"{kind} invoke"], t[f"{kind} predict"]
+        out[kind] = {"engine": model.engine.name, "precision": model.bundle.manifest["precision"],
+                     "input": f"{model.engine.input.dtype} {list(model.engine.input.shape)}",
+                     "invoke_p50_ms": round(float(np.median(invoke)) * 1e3, 4),
+                     "predict_p50_ms": round(float(np.median(predict)) * 1e3, 4),
+                     "predict_over_invoke": round(float(np.median(predict / invoke)), 4)}
+    out["uint8_predict_over_float_predict"] = round(float(np.median(t["uint8 predict"] / t["float predict"])), 4)
+    return out
 
-        x = q(x, model.engine.input)
-    x = x.astype(model.engine.input.dtype)
-    e, extra = _paired(lambda: model.engine.invoke(x), lambda: model.predict(image))
-    return {"engine": model.engine.name, "precision": model.bundle.manifest["precision"],
-            "input": model.engine.input.dtype, "size": list(model.input_size),
-            "engine_invoke_p50_ms": round(e, 4), "predict_extra_ms": round(extra, 4),
-            "ratio": round((e + extra) / e, 4)}
+
+def _agreement(uint8_bundle: Path, float_bundle: Path, frames: np.ndarray, labels: np.ndarray) -> dict:
+    preds = {}
+    for kind, bundle in (("uint8", uint8_bundle), ("float", float_bundle)):
+        model = Model.load(bundle, threads=1, machine="any")
+        preds[kind] = np.array([p.index for p in model.predict(frames)])
+        precision = model.bundle.manifest["precision"]
+    return {"precision": precision, "frames": int(len(frames)),
+            "agreement_pct": round(100.0 * float((preds["uint8"] == preds["float"]).mean()), 3),
+            "top1_uint8": round(100.0 * float((preds["uint8"] == labels).mean()), 2),
+            "top1_float": round(100.0 * float((preds["float"] == labels).mean()), 2)}
 
 
 def _adaptation(x: np.ndarray, y: list[str]) -> dict:
@@ -94,39 +116,62 @@ def _adaptation(x: np.ndarray, y: list[str]) -> dict:
             "regression_peak_mb": round(regress_peak / 2**20, 1), "imprint_peak_mb": round(imprint_peak / 2**20, 2)}
 
 
+def _float_twin(run: Path, out: Path) -> Path:
+    """A copy of `run` (the same weights) whose exports take the normalised float tensor."""
+    if not (out / "finetune.json").is_file():
+        shutil.copytree(run, out, ignore=shutil.ignore_patterns("export", "quantize", "bundles"))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=Path, help="reuse (or keep) the fine-tuned run in RUNS/efficientnet_lite0")
+    ap.add_argument("--runs", type=Path, help="reuse (or keep) the fine-tuned runs in RUNS/")
     args = ap.parse_args()
     data = gtsrb_mini()
     if data is None:
         skip("runtime_cost", "gtsrb-mini not found (set EDGETL_GTSRB_MINI)")
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        run = (args.runs or tmp) / "efficientnet_lite0"
+        runs = args.runs or tmp
+        run = runs / "efficientnet_lite0"
         if not (run / "finetune.json").is_file():
             finetune(FinetuneConfig(data=data / "train", test=data / "test", out=run, backbone="efficientnet_lite0",
                                     img_size=64, epochs=12, patience=6, force=True))
-        calib = tmp / "calib.toml"
-        calib.write_text(f'data = "{data / "train"}"\nsamples = 256\nseed = 0\n')
-        for fmt in ("onnx", "tflite"):
-            if load_record(run, fmt) is None:
-                quantize(run, calib, fmt=fmt, method="auto", max_drop=0.5)
-        samples = scan(data / "train").samples
-        images = load_images(samples, (64, 64), "stretch")
-        record = {"benchmark": "runtime_cost", "threads": 1, "overhead": {}}
-        for target in ("host-cpu", "rpi4"):
-            compile_bundle(run, target, tmp / target)
-            record["overhead"][f"{target} 64px"] = _overhead(tmp / target, images.images[0])
-        native = (args.runs or tmp) / "efficientnet_lite0-224"
+        native = runs / "efficientnet_lite0-224"
         if not (native / "finetune.json").is_file():  # the head on the frozen ImageNet backbone: minutes, not hours
             finetune(FinetuneConfig(data=data / "train", out=native, backbone="efficientnet_lite0", img_size=224,
                                     freeze="all", head_epochs=30, force=True))
+        calib = tmp / "calib.toml"
+        calib.write_text(f'data = "{data / "train"}"\nsamples = 256\nseed = 0\n')
+        twins = {"uint8": run, "float": _float_twin(run, runs / "efficientnet_lite0-float")}
+        native_twins = {"uint8": native, "float": _float_twin(native, runs / "efficientnet_lite0-224-float")}
+        record = {"benchmark": "runtime_cost", "threads": 1, "overhead": {}, "agreement": {}, "int8_drop": {}}
+        for kind, path in twins.items():
+            for fmt in ("onnx", "tflite"):
+                if load_record(path, fmt) is None:
+                    quantize(path, calib, fmt=fmt, method="auto", max_drop=0.5, input=kind)
+                r = load_record(path, fmt)
+                record["int8_drop"][f"{fmt} {kind}"] = {"method": r.method, "int8_top1": r.int8_top1, "drop": r.drop,
+                                                        "max_drop": r.max_drop}
+        for kind, path in native_twins.items():
+            for fmt in ("onnx", "tflite"):
+                export(path, fmt, input=kind)
+        samples = scan(data / "train").samples
+        small = load_images(samples[:1], (64, 64), "stretch").images[0]
         big = load_images(samples[:1], (224, 224), "stretch").images[0]
-        for target in ("host-cpu", "rpi4"):
-            compile_bundle(native, target, tmp / f"{target}-224")
-            record["overhead"][f"{target} 224px"] = _overhead(tmp / f"{target}-224", big)
-        model = Model.load(tmp / "host-cpu", threads=1)
+        test = scan(data / "test").samples
+        for size, group, image in ((64, twins, small), (224, native_twins, big)):
+            loaded = load_images(test, (size, size), "stretch")
+            for target in ("host-cpu", "rpi4"):
+                bundles = {kind: tmp / f"{target}-{size}-{kind}" for kind in group}
+                for kind, path in group.items():
+                    compile_bundle(path, target, bundles[kind])
+                name = f"{target} {size}px"
+                record["overhead"][name] = _overhead(bundles["uint8"], bundles["float"], image)
+                record["agreement"][name] = _agreement(bundles["uint8"], bundles["float"], loaded.images,
+                                                       loaded.labels)
+        model = Model.load(tmp / "host-cpu-64-uint8", threads=1)
+        images = load_images(samples, (64, 64), "stretch")
         pick = np.random.default_rng(0).choice(len(images.labels), 1000, replace=False)
         x = model.embed(images.images[pick])
         record["adaptation"] = _adaptation(x, [model.labels[i] for i in images.labels[pick]])

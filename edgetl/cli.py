@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--taps", default="auto",
                     help="pooled stage outputs beside the embedding, for heads learnt on the device: auto (default: "
                          "every stage whose output is a feature map) | none | STAGE,STAGE (a wrong name lists them)")
+    ex.add_argument("--input", default="uint8",
+                    help="what the model takes: uint8 (default: the frame itself, uint8 NHWC RGB; mean/std and "
+                         "layout are its first ops) | float (the normalised tensor, NCHW for onnx)")
 
     calib = sub.add_parser("calib", parents=[common], help="calibration sets: inspect")
     calib_sub = calib.add_subparsers(dest="calib_command", metavar="ACTION")
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--taps", default=None,
                     help="re-export with these taps when the run's export has others: auto | none | STAGE,STAGE "
                          "(default: the export as it is; auto when there is none)")
+    qz.add_argument("--input", default=None,
+                    help="re-export taking this when the run's export takes the other: uint8 | float "
+                         "(default: the export as it is; uint8 when there is none)")
     qz.add_argument("--search-trials", type=int,
                     help="--method auto: at most this many float-layer trials (default 6)")
     qz.add_argument("--search-seconds", type=float,
@@ -321,11 +327,14 @@ def _cmd_check(args, console) -> int:
             lat = m.latency_ms if m else None
             fails = [v.why for v in r.verdicts if v.status == "fail"]
             head = f", head {r.head_version}" if r.head_version is not None else ""
+            share = m.engine_share if m else None
             rows.append([r.device, f"{r.bundle} ({r.engine} {r.precision}{head})", r.status,
                          f"{lat.p50:.2f}/{lat.p95:.2f}/{lat.p99:.2f}" if lat else "-",
+                         f"{share.share:.0%}" if share else "-",
                          f"{m.peak_rss_mb:.0f}" if m else "-", percent(m.accuracy.top1) if m else "-",
                          "; ".join(fails) or r.error or ("timings not judged (emulated)" if r.emulated else "-")])
-        console.table("check", ["device", "bundle", "status", "p50/p95/p99 ms", "RSS MB", "top-1 %", "why"], rows)
+        console.table("check", ["device", "bundle", "status", "p50/p95/p99 ms", "engine share", "RSS MB", "top-1 %",
+                                "why"], rows)
     for path in report.write(results, args.report, args.junit):
         console.log(f"wrote {path}")
     return exit_code(results)
@@ -482,11 +491,12 @@ def _cmd_lr_find(args, console) -> int:
 
 
 def _cmd_export(args, console) -> int:
-    from edgetl.export import check_format, check_tolerance, export  # torch loads only inside export()
+    from edgetl.export import check_format, check_input, check_tolerance, export  # torch loads only inside export()
 
     check_format(args.format)
     check_tolerance(args.tolerance)
-    result = export(args.run, args.format, tolerance=args.tolerance, taps=args.taps, console=console)
+    check_input(args.input)
+    result = export(args.run, args.format, tolerance=args.tolerance, taps=args.taps, input=args.input, console=console)
     p, sizes = result.record.parity, result.record.sizes_bytes
     console.table(f"export: {result.path}", ["file", "MB", "max |diff|", "top-1 agreement"],
                   [[result.backbone.name, f"{sizes['backbone'] / 1e6:.1f}",
@@ -514,7 +524,8 @@ def _cmd_quantize(args, console) -> int:
     search = SearchBudget(SearchBudget.trials if args.search_trials is None else args.search_trials,
                           SearchBudget.seconds if args.search_seconds is None else args.search_seconds).check()
     r = quantize(args.run, args.calib, fmt=args.format, method=args.method, max_drop=args.max_drop,
-                 split=args.split, data=args.data, io=args.io, search=search, taps=args.taps, console=console)
+                 split=args.split, data=args.data, io=args.io, search=search, taps=args.taps, input=args.input,
+                 console=console)
     lat, size = r.latency_ms, r.sizes_bytes
     console.log(f"quantize ({r.format}, {r.method}) -> {args.run}/quantize/{r.format}")
     console.table(f"quantize {r.format} ({r.method})", ["", "top-1 %", "MB", "p50 ms (1 thread)"],

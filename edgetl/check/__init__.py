@@ -70,6 +70,7 @@ class Result:
         m = self.measured
         return {k: v for k, v in self.to_dict().items() if k != "measured"} | {
             "latency_ms": {k: v for k, v in m.latency_ms.to_dict().items() if k != "samples"} if m else {},
+            "engine_share": m.engine_share.to_dict() if m and m.engine_share else None,
             "top1": m.accuracy.top1 if m else None}
 
     def verdict(self, budget: str) -> Verdict | None:

@@ -79,8 +79,17 @@ def _summary_text(r: Result) -> str:
     return (f"{r.bundle} ({r.engine} {r.precision}) on {r.device} ({r.target}, {r.transport})\n"
             f"latency ms: p50 {lat.p50} p90 {lat.p90} p95 {lat.p95} p99 {lat.p99} max {lat.max} "
             f"over {lat.runs} runs; {m.throughput_fps} frames/s\n"
+            f"{_share_text(m)}\n"
             f"peak RSS {m.peak_rss_mb} MB; top-1 {m.accuracy.top1}% on {m.accuracy.images} images\n"
             f"thermals: {th.before.to_dict()} -> {th.after.to_dict()}; throttled: {th.throttled} ({th.evidence})\n")
+
+
+def _share_text(m) -> str:
+    e = m.engine_share
+    if e is None:
+        return "engine share: not measured (the engine invokes more than one frame at a time)"
+    return (f"engine share: invoke p50 {e.invoke_p50} ms of predict p50 {e.predict_p50} ms ({e.share:.1%}); "
+            f"the runtime adds {e.runtime_ms} ms per frame")
 
 
 # ---- HTML -------------------------------------------------------------------------------------
@@ -201,6 +210,9 @@ def _row(r: Result) -> str:
     lat = m.latency_ms if m else None
     cells += f'<td class="n">{_num(lat and lat.p50)}</td>' + judged("latency_p95_ms", _num(lat and lat.p95))
     cells += f'<td class="n">{_num(lat and lat.p99)}</td>'
+    share = m.engine_share if m else None
+    cells += (f'<td class="n" title="engine invoke p50 {share.invoke_p50} ms of predict p50 {share.predict_p50} ms">'
+              f"{share.share:.0%}</td>" if share else '<td class="n">-</td>')
     cells += f'<td class="n">{_num(m and m.throughput_fps, "{:.1f}")}</td>'
     cells += judged("max_rss_mb", _num(m and m.peak_rss_mb, "{:.0f}"))
     cells += judged("min_top1", _num(m and m.accuracy.top1, "{:.1f}"))
@@ -219,7 +231,7 @@ def page(results: list[Result]) -> str:
     for r in results:
         rows.append(_row(r))
         if r.error:
-            rows.append(f'<tr><td colspan="12" class="note">{html.escape(r.device)}: {html.escape(r.error)} '
+            rows.append(f'<tr><td colspan="13" class="note">{html.escape(r.device)}: {html.escape(r.error)} '
                         f"(after {r.attempts} attempt(s))</td></tr>")
     cards = []
     for r in results:
@@ -230,6 +242,7 @@ def page(results: list[Result]) -> str:
         title = f"{r.device} · {r.bundle} ({r.engine} {r.precision})"
         note = ("emulated: timings are qemu's, not judged" if r.emulated else
                 f"{lat.runs} frames after {lat.warmup} warm-up; budget p95 {budget.limit:g} ms")
+        note += "; " + _share_text(r.measured)
         cards.append(f'<div class="card"><h3>{html.escape(title)}</h3>'
                      f"{histogram(lat.samples, lat.p50, lat.p95, None if r.emulated else budget.limit, title)}"
                      f'<div class="note">{html.escape(note)}</div></div>')
@@ -239,8 +252,8 @@ def page(results: list[Result]) -> str:
     plot = scatter(points) if points else '<p class="note">no device with meaningful timings</p>'
     if emulated:
         plot += f'<p class="note">left out (emulated, timings not meaningful): {html.escape(", ".join(emulated))}</p>'
-    head = ["device", "target", "transport", "bundle", "p50 ms", "p95 ms", "p99 ms", "frames/s", "RSS MB", "top-1 %",
-            "temp", "status"]
+    head = ["device", "target", "transport", "bundle", "p50 ms", "p95 ms", "p99 ms", "engine share", "frames/s",
+            "RSS MB", "top-1 %", "temp", "status"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgetl check: {html.escape(verdict[0])}</title>
 <style>{CSS}</style></head><body>

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch and the run reader load only once an export really st
     from edgetl.train.run import Run
 
 LAYOUT = {"onnx": "NCHW", "tflite": "NHWC"}
+INPUTS = ("uint8", "float")  # --input: the frame itself (default), or the normalised tensor
 PARITY_IMAGES = 64
 STATISTICS_IMAGES = 512
 
@@ -72,9 +73,16 @@ def check_tolerance(tolerance: float) -> float:
     return float(tolerance)
 
 
-def artifact_spec(spec: PreprocessSpec, fmt: str) -> PreprocessSpec:
-    """What export adds to the run's spec: the artifact's input layout."""
-    return spec.with_layout(LAYOUT[fmt])
+def check_input(kind: str) -> str:
+    if kind not in INPUTS:
+        raise ConfigError(f"unknown --input {kind!r}", "uint8 (default: the model takes the frame itself) | float "
+                                                        "(the normalised tensor, for pipelines that normalise)")
+    return kind
+
+
+def artifact_spec(spec: PreprocessSpec, fmt: str, kind: str = "float") -> PreprocessSpec:
+    """What export adds to the run's spec: the artifact's input (uint8 frames, or float in the format's layout)."""
+    return spec.with_pixels() if kind == "uint8" else spec.with_layout(LAYOUT[fmt])
 
 
 def to_input_float(images: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
@@ -113,7 +121,16 @@ def real_images(run: Run, n: int, *, seed: int = 0) -> np.ndarray:
     return loaded.images
 
 
-def write_artifact(module: torch.nn.Module, sample: torch.Tensor, path: Path, fmt: str, *, output_name: str) -> None:
+def write_artifact(module: torch.nn.Module, spec: PreprocessSpec, path: Path, fmt: str, *, output_name: str) -> None:
+    """`module` (normalised NCHW float in) as `fmt`, taking what `spec` says: uint8 frames or the float tensor."""
+    import torch
+
+    if spec.pixels:
+        from edgetl.export.pixels import Pixels, frames_sample
+
+        module, sample = Pixels(module, spec).eval(), frames_sample(spec)
+    else:
+        sample = torch.zeros((1, 3, *spec.size), dtype=torch.float32)
     if fmt == "onnx":
         from edgetl.export.onnx import to_onnx
 
@@ -121,7 +138,8 @@ def write_artifact(module: torch.nn.Module, sample: torch.Tensor, path: Path, fm
     else:
         from edgetl.export.tflite import channels_last, nhwc, to_tflite
 
-        to_tflite(channels_last(module).eval(), nhwc(sample), path)
+        to_tflite(module if spec.pixels else channels_last(module).eval(), sample if spec.pixels else nhwc(sample),
+                  path)
 
 
 def tapped(run: Run, spec: PreprocessSpec) -> torch.nn.Module:
@@ -140,18 +158,24 @@ def export_taps(found: Export) -> tuple[str, ...]:
     return tuple(s.name for s in found.spec.outputs[1:])
 
 
-def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, taps="auto",
+def export_input(found: Export) -> str:
+    """What an export's artifacts take: "uint8" frames or the "float" tensor."""
+    return found.spec.input
+
+
+def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, taps="auto", input: str = "uint8",
            console: Console = QUIET, run: Run | None = None) -> Export:
     """Export and parity-check one run in one format into RUN/export/FORMAT (replaced as a whole).
 
     `tolerance`: the largest embedding difference allowed against PyTorch, relative to the
     embeddings' range (finite, > 0; checked before any work). `taps`: "auto" (every stage whose
     output is a feature map, see `edgetl.train.taps`), "none", or stage names ("blocks.4,blocks.10"):
-    their pooled outputs follow the embedding in the backbone's one output."""
+    their pooled outputs follow the embedding in the backbone's one output. `input`: "uint8" (default),
+    the artifacts take the frame itself (uint8 NHWC RGB at the run's size; mean/std and layout are their
+    first ops), or "float", the normalised tensor in the format's layout."""
     check_format(fmt)
     check_tolerance(tolerance)
-    import torch
-
+    check_input(input)
     from edgetl.export import parity
     from edgetl.train import taps as tapping
     from edgetl.train.finetune import versions
@@ -161,19 +185,18 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
     chosen = tapping.choose(run.backbone, run.spec.size, taps)  # a bad --taps fails before any work
     out = claim(run.dir.export_dir(fmt).path, EXPORT, flag="the export dir")  # before any work
     images = real_images(run, PARITY_IMAGES)
-    sample = torch.zeros((1, 3, *run.spec.size), dtype=torch.float32)
     x = to_input_float(images, run.spec)
     grids = tapping.grids(run.backbone, run.spec.size, chosen)
     gains = tapping.gains(run.backbone, chosen, grids, x)
-    spec = artifact_spec(run.spec, fmt).with_outputs(tapping.segments(run.backbone, chosen, gains, grids, x))
+    spec = artifact_spec(run.spec, fmt, input).with_outputs(tapping.segments(run.backbone, chosen, gains, grids, x))
     backbone = tapped(run, spec)
     t0 = time.perf_counter()
     with staged_dir(out, EXPORT) as tmp:
         backbone_file, model_file = (tmp / name for name in ExportDir.names(fmt))
         with console.task(f"exporting {run.record.backbone} to {fmt}", 3, "steps") as advance:
-            write_artifact(backbone, sample, backbone_file, fmt, output_name="embedding")
+            write_artifact(backbone, spec, backbone_file, fmt, output_name="embedding")
             advance(1)
-            write_artifact(classifier(run.backbone, run.head), sample, model_file, fmt, output_name="logits")
+            write_artifact(classifier(run.backbone, run.head), spec, model_file, fmt, output_name="logits")
             advance(1)
             result = parity.check(backbone_file, model_file, backbone, run.head, images, spec,
                                   tolerance=tolerance)
@@ -183,8 +206,8 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
         record = ExportRecord(
             format=fmt, backbone=run.record.backbone, run=str(run.path),
             files=ExportFiles(backbone=backbone_file.name, model=model_file.name, head=HEAD),
-            input=InputInfo(shape=tuple(sample.shape if fmt == "onnx" else (1, *run.spec.size, 3)),
-                            layout=spec.layout, dtype="float32"),
+            input=InputInfo(shape=(1, *run.spec.size, 3) if spec.layout == "NHWC" else (1, 3, *run.spec.size),
+                            layout=spec.layout, dtype="uint8" if spec.pixels else "float32"),
             embedding_dim=int(run.head.in_features), classes=len(run.classes),
             sizes_bytes={"backbone": backbone_file.stat().st_size, "model": model_file.stat().st_size},
             parity=result.to_dict(), seconds=round(time.perf_counter() - t0, 2), versions=versions(),

@@ -40,14 +40,14 @@ class Parity:
 def check(backbone_file: Path, model_file: Path, backbone: torch.nn.Module, head: torch.nn.Linear,
           images: np.ndarray, spec: PreprocessSpec, *, tolerance: float = 1e-3,
           min_agreement: float = 0.99) -> Parity:
-    """Compare both artifacts with PyTorch on uint8 NHWC `images`; `spec.layout` is the artifacts' input layout.
+    """Compare both artifacts with PyTorch on uint8 NHWC `images`, given as the artifacts take them (`spec.input`).
     Every segment of the backbone's output (`spec.outputs`: the embedding and each tap) is held to
     `tolerance` relative to its own range."""
     out = backbone(to_input(nchw(images), spec)).numpy()
     layout = Layout.of(spec.outputs, out.shape[1])
     ref = out[:, layout.columns((EMBEDDING,))]
     ref_class = head(torch.from_numpy(np.ascontiguousarray(ref))).argmax(1).numpy()
-    x = spec.normalize(images)
+    x = spec.model_input(images)  # the frames themselves for a uint8 model
     with silenced():  # interpreter creation logs (XNNPACK) and engine warnings
         with engines.load(backbone_file) as engine:
             emb = engine.run(x)

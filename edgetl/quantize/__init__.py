@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.backends import opcount
-from edgetl.backends.tflite_io import IO_TYPES, to_uint8
+from edgetl.backends.tflite_io import IO_TYPES, to_pixels, to_uint8
 from edgetl.console import QUIET, Console, silenced
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.errors import ConfigError, DataError, QuantizeError
-from edgetl.export import check_format, export, export_taps, load_export, tapped
+from edgetl.export import check_format, check_input, export, export_input, export_taps, load_export, tapped
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
 from edgetl.quantize import calibration
 from edgetl.rundir import FORMATS, QuantizeDir, QuantizeRecord, RunDir
@@ -87,7 +87,7 @@ class Trial:
 @dataclass(frozen=True)
 class Labelled:
     name: str
-    x: np.ndarray  # normalised, in the artifact's layout
+    x: np.ndarray  # as the artifact takes it: uint8 frames, or normalised in its layout
     labels: np.ndarray
 
 
@@ -99,7 +99,7 @@ def _labelled(run: Run, spec, data: Path | None, split: str) -> Labelled:
     loaded = load_images(samples, run.spec.size, run.spec.resize, interpolation=run.spec.interpolation)
     if len(loaded.labels) == 0:
         raise DataError(f"no readable images to score on ({name})", "pass --data DIR with labelled images")
-    return Labelled(name, spec.normalize(loaded.images), loaded.labels)
+    return Labelled(name, spec.model_input(loaded.images), loaded.labels)
 
 
 def _top1(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -172,7 +172,7 @@ def _quantizer(fmt: str):
 
 def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx", method: str = "auto",
              max_drop: float = 1.0, split: str = "val", data: str | Path | None = None, io: str = "int8",
-             search: SearchBudget = DEFAULT_SEARCH, taps=None, console: Console = QUIET,
+             search: SearchBudget = DEFAULT_SEARCH, taps=None, input: str | None = None, console: Console = QUIET,
              run: Run | None = None) -> QuantizeRecord:
     """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns its record (quantize.json).
 
@@ -185,8 +185,12 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     `drop` is in points of it; `search` says how the float-layer search went and what ended it.
     `taps` (auto|none|STAGE,...) re-exports when the run's export taps other stages (None: the
     export as it is, made with auto when there is none); `taps` in the record gives each output
-    segment's int8 error and the taps dropped for it."""
+    segment's int8 error and the taps dropped for it. `input` (uint8|float) re-exports likewise when the
+    export takes the other (None: as it is; uint8 when there is none): a uint8 model is calibrated and
+    scored taking the frames themselves (`edgetl.export.pixels`, `edgetl.backends.tflite_io.to_pixels`)."""
     check_format(fmt)
+    if input is not None:
+        check_input(input)
     if split not in ("val", "test"):
         raise ConfigError(f"unknown --split {split!r}", "val (default) or test")
     if io not in IO_TYPES:
@@ -203,11 +207,16 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     out = claim(run.dir.quantize_dir(fmt).path, QUANTIZED, flag="the quantize dir")  # before any work
     selection = calibration.select(calibration.read(calib_file))
     exported = load_export(run.path, fmt)
-    if exported is None or (taps is not None and export_taps(exported) != choose(run.backbone, run.spec.size, taps)):
-        exported = export(run.path, fmt, taps="auto" if taps is None else taps, console=console, run=run)
+    if exported is None or (taps is not None and export_taps(exported) != choose(run.backbone, run.spec.size, taps)) \
+            or (input is not None and export_input(exported) != input):
+        exported = export(run.path, fmt, taps="auto" if taps is None else taps,
+                          input=input or (export_input(exported) if exported else "uint8"), console=console, run=run)
     spec = exported.spec
     layout = Layout.of(spec.outputs, int(run.head.in_features))
-    calib_x = spec.normalize(calibration.images(selection, run.spec))
+    frames = calibration.images(selection, run.spec)
+    # ONNX calibrates the uint8 model itself; TFLite calibrates the torch graph after its normalisation
+    # (the same tensors), and each int8 model it makes is then given the uint8 input (`to_pixels`)
+    calib_x = frames if fmt == "onnx" and spec.pixels else spec.normalize(frames)
     console.log(f"calibration: {len(calib_x)} images from {selection.calib.source} "
                 f"({len(selection.classes)} classes, seed {selection.calib.seed})")
     has_test = bool(run.record.data.test_dir)
@@ -230,6 +239,9 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
             path = work / f"{m}-{len(keep_float)}{suffix}"
             # what really stays float: the kept layers and the layers feeding them
             keep_float, graphs[(m, keep_float)] = q.quantize(source, path, calib_x, m, keep_float=keep_float)
+            if fmt == "tflite" and spec.pixels:  # the model scored is the one shipped: it takes uint8 frames
+                to_pixels(path, path.with_name(path.stem + "-frames" + suffix), *spec.affine)
+                path = path.with_name(path.stem + "-frames" + suffix)
             t = scorer.trial(m, keep_float, path)
             console.log(f"  {label}{m:<10} float layers {len(keep_float):>2}: int8 top-1 {t.top1:.2f}% "
                         f"(fp32 {scorer.fp32_top1[0]:.2f}%, drop {t.drop:+.2f}), agreement {t.agreement:.1%}")

@@ -61,6 +61,25 @@ def with_producers(model, names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+FRONT = ("Cast", "Mul", "Add", "Transpose", "Slice")  # what a uint8 model's normalisation exports as
+
+
+def front_nodes(model) -> tuple[str, ...]:
+    """The nodes of a uint8-input model's normalisation (cast, scale, offset, layout), from its input
+    to the first other op: they stay float, so the int8 model's first quantize is where the float
+    model's input was, and mean/std are applied exactly (not as 8-bit constants)."""
+    if model.graph.input[0].type.tensor_type.elem_type == 1:  # FLOAT: a float-input model has none
+        return ()
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    out, tensor = [], model.graph.input[0].name
+    while len(consumers.get(tensor, ())) == 1 and consumers[tensor][0].op_type in FRONT:
+        node = consumers[tensor][0]
+        out.append(node.name)
+        tensor = node.output[0]
+    return tuple(out)
 ENTROPY_BINS = 2048  # TensorRT's entropy calibrator: 2048 histogram bins searched for 128 int8 levels
 
 
@@ -115,12 +134,15 @@ def _cache(pre: Path, work: Path, inputs: np.ndarray, method: str) -> Path:
 
 def quantize(pre: Path, out: Path, inputs: np.ndarray, method: str, *,
              keep_float: tuple[str, ...] = ()) -> tuple[tuple[str, ...], None]:
-    """Static QDQ int8 of `pre` (a prepared fp32 model) calibrated on `inputs` (float, model layout);
+    """Static QDQ int8 of `pre` (a prepared fp32 model) calibrated on `inputs` (what it takes: uint8 frames or
+    float in its layout);
     returns the nodes left float (`keep_float` and what feeds them), and no graph (the file is it)."""
     import onnx
 
-    keep_float = with_producers(onnx.load(str(pre)), keep_float)
-    _quantize_static(pre, out, _cache(pre, out.parent, inputs, method), method, nodes_to_exclude=list(keep_float))
+    model = onnx.load(str(pre))
+    keep_float = with_producers(model, keep_float)
+    _quantize_static(pre, out, _cache(pre, out.parent, inputs, method), method,
+                     nodes_to_exclude=list(keep_float) + list(front_nodes(model)))
     return keep_float, None
 
 

@@ -94,7 +94,17 @@ class Head:
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits of `features` (N, width): the head's own columns of the backbone's output."""
         W_t, b = self._folded
-        return features @ W_t + b
+        out = features @ W_t
+        out += b
+        return out
+
+
+def softmax_(logits: np.ndarray) -> np.ndarray:
+    """`softmax`, in place in `logits` (a fresh array its caller owns): three passes, no new arrays."""
+    logits -= logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    logits /= logits.sum(axis=1, keepdims=True)
+    return logits
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

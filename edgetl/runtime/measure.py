@@ -1,7 +1,9 @@
 """What `edgetl check` measures on the device: per-frame latency, memory, thermals and accuracy.
 
 Latency is what the application sees: `Model.predict` of one frame already at the model's size,
-after a warm-up, timed frame by frame for a count or a duration. Peak RSS is the process's
+after a warm-up, timed frame by frame for a count or a duration; each is followed by the engine's
+raw invoke of the same frame, timed apart, so the report says what share of a frame is the
+engine's and what the runtime adds on this board (frames/s: back-to-back predicts, 1 / mean). Peak RSS is the process's
 high-water mark with the model loaded and run. Temperature and CPU frequency are read before the
 warm-up and after the timed runs where the board exposes them (/sys/class/thermal, cpufreq, and
 `vcgencmd get_throttled` on a Raspberry Pi); a board that slowed itself down during the run is
@@ -44,6 +46,21 @@ class Latency(Record):
 
 
 @record
+class EngineShare(Record):
+    """The engine's own invoke per frame beside `Model.predict`, each predict followed by a raw invoke of the
+    same frame's prepared input, timed apart: `share` = invoke p50 / predict p50 (0-1), so
+    predict_p50 - invoke_p50 is what the runtime adds on this board (input, head, softmax, records)."""
+
+    invoke_p50: float  # ms
+    predict_p50: float  # ms, of the same runs
+    share: float
+
+    @property
+    def runtime_ms(self) -> float:
+        return round(self.predict_p50 - self.invoke_p50, 4)
+
+
+@record
 class BoardState(Record):
     """Temperature (C) and CPU frequency (MHz) where the board exposes them; None where it does not."""
 
@@ -77,6 +94,8 @@ class Measurement(Record):
     """What `edgetl check` measured on a device: written there as one JSON line, read here by check,
     its report, the CLI and the pytest plugin."""
 
+    OPTIONAL_KEYS = frozenset({"engine_share"})  # lines from runtimes before it was measured
+
     bundle: str
     engine: str
     precision: str
@@ -88,6 +107,7 @@ class Measurement(Record):
     peak_rss_mb: float
     thermals: Thermals
     accuracy: Accuracy
+    engine_share: EngineShare | None = None  # None: an engine that invokes more than one frame at a time
     schema_version: int = 1
 
 
@@ -155,22 +175,33 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
             frames, labels = model.bundle.checkset()
             frames = model.pixels(frames)
             source = "checkset"
+        engine = model.engine
+        prepared = engine.prepare(model.spec.model_input(frames)) if engine.batch == 1 else None
         before = thermals()
         for i in range(warmup):
             model.predict(frames[i % len(frames)])
-        samples, start = [], time.perf_counter()
+        samples, invokes, start = [], [], time.perf_counter()
         i = 0
         while (runs is None or i < runs) and (duration_s is None or time.perf_counter() - start < duration_s):
-            frame = frames[i % len(frames)]
+            k = i % len(frames)
             t = time.perf_counter()
-            model.predict(frame)
+            model.predict(frames[k])
             samples.append(time.perf_counter() - t)
+            if prepared is not None:  # the same frame, the engine alone
+                x = prepared[k : k + 1]
+                t = time.perf_counter()
+                engine.invoke(x)
+                invokes.append(time.perf_counter() - t)
             i += 1
-        wall = time.perf_counter() - start
         after = thermals()
         predicted = [p.label for p in model.predict(frames)]
         hits = [p == t for p, t in zip(predicted, labels, strict=True)]
         ms = np.asarray(samples) * 1000
+        share = None
+        if invokes:
+            invoke_p50 = percentile(np.asarray(invokes) * 1000, 50)
+            share = EngineShare(invoke_p50=invoke_p50, predict_p50=percentile(ms, 50),
+                                share=round(invoke_p50 / max(percentile(ms, 50), 1e-9), 4))
         throttled, evidence = throttling(before, after)
         m = model.bundle.manifest
         return Measurement(
@@ -180,9 +211,10 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
                                p95=percentile(ms, 95), p99=percentile(ms, 99), max=round(float(ms.max()), 4),
                                mean=round(float(ms.mean()), 4),
                                samples=tuple(round(float(x), 4) for x in ms[:SAMPLES_KEPT])),
-            throughput_fps=round(len(ms) / wall, 2) if wall > 0 else None,
+            throughput_fps=round(1000.0 / float(ms.mean()), 2) if ms.mean() > 0 else None,
             peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             thermals=Thermals(BoardState(**before), BoardState(**after), throttled, evidence),
             accuracy=Accuracy(source=source, images=len(hits), top1=round(100.0 * sum(hits) / len(hits), 2),
                               predictions=tuple(predicted), labels=tuple(labels)),
+            engine_share=share,
         )

@@ -5,14 +5,20 @@
     for p in model.predict(["frame.png"]):
         print(p.label, p.probability)
 
+    for p in model.stream(camera_frames()):      # a camera loop: one prediction per frame, as it comes
+        ...
+
 Loading verifies the bundle first (hashes, schema, the signature of a signed bundle, this
-machine's architecture, the engine installed), then opens the engine the
-manifest names. Images are preprocessed in numpy by the bundle's own spec; quantized input and
-output are converted in one place (the engine's `run`). numpy and the engine only.
+machine's architecture, the engine installed), then opens the engine the manifest names. A
+uint8 bundle's model takes the frame itself (its graph normalises it): a frame already at the
+model's size goes to the engine as it is, and one of another size is resized as training resized
+(`edgetl.runtime.images`). A float bundle is normalised in numpy by its own spec. Quantized input
+and output are converted in one place (the engine's `run`). numpy and the engine only.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -24,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import ConfigError
+from edgetl.errors import ConfigError, EdgetlError
 from edgetl.runtime.adapt import AdaptConfig, adapt_head, guard_with
 from edgetl.runtime.engines import Engine, open_engine
 from edgetl.runtime.features import EMBEDDING, Layout
-from edgetl.runtime.head import Head, softmax
+from edgetl.runtime.head import Head, softmax_
 from edgetl.runtime.heads import HeadStore
 from edgetl.runtime.images import as_batch
 from edgetl.runtime.preprocess import PreprocessSpec
@@ -170,30 +176,58 @@ class Model:
             self._columns = (head, columns)
         return head.logits(features[:, columns])
 
+    def _features(self, pixels: np.ndarray) -> np.ndarray:
+        """The backbone's outputs of uint8 NHWC frames at the model's size, `batch_size` frames per run."""
+        spec, run = self.spec, self.engine.run
+        if len(pixels) <= self.batch_size:
+            return run(pixels if spec.pixels else spec.normalize(pixels))
+        return np.concatenate([run(spec.model_input(pixels[i : i + self.batch_size]))
+                               for i in range(0, len(pixels), self.batch_size)])
+
     def embed(self, images) -> np.ndarray:
         """The backbone's outputs (N, width) float32 of `images` (paths, PIL images or uint8 HxWx3 arrays):
         the embedding, then the pooled taps (`layout`)."""
-        pixels = self.pixels(images)
-        if len(pixels) <= self.batch_size:
-            return self.engine.run(self.spec.normalize(pixels)).astype(np.float32, copy=False)
-        out = [self.engine.run(self.spec.normalize(pixels[i : i + self.batch_size]))
-               for i in range(0, len(pixels), self.batch_size)]
-        return np.concatenate(out).astype(np.float32, copy=False)
+        return self._features(self.pixels(images))
 
     def probabilities(self, images) -> np.ndarray:
-        return softmax(self.logits(self.embed(images)))
+        """Each class's probability (N, classes) for `images`."""
+        return softmax_(self.logits(self.embed(images)))
 
     def predict(self, images, *, top_k: int = 1) -> list[Prediction]:
-        """The best label and its probability per image, with the `top_k` best (top_k >= 1)."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+        """The best label and its probability per image (one, or a batch: a list, or an NxHxWx3 uint8
+        array), with the `top_k` best (top_k >= 1)."""
+        if top_k != 1 and (isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1):
             raise ConfigError(f"top_k={top_k!r}: ask for at least the best label", "pass top_k=1 or more")
-        probs = self.probabilities(images)
+        probs = softmax_(self.logits(self._features(self.pixels(images))))
+        labels = self.labels
+        if top_k == 1:
+            best = probs.argmax(1).tolist()
+            return [Prediction(labels[i], p, i, ((labels[i], p),))
+                    for i, p in zip(best, probs[range(len(best)), best].tolist(), strict=True)]
         out = []
         for row in probs:
-            order = np.argsort(-row)[: top_k] if top_k > 1 else (int(row.argmax()),)
-            out.append(Prediction(self.labels[order[0]], float(row[order[0]]), int(order[0]),
-                                  tuple((self.labels[i], float(row[i])) for i in order)))
+            order = np.argsort(-row)[:top_k].tolist()
+            out.append(Prediction(labels[order[0]], float(row[order[0]]), order[0],
+                                  tuple((labels[i], float(row[i])) for i in order)))
         return out
+
+    def stream(self, frames, *, top_k: int = 1):
+        """One `Prediction` per frame of `frames` (any iterable: a camera's generator), yielded as each
+        frame arrives, so a camera loop never holds more than the frame in hand. A frame the model
+        cannot take stops the stream with its error, naming the frame's place (those before it were
+        yielded); an error raised by `frames` itself passes through unchanged."""
+        for i, frame in enumerate(frames):
+            try:
+                predictions = self.predict(frame, top_k=top_k)
+            except EdgetlError as exc:
+                located = copy.copy(exc)
+                located.message = f"frame {i}: {exc.message}"
+                located.args = (located.message,)
+                raise located from None
+            if len(predictions) != 1:
+                raise ConfigError(f"frame {i} is {len(predictions)} images", "stream() takes one frame at a time; "
+                                  "pass a batch to predict()")
+            yield predictions[0]
 
     def adapt(self, images=None, labels=None, *, unlabelled=None, config=None, unguarded: bool = False,
               lock_timeout: float | None = None):
@@ -269,9 +303,13 @@ def _check_input(spec: PreprocessSpec, engine: Engine, name: str) -> None:
     """The spec's input type and quantization (what quantize recorded) are the engine's own."""
     got = engine.input
     quantized = got.quantized
-    same = (spec.dtype == got.dtype and spec.input_scale is not None
-            and math.isclose(spec.input_scale, float(got.scale), rel_tol=1e-6)
-            and spec.input_zero_point == int(got.zero_point)) if quantized else spec.dtype == "float32"
+    if spec.pixels:  # the frame itself: uint8, and whatever quantization the engine gives it is its own
+        same = got.dtype == "uint8" and (not quantized or (spec.input_scale is not None and math.isclose(
+            spec.input_scale, float(got.scale), rel_tol=1e-6) and spec.input_zero_point == int(got.zero_point)))
+    else:
+        same = (spec.dtype == got.dtype and spec.input_scale is not None
+                and math.isclose(spec.input_scale, float(got.scale), rel_tol=1e-6)
+                and spec.input_zero_point == int(got.zero_point)) if quantized else spec.dtype == "float32"
     if not same:
         raise ConfigError(f"the bundle's preprocessing spec says input {spec.dtype} (scale {spec.input_scale}, "
                           f"zero point {spec.input_zero_point}), and the {name} engine's model takes {got.dtype} "

@@ -21,6 +21,7 @@ LAYOUTS = ("NCHW", "NHWC")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 CHANNEL_ORDERS = ("RGB", "BGR")
 INPUT_DTYPES = ("float32", "int8", "uint8")
+INPUTS = ("uint8", "float")  # what the model takes: the frame's own pixels, or `normalize`'s output
 
 
 @record
@@ -34,13 +35,17 @@ class PreprocessSpec(Record):
     mean/std: per-channel normalisation applied to pixels scaled to [0, 1], in RGB order.
     channel_order: the order the model takes its channels in (BGR: OpenCV/Caffe-trained models).
     layout: NCHW (PyTorch, ONNX) or NHWC (TFLite artifacts, which take images as decoded): set by export.
+    input: what the model takes, set by export: "uint8", the frame itself (uint8 NHWC RGB at `size`,
+            mean/std, channel order and layout done inside the graph, so the device does no arithmetic
+            per pixel), or "float", the tensor `normalize` makes in `layout` (specs from before uint8
+            bundles). `model_input` gives either from decoded pixels.
     dtype/input_scale/input_zero_point: the model input's type and quantization: set by quantize,
             checked against the engine's own input when a bundle is loaded.
     outputs: the segments of the backbone's output (the embedding, then its taps): set by export;
             empty when the whole output is the embedding (`edgetl.runtime.features`).
     """
 
-    OPTIONAL_KEYS = frozenset({"outputs"})  # specs written before taps existed
+    OPTIONAL_KEYS = frozenset({"outputs", "input"})  # specs written before taps / uint8 input existed
 
     size: tuple[int, int]
     mean: tuple[float, float, float]
@@ -53,6 +58,7 @@ class PreprocessSpec(Record):
     input_scale: float | None = None
     input_zero_point: int | None = None
     outputs: tuple[Segment, ...] = ()
+    input: str = "float"
     schema_version: int = field(default=1)
 
     def __post_init__(self) -> None:
@@ -63,7 +69,7 @@ class PreprocessSpec(Record):
     def problem(self) -> str | None:
         """What makes this spec unusable (the shapes and names every stage relies on), or None."""
         for name, allowed in (("resize", RESIZE_MODES), ("layout", LAYOUTS), ("interpolation", INTERPOLATIONS),
-                              ("channel_order", CHANNEL_ORDERS), ("dtype", INPUT_DTYPES)):
+                              ("channel_order", CHANNEL_ORDERS), ("dtype", INPUT_DTYPES), ("input", INPUTS)):
             if getattr(self, name) not in allowed:
                 return f"{name} must be one of {allowed}, not {getattr(self, name)!r}"
         if not (_numbers(self.size, 2) and all(isinstance(v, int) and 8 <= v <= 4096 for v in self.size)):
@@ -72,10 +78,12 @@ class PreprocessSpec(Record):
             return f"mean must be 3 finite numbers (one per channel), not {list(self.mean)!r}"
         if not (_numbers(self.std, 3) and all(v > 0 for v in self.std)):
             return f"std must be 3 finite numbers > 0, not {list(self.std)!r}"
-        if (self.input_scale is None) != (self.input_zero_point is None) or (self.dtype == "float32") != (
-                self.input_scale is None):
+        if (self.input_scale is None) != (self.input_zero_point is None) or (
+                not self.pixels and (self.dtype == "float32") != (self.input_scale is None)):
             return (f"dtype {self.dtype}, input_scale {self.input_scale} and input_zero_point "
                     f"{self.input_zero_point} do not fit together (an integer input has both, a float one neither)")
+        if self.pixels and (self.layout != "NHWC" or self.dtype != "uint8"):
+            return f"a model taking uint8 frames takes them NHWC as uint8, not {self.layout} {self.dtype}"
         names = [o.name for o in self.outputs]
         if self.outputs and (names[0] != "embedding" or len(set(names)) != len(names)
                              or any(o.dim < 1 for o in self.outputs)):
@@ -90,8 +98,33 @@ class PreprocessSpec(Record):
         """What export adds: the artifact's input layout."""
         return replace(self, layout=layout)
 
+    def with_pixels(self) -> PreprocessSpec:
+        """What export adds for a model taking the frame itself: uint8 NHWC, no normalisation outside it."""
+        return replace(self, input="uint8", layout="NHWC", dtype="uint8", input_scale=None, input_zero_point=None)
+
+    @property
+    def pixels(self) -> bool:
+        """The model takes uint8 frames (its graph normalises them)."""
+        return self.input == "uint8"
+
+    def model_input(self, images: np.ndarray) -> np.ndarray:
+        """uint8 NHWC frames at `size` as the model takes them: the frames themselves, or normalised."""
+        return images if self.pixels else self.normalize(images)
+
+    @property
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, offset) per channel, in the model's channel order: the model's input is
+        pixel * scale + offset of the pixels in that order (float32, what the graph of a uint8 model folds in)."""
+        order = slice(None, None, -1 if self.channel_order == "BGR" else 1)  # mean/std are given in RGB
+        std = np.asarray(self.std, np.float64)[order]
+        return ((1.0 / (255.0 * std)).astype(np.float32),
+                (-np.asarray(self.mean, np.float64)[order] / std).astype(np.float32))
+
     def with_input(self, dtype: str, scale: float | None, zero_point: int | None) -> PreprocessSpec:
         """What quantize adds: the model input's integer type and its scale/zero-point (float: neither)."""
+        if self.pixels:  # the frame's own uint8, whatever quantization the engine gives its pixels
+            return replace(self, input_scale=None if scale is None else float(scale),
+                           input_zero_point=None if scale is None else int(zero_point))
         if dtype == "float32" or scale is None:
             return replace(self, dtype="float32", input_scale=None, input_zero_point=None)
         return replace(self, dtype=dtype, input_scale=float(scale), input_zero_point=int(zero_point))
@@ -100,10 +133,7 @@ class PreprocessSpec(Record):
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         """((p/255) - mean) / std as p * scale + offset, the constants laid out like one input
         image in `layout`: numpy's inner loop then runs the image's length, not 3."""
-        order = slice(None, None, -1 if self.channel_order == "BGR" else 1)  # mean/std are given in RGB
-        std = np.asarray(self.std, np.float64)[order]
-        scale = (1.0 / (255.0 * std)).astype(np.float32)
-        offset = (-np.asarray(self.mean, np.float64)[order] / std).astype(np.float32)
+        scale, offset = self.affine
         if self.layout == "NCHW":
             shape, scale, offset = (3, *self.size), scale[:, None, None], offset[:, None, None]
         else:

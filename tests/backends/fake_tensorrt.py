@@ -134,12 +134,16 @@ class TensorIOMode(enum.IntEnum):
     OUTPUT = 1
 
 
-class DataType(enum.IntEnum):
+class DataType(enum.IntEnum):  # TensorRT's own values
     FLOAT = 0
+    UINT8 = 5
+
+
+_ONNX_TYPES = {"tensor(float)": DataType.FLOAT, "tensor(uint8)": DataType.UINT8}
 
 
 def nptype(dtype):
-    return np.float32
+    return {DataType.FLOAT: np.float32, DataType.UINT8: np.uint8}[dtype]
 
 
 class _ExecutionContext:
@@ -155,7 +159,8 @@ class _ExecutionContext:
     def execute_async_v3(self, stream):
         CALLS.append(("execute_async_v3", stream))
         (i_name, i_shape), (o_name, o_shape) = self.engine.io
-        x = np.frombuffer(ctypes.string_at(self.addresses[i_name], int(np.prod(i_shape)) * 4), np.float32)
+        dtype = np.dtype(nptype(self.engine.types[i_name]))
+        x = np.frombuffer(ctypes.string_at(self.addresses[i_name], int(np.prod(i_shape)) * dtype.itemsize), dtype)
         y = self.engine.session.run(None, {i_name: x.reshape(i_shape)})[0].astype(np.float32)
         ctypes.memmove(self.addresses[o_name], y.ctypes.data, y.nbytes)
         return True
@@ -169,6 +174,7 @@ class _Engine:
         self.session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
         i, o = self.session.get_inputs()[0], self.session.get_outputs()[0]
         self.io = [(i.name, tuple(i.shape)), (o.name, tuple(o.shape))]
+        self.types = {i.name: _ONNX_TYPES[i.type], o.name: _ONNX_TYPES[o.type]}
 
     @property
     def num_io_tensors(self):
@@ -181,7 +187,7 @@ class _Engine:
         return dict(self.io)[name]
 
     def get_tensor_dtype(self, name):
-        return DataType.FLOAT
+        return self.types[name]
 
     def get_tensor_mode(self, name):
         return TensorIOMode.INPUT if name == self.io[0][0] else TensorIOMode.OUTPUT

@@ -69,6 +69,11 @@ def test_a_parser_refusal_is_a_clear_error(fake_trt, qdq_model, tmp_path, monkey
     with pytest.raises(ConfigError, match="ONNX parser refused .*node_Conv_0: unsupported op"):
         trt_engine.cached_engine(qdq_model, "int8", cache=tmp_path, capability="8.7")
     assert not list(tmp_path.rglob("engine.plan"))
+    # TensorRT before 8.5 refuses a uint8 input: the hint says how to ship one it takes
+    monkeypatch.setattr(fake_trt.OnnxParser, "refuse", {"image": "Unsupported ONNX data type: UINT8 (2)"})
+    with pytest.raises(ConfigError, match="UINT8.*hint: TensorRT before 8.5 takes no uint8 input: export with "
+                                          "--input float"):
+        trt_engine.cached_engine(qdq_model, "int8", cache=tmp_path, capability="8.7")
 
 
 def test_compile_without_tensorrt_ships_onnx_and_defers_the_build(compiled_run, tmp_path, monkeypatch):
@@ -109,6 +114,7 @@ def test_a_tensorrt_bundle_runs_through_the_runtime_with_its_engine_built_on_fir
     images = [p for p, _ in scan(signs["test"]).samples][:4]
     model = Model.load(tmp_path / "orin", machine="any")
     assert model.engine.name == "tensorrt" and ("set_flag", "INT8") in fake_trt.CALLS
+    assert model.engine.input.dtype == "uint8"  # the same uint8 ONNX: the frame itself crosses to the "GPU"
     assert list((tmp_path / "cache" / "tensorrt").rglob("engine.plan"))
     got = model.predict(images)
     fake_trt.CALLS.clear()

@@ -194,7 +194,14 @@ def test_data_on_the_device_replaces_the_checkset_and_a_duration_the_count(host_
                  "--data", str(signs["city_b"]), "--report", str(tmp_path / "report"), "--json"]) == 0
     record = json.loads(capsys.readouterr().out.splitlines()[0])  # --json: one record per bundle and device
     assert record["status"] == "pass" and record["top1"] is not None and "samples" not in record["latency_ms"]
+    # beside predict's latency, the engine's own invoke of the same frames: its share of each frame
+    share = record["engine_share"]
+    assert 0 < share["invoke_p50"] <= share["predict_p50"] * 1.5 and share["share"] == pytest.approx(
+        share["invoke_p50"] / share["predict_p50"], abs=1e-3)
     (r,) = json.loads((tmp_path / "report" / "report.json").read_text())["results"]
+    assert r["measured"]["engine_share"] == share
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "engine share" in html and f"{share['share']:.0%}</td>" in html
     assert r["measured"]["latency_ms"]["runs"] > 5  # as many frames as half a second holds
     assert r["measured"]["accuracy"]["source"] == str(signs["city_b"]) and r["measured"]["accuracy"]["images"] == 24
     assert "on 24 images" in r["verdicts"][-1]["why"]

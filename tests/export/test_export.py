@@ -22,17 +22,40 @@ def test_onnx_export_writes_backbone_head_and_combined_model_with_parity(run_dir
     assert record["parity"]["top1_agreement"] == 1.0
     model = onnx.load(str(result.backbone))
     assert model.opset_import[0].version >= 17
-    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 32, 32]  # static
+    # static, and the frame itself: uint8 NHWC, with mean/std and the layout change as the graph's first ops
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 32, 32, 3]
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [n.op_type for n in model.graph.node[:3]] == ["Cast", "Mul", "Add"]
+    assert result.spec.input == "uint8" and record["input"] == {"shape": [1, 32, 32, 3], "layout": "NHWC",
+                                                                "dtype": "uint8"}
     _taps_are_outputs_and_parity_covers_each(run_dir, result, "onnx")
 
 
-def test_tflite_export_takes_nhwc_images(run_dir):
+def test_tflite_export_takes_uint8_frames(run_dir):
     result = export(run_dir, "tflite")
     engine = engines.load(result.backbone)
-    assert engine.input.shape == (1, 32, 32, 3) and engine.input.dtype == "float32"
-    assert result.spec.layout == "NHWC"
+    assert engine.input.shape == (1, 32, 32, 3) and engine.input.dtype == "uint8" and not engine.input.quantized
+    assert result.spec.layout == "NHWC" and result.spec.input == "uint8"
     assert result.record["parity"]["ok"]
     _taps_are_outputs_and_parity_covers_each(run_dir, result, "tflite")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_input_float_keeps_the_normalised_tensor_and_agrees_with_uint8(run_dir, fmt):
+    """--input float: the model takes `normalize`'s output in the format's layout; the uint8 model computes
+    the same outputs from the frames themselves."""
+    frames = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    uint8 = export(run_dir, fmt)
+    with engines.load(uint8.backbone) as engine:
+        from_frames = engine.run(frames)
+        with pytest.raises(Exception, match="uint8 pixels, not normalised"):  # floats are refused, not guessed
+            engine.run(uint8.spec.normalize(frames))
+    floats = export(run_dir, fmt, input="float")
+    assert floats.spec.input == "float" and floats.spec.layout == {"onnx": "NCHW", "tflite": "NHWC"}[fmt]
+    with engines.load(floats.backbone) as engine:
+        assert engine.input.dtype == "float32"
+        from_floats = engine.run(floats.spec.normalize(frames))
+    np.testing.assert_allclose(from_frames, from_floats, atol=1e-4 * float(np.abs(from_floats).max()))
 
 
 def test_a_broken_export_fails_parity_and_writes_nothing(run_dir, monkeypatch):
@@ -41,8 +64,8 @@ def test_a_broken_export_fails_parity_and_writes_nothing(run_dir, monkeypatch):
 
     real = export_module.write_artifact
 
-    def drifting(module, sample, path, fmt, *, output_name):
-        real(module, sample, path, fmt, output_name=output_name)
+    def drifting(module, spec, path, fmt, *, output_name):
+        real(module, spec, path, fmt, output_name=output_name)
         model = onnx.load(str(path))
         init = next(i for i in model.graph.initializer if len(i.dims) == 4)
         init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.5, init.name))
@@ -105,9 +128,10 @@ def _taps_are_outputs_and_parity_covers_each(run_dir, result, fmt):
     assert all(v <= 1e-3 for v in result.record.parity["segments"].values())
     with engines.load(result.backbone) as engine:
         assert engine.output.shape[-1] == sum(s.dim for s in result.spec.outputs)
-        x = result.spec.normalize(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
-        out = engine.run(x)
-    ref = tapped(run, result.spec)(torch.from_numpy(x if fmt == "onnx" else x.transpose(0, 3, 1, 2).copy()))
+        frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+        out = engine.run(result.spec.model_input(frames))
+    x = result.spec.normalize(frames)
+    ref = tapped(run, result.spec)(torch.from_numpy(x if result.spec.layout == "NCHW" else x.transpose(0, 3, 1, 2).copy()))
     np.testing.assert_allclose(out, ref.detach().numpy(), atol=1e-3 * float(np.abs(out).max()))
     stats = np.load(result.path / "features.npz")
     assert stats["mean"].shape == stats["std"].shape == (out.shape[1],) and int(stats["images"]) > 0
@@ -120,6 +144,13 @@ def test_taps_none_and_named_stages(run_dir):
     stages = run.backbone.body_stages()
     named = export(run_dir, "onnx", taps=f"{stages[2]},{stages[1]}")
     assert [s.name for s in named.spec.outputs] == ["embedding", stages[1], stages[2]]  # in the network's order
+
+
+def test_an_unknown_input_is_refused_before_any_work(run_dir, capsys):
+    assert main(["export", str(run_dir), "--input", "rgb"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown --input 'rgb'" in err and "uint8 (default" in err and "Traceback" not in err
+    assert not (run_dir / "export" / "onnx").exists()
 
 
 def test_an_unknown_tap_is_refused_before_any_work(run_dir, capsys):

@@ -14,7 +14,7 @@ def _ranges(cache):
 def test_entropy_calibration_really_searches_a_clip_threshold(run_dir, calib_file, tmp_path):
     run = load_run(run_dir)
     exported = export(run_dir, "onnx", run=run, taps="none")  # the calibrator, not the taps: half the tensors
-    x = exported.spec.normalize(calibration.images(calibration.select(calibration.read(calib_file)), run.spec))
+    x = exported.spec.model_input(calibration.images(calibration.select(calibration.read(calib_file)), run.spec))
     pre = ort.prepare(exported.backbone, tmp_path / "pre.onnx")
     minmax = _ranges(ort.calibrate(pre, x, "minmax", tmp_path / "minmax.json"))
     entropy = _ranges(ort.calibrate(pre, x, "entropy", tmp_path / "entropy.json"))

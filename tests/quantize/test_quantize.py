@@ -28,10 +28,13 @@ def test_quantize_writes_a_verified_int8_model_and_its_record(run_dir, calib_fil
     assert record["sizes_bytes"]["int8"] < record["sizes_bytes"]["fp32"] / 2.5
     assert record["latency_ms"]["int8"]["p50_ms"] > 0 and record["test"]["images"] == 24
     assert record["drop"] == pytest.approx(record["fp32_top1"] - record["int8_top1"], abs=0.02)
-    if fmt == "tflite":  # full-integer: int8 in and out, with the scale/zero-point recorded
-        assert record["io"]["input"]["dtype"] == "int8" and record["io"]["input"]["scale"] > 0
-        spec = PreprocessSpec.from_json((out / "preprocess.json").read_text())
-        assert spec.input_scale == record["io"]["input"]["scale"] and spec.layout == "NHWC"
+    spec = PreprocessSpec.from_json((out / "preprocess.json").read_text())
+    assert spec.input == "uint8" and spec.layout == "NHWC"  # the int8 model takes the frame itself too
+    if fmt == "tflite":  # full-integer: the frame's pixels in (scale 1), int8 out, with the scale/zero-point recorded
+        assert record["io"]["input"] | {"name": None} == {"name": None, "shape": [1, 32, 32, 3], "dtype": "uint8",
+                                                          "scale": 1.0, "zero_point": 0}
+        assert record["io"]["output"]["dtype"] == "int8" and record["io"]["output"]["scale"] > 0
+        assert spec.input_scale == 1.0 and spec.input_zero_point == 0
 
 
 def test_a_float_only_artifact_is_not_int8(run_dir):

@@ -42,10 +42,10 @@ def test_paths_pil_images_and_arrays_predict_alike(bundles, signs):
 
 def test_int8_litert_bundle_matches_its_engine_run_once_dequantized(bundles, signs):
     model = Model.load(bundles["rpi4"], machine="any")
-    assert model.engine.input.dtype == "int8"  # quantize input and dequantize output: once, in the engine's run
+    # the frame goes in as it is (its graph normalises it); the output is dequantized once, in the engine's run
+    assert model.engine.input.dtype == "uint8" and model.engine.output.dtype == "int8"
     pixels = model.pixels(_images(signs))
-    raw = model.engine.invoke(np.clip(np.round(model.spec.normalize(pixels[:1]) / model.engine.input.scale)
-                                      + model.engine.input.zero_point, -128, 127).astype(np.int8))
+    raw = model.engine.invoke(pixels[:1])
     expected = (raw.astype(np.float32) - model.engine.output.zero_point) * model.engine.output.scale
     np.testing.assert_allclose(model.embed(pixels[:1]), expected, rtol=0, atol=1e-6)
 
@@ -121,9 +121,10 @@ def test_a_signed_bundle_runs_only_once_its_signature_is_checked(compiled_run, t
 def test_a_manifest_whose_spec_disagrees_with_its_model_input_is_refused(bundles):
     manifest_file = bundles["host"] / "manifest.json"
     manifest = json.loads(manifest_file.read_text())
-    manifest["preprocess"] |= {"dtype": "int8", "input_scale": 0.02, "input_zero_point": -3}
+    manifest["preprocess"] |= {"input": "float", "layout": "NCHW", "dtype": "int8", "input_scale": 0.02,
+                               "input_zero_point": -3}
     manifest_file.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")  # unsigned: not hashed
-    with pytest.raises(ConfigError, match="preprocessing spec says input int8 .* takes float32"):
+    with pytest.raises(ConfigError, match="preprocessing spec says input int8 .* takes uint8"):
         Model.load(bundles["host"])
 
 
@@ -132,3 +133,62 @@ def test_a_closed_model_frees_its_engine_and_predicts_no_more(bundles, signs):
         assert len(model.predict(_images(signs, 1))) == 1
     with pytest.raises(ConfigError, match="closed"):
         model.predict(_images(signs, 1))
+
+
+def test_a_uint8_bundle_takes_the_frame_as_it_is_one_or_a_batch(bundles, signs):
+    for name in ("host", "rpi4"):
+        model = Model.load(bundles[name], machine="any")
+        assert model.spec.input == "uint8" and model.engine.input.dtype == "uint8"  # the graph normalises
+        pixels = model.pixels(_images(signs))
+        one_by_one = [model.predict(p)[0] for p in pixels]
+        batch = model.predict(pixels)  # an N x H x W x 3 uint8 array
+        assert [p.label for p in batch] == [p.label for p in one_by_one]
+        np.testing.assert_allclose([p.probability for p in batch], [p.probability for p in one_by_one], rtol=1e-5)
+        h, w = model.input_size
+        with pytest.raises(InputError, match="float64; the model takes uint8"):
+            model.predict(np.zeros((h, w, 3)))
+        big = np.asarray(Image.fromarray(pixels[0]).resize((w * 3, h * 2), Image.BILINEAR))
+        assert model.predict(big)[0].label in model.labels  # another size: resized as training resized
+
+
+def test_uint8_and_float_bundles_predict_alike(run_dir, signs, tmp_path):
+    from edgetl.export import export
+
+    export(run_dir, "onnx")
+    compile_bundle(run_dir, "host-cpu", tmp_path / "uint8")
+    export(run_dir, "onnx", input="float")
+    compile_bundle(run_dir, "host-cpu", tmp_path / "float")
+    uint8, floats = Model.load(tmp_path / "uint8"), Model.load(tmp_path / "float")
+    assert (uint8.engine.input.dtype, floats.engine.input.dtype) == ("uint8", "float32")
+    assert floats.engine.input.shape[1] == 3  # float keeps NCHW for onnx
+    images = _images(signs, 24)
+    np.testing.assert_allclose(uint8.embed(images), floats.embed(images), rtol=1e-4, atol=1e-5)
+    assert [p.label for p in uint8.predict(images)] == [p.label for p in floats.predict(images)]
+
+
+def test_stream_yields_each_frame_as_it_arrives_and_passes_a_camera_error_through(bundles, signs):
+    model = Model.load(bundles["host"])
+    pixels = model.pixels(_images(signs, 4))
+    taken = []
+
+    def camera():
+        for frame in pixels[:3]:
+            taken.append(len(taken))
+            yield frame
+        raise OSError("camera unplugged")
+
+    stream = model.stream(camera())
+    first = next(stream)
+    assert taken == [0]  # a prediction per frame as it comes, not after the whole generator
+    rest = []
+    with pytest.raises(OSError, match="camera unplugged"):
+        for p in stream:
+            rest.append(p)
+    assert [p.label for p in [first, *rest]] == [p.label for p in model.predict(pixels[:3])]
+    assert model.predict(pixels[3])  # the model goes on after
+    bad = model.stream(iter([pixels[0], np.zeros((8, 8, 3), np.float32)]))
+    assert next(bad).label in model.labels
+    with pytest.raises(InputError, match="frame 1: .*float32"):
+        next(bad)
+    with pytest.raises(ConfigError, match="frame 0 is 2 images"):
+        next(model.stream([pixels[:2]]))

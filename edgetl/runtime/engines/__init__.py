@@ -1,10 +1,10 @@
 """Inference engines behind one small interface, one module per engine (see `table`).
 
 An engine runs one model file: `invoke` feeds the model's own input tensor (int8 for a
-full-integer model) and returns its raw output; `run` takes float input and returns float
-output, checking its shape once and quantizing the input and dequantizing the output here, in
-one place. `close` (or leaving a `with` block) frees what the engine holds. The engine
-libraries are imported lazily: a missing one is an error naming the pip extra to install.
+full-integer model, uint8 frames for a model that takes them) and returns its raw output; `run`
+takes that input or float, and returns float output, checking its shape once and quantizing a
+float input and dequantizing the output here, in one place. `close` (or leaving a `with`
+block) frees what the engine holds. The engine libraries are imported lazily: a missing one is an error naming the pip extra to install.
 numpy only otherwise: this package is imported on the device.
 """
 
@@ -49,7 +49,10 @@ def quantize(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
 
 
 def dequantize(q: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    return (q.astype(np.float32) - np.float32(spec.zero_point)) * np.float32(spec.scale)
+    """The tensor's integers as float32: one new array, scaled in place (per frame, so two passes)."""
+    x = np.subtract(q, np.float32(spec.zero_point), dtype=np.float32)
+    x *= np.float32(spec.scale)
+    return x
 
 
 class Engine:
@@ -100,9 +103,21 @@ class Engine:
         return self._invoke(x)
 
     @cached_property
+    def _dtype(self) -> np.dtype:
+        return np.dtype(self.input.dtype)
+
+    @cached_property
+    def _takes_float(self) -> bool:
+        """Float input is what the model takes, or what `run` quantizes to its integer input."""
+        return self._dtype.kind == "f" or self.input.quantized
+
+    @cached_property
     def _takes(self) -> str:
         """What `run` takes, as the errors say it: "(N, 3, 64, 64) float32" ("?" for a dynamic dimension)."""
-        return f"({', '.join(['N'] + ['?' if d <= 0 else str(d) for d in self.input.shape[1:]])}) float32"
+        dims = ", ".join(["N"] + ["?" if d <= 0 else str(d) for d in self.input.shape[1:]])
+        kinds = ("float32" if self._dtype.kind == "f" else
+                 f"float32 or {self._dtype.name}" if self.input.quantized else self._dtype.name)
+        return f"({dims}) {kinds}"
 
     @cached_property
     def _fixed_tail(self) -> tuple[int, ...] | None:
@@ -117,13 +132,17 @@ class Engine:
 
     def _check_input(self, x: np.ndarray) -> None:
         """Refuse, before any invoke, input the model would take wrongly: another shape (all but the batch
-        dimension), or values that are not floats (an integer array is most likely raw pixels)."""
+        dimension), or values of another kind: the model's own integer type is taken as it is (uint8
+        frames for a model that takes them), floats only where the model takes or quantizes floats
+        (an integer array for a float model is most likely raw pixels)."""
         fixed, rank = self._fixed_tail, len(self.input.shape)
         fits = x.ndim == rank and (x.shape[1:] == fixed if fixed is not None else self._fits(x.shape[1:]))
-        if fits and x.dtype.kind == "f":
+        if fits and (x.dtype == self._dtype or (x.dtype.kind == "f" and self._takes_float)):
             return
-        if fits:
-            hint = ("normalize the pixels first (PreprocessSpec.normalize; Model.predict does it)"
+        if fits and self._dtype.kind in "iu" and not self.input.quantized:
+            hint = f"pass the frames as {self._dtype.name} pixels, not normalised (Model.predict does)"
+        elif fits:
+            hint = ("normalize the pixels first (PreprocessSpec.normalize; Model.predict does)"
                     if x.dtype.kind in "iub" else "pass a float array")
         elif x.ndim == rank - 1 and self._fits(x.shape):
             hint = "add the batch dimension: x[None]"
@@ -133,20 +152,26 @@ class Engine:
             hint = "resize and lay it out as the bundle's preprocess.json says (Model.predict does)"
         raise ConfigError(f"the model takes {self._takes}, got {tuple(x.shape)} {x.dtype}", hint)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Float input of any batch size -> float output, in the model's batch size per invoke."""
-        if self.closed:
-            raise self._refuse_closed()
+    def _output(self, y: np.ndarray) -> np.ndarray:
+        return dequantize(y, self.output) if self.output.quantized else y.astype(np.float32, copy=False)
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """`x` checked and as the model's own input tensor (what `invoke` takes): its own integer type as it
+        is (uint8 frames), float quantized here for an integer input."""
         x = np.asarray(x)
         self._check_input(x)
-        if self.input.quantized:
-            x = quantize(x, self.input)
-        else:
-            x = x.astype(self.input.dtype, copy=False)
+        if x.dtype != self._dtype:
+            x = quantize(x, self.input) if self.input.quantized else x.astype(self._dtype)
+        return x
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Input of any batch size (see `prepare`) -> float output, in the model's batch size per invoke."""
+        if self.closed:
+            raise self._refuse_closed()
+        x = self.prepare(x)
         step = self.batch
         if len(x) == step:  # the common case on a device (one frame, batch 1): no copies
-            y = self._invoke(x)
-            return dequantize(y, self.output) if self.output.quantized else y.astype(np.float32, copy=False)
+            return self._output(self._invoke(x))
         outs = []
         for start in range(0, len(x), step):
             chunk = x[start : start + step]
@@ -154,8 +179,8 @@ class Engine:
             if short:  # static batch: pad the last chunk, drop the padding's outputs
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
             outs.append(self._invoke(chunk)[: step - short])
-        y = np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.output.shape[1:]), np.float32)
-        return dequantize(y, self.output) if self.output.quantized else y.astype(np.float32, copy=False)
+        y = np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.output.shape[1:]), self.output.dtype)
+        return self._output(y)
 
 
 def load(path: str | Path, *, threads: int | None = None) -> Engine:

@@ -103,7 +103,9 @@ def build(onnx_path: Path, precision: str, *, trt=None, timing_cache: Path | Non
     builder, network, parser, ok = parse_onnx(trt, Path(onnx_path).read_bytes())
     if not ok:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        uint8 = "UINT8" in errors.upper()
         raise ConfigError(f"TensorRT's ONNX parser refused {onnx_path}: {errors or 'no reason given'}",
+                          "TensorRT before 8.5 takes no uint8 input: export with --input float" if uint8 else
                           "check the model with `polygraphy inspect model` or re-export it")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
