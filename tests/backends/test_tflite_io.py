@@ -48,7 +48,10 @@ def test_per_channel_mean_std_become_a_depthwise_conv_that_computes_the_same(int
     assert ops[:2] == ["QUANTIZE", "DEPTHWISE_CONV_2D"]  # uint8 pixels -> int8, then each channel's scale + offset
     with engines.load(tmp_path / "frames.tflite") as frames, engines.load(path) as normalised:
         assert frames.input.dtype == "uint8" and (frames.input.scale, frames.input.zero_point) == (1.0, 0)
-        np.testing.assert_array_equal(frames.run(FRAMES), normalised.run(_normalised(scale, offset)))
+        a, b = frames.run(FRAMES), normalised.run(_normalised(scale, offset))
+        # the affine in integers rounds a tie now and then the other way than float does: one output step at most
+        steps = np.abs(a - b) / frames.output.scale
+        assert steps.max() <= 1.001 and (steps > 0.5).mean() <= 0.05
 
 
 def test_one_scale_and_an_integer_zero_point_are_the_input_quantization_itself(tmp_path):
