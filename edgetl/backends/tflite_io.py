@@ -140,7 +140,8 @@ def to_pixels(src: Path, dst: Path, scale: np.ndarray, offset: np.ndarray) -> No
         weights = tensor("normalise_scale", fb.TensorType.FLOAT32, [len(scale)], None, None, scale.astype(np.float32))
         bias = tensor("normalise_offset", fb.TensorType.FLOAT32, [len(scale)], None, None, offset.astype(np.float32))
         front = [op(fb.BuiltinOperator.DEQUANTIZE, [frames], [pixels]),
-                 op(fb.BuiltinOperator.MUL, [pixels, weights], [scaled], fb.MulOptionsT(), fb.BuiltinOptions.MulOptions),
+                 op(fb.BuiltinOperator.MUL, [pixels, weights], [scaled], fb.MulOptionsT(),
+                    fb.BuiltinOptions.MulOptions),
                  op(fb.BuiltinOperator.ADD, [scaled, bias], [index], fb.AddOptionsT(), fb.BuiltinOptions.AddOptions)]
     elif coral is not None:  # the input quantization is the normalisation: one requantize into the model's scale
         frames = tensor("frames", fb.TensorType.UINT8, shape, [coral[0]], [coral[1]])

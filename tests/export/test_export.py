@@ -131,7 +131,8 @@ def _taps_are_outputs_and_parity_covers_each(run_dir, result, fmt):
         frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
         out = engine.run(result.spec.model_input(frames))
     x = result.spec.normalize(frames)
-    ref = tapped(run, result.spec)(torch.from_numpy(x if result.spec.layout == "NCHW" else x.transpose(0, 3, 1, 2).copy()))
+    nchw = x if result.spec.layout == "NCHW" else x.transpose(0, 3, 1, 2).copy()
+    ref = tapped(run, result.spec)(torch.from_numpy(nchw))
     np.testing.assert_allclose(out, ref.detach().numpy(), atol=1e-3 * float(np.abs(out).max()))
     stats = np.load(result.path / "features.npz")
     assert stats["mean"].shape == stats["std"].shape == (out.shape[1],) and int(stats["images"]) > 0

@@ -4,8 +4,8 @@ An engine runs one model file: `invoke` feeds the model's own input tensor (int8
 full-integer model, uint8 frames for a model that takes them) and returns its raw output; `run`
 takes that input or float, and returns float output, checking its shape once and quantizing a
 float input and dequantizing the output here, in one place. `close` (or leaving a `with`
-block) frees what the engine holds. The engine libraries are imported lazily: a missing one is an error naming the pip extra to install.
-numpy only otherwise: this package is imported on the device.
+block) frees what the engine holds. The engine libraries are imported lazily: a missing one
+is an error naming the pip extra to install. numpy only otherwise: this package is imported on the device.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class LiteRTEngine(Engine):
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         self.interpreter.set_tensor(self._in, x)
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out).copy()
+        return self.interpreter.get_tensor(self._out)  # a copy already (LiteRT's get_tensor)
 
     def _close(self) -> None:
         self.interpreter = None  # its tensors and delegates go with the last reference
