@@ -209,7 +209,8 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     exported = load_export(run.path, fmt)
     if exported is None or (taps is not None and export_taps(exported) != choose(run.backbone, run.spec.size, taps)) \
             or (input is not None and export_input(exported) != input):
-        exported = export(run.path, fmt, taps="auto" if taps is None else taps,
+        kept = export_taps(exported) if exported else "auto"  # the taps stay as they were unless asked
+        exported = export(run.path, fmt, taps=kept if taps is None else taps,
                           input=input or (export_input(exported) if exported else "uint8"), console=console, run=run)
     spec = exported.spec
     layout = Layout.of(spec.outputs, int(run.head.in_features))

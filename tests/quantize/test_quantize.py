@@ -161,3 +161,44 @@ def test_uint8_io_for_targets_that_ask_scores_as_the_int8_model(run_dir, calib_f
     assert spec.dtype == "uint8" and spec.input_zero_point == io["input"]["zero_point"]
     assert main(["quantize", str(run_dir), "--calib", str(calib_file), "--io", "uint8"]) == 2  # onnx: float IO
     assert "--io uint8 applies to tflite only" in capsys.readouterr().err
+
+
+def test_input_float_re_exports_keeping_the_taps_and_the_int8_model_takes_floats(run_dir, calib_file):
+    from edgetl.rundir import RunDir
+
+    export(run_dir, "onnx", taps="none")
+    quantize(run_dir, calib_file, fmt="onnx", method="minmax", max_drop=100, input="float")
+    found = RunDir(run_dir).quantized("onnx")
+    spec = found.spec()
+    assert spec.input == "float" and spec.layout == "NCHW" and spec.outputs == ()  # taps: as the export had them
+    import onnx
+
+    model = onnx.load(str(found.model))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [n.op_type for n in _consumers(model, model.graph.input[0].name)] == ["QuantizeLinear"]  # normalised
+    with pytest.raises(Exception, match="unknown --input 'u8'"):
+        quantize(run_dir, calib_file, fmt="onnx", input="u8")
+
+
+def test_a_uint8_onnx_int8_model_keeps_its_normalisation_float(run_dir, calib_file):
+    """The uint8 model is calibrated on the frames themselves, and mean/std are not turned into 8-bit constants:
+    the int8 graph's first quantize is where the float model's input was."""
+    import onnx
+
+    from edgetl.rundir import RunDir
+
+    quantize(run_dir, calib_file, fmt="onnx", method="minmax", max_drop=100)
+    model = onnx.load(str(RunDir(run_dir).quantized("onnx").model))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    chain, tensor = [], model.graph.input[0].name
+    while len(chain) < 4:
+        (node,) = _consumers(model, tensor)
+        chain.append(node)
+        tensor = node.output[0]
+    assert [n.op_type for n in chain] == ["Cast", "Mul", "Add", "QuantizeLinear"]
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert not any(i in dequantized for n in chain[1:3] for i in n.input)  # mean/std as float constants
+
+
+def _consumers(model, tensor: str) -> list:
+    return [n for n in model.graph.node if tensor in n.input]
