@@ -128,7 +128,7 @@ def write_artifact(module: torch.nn.Module, spec: PreprocessSpec, path: Path, fm
     if spec.pixels:
         from edgetl.export.pixels import Pixels, frames_sample
 
-        module, sample = Pixels(module, spec).eval(), frames_sample(spec)
+        module, sample = Pixels(module, spec, channels_first=fmt == "onnx").eval(), frames_sample(spec)
     else:
         sample = torch.zeros((1, 3, *spec.size), dtype=torch.float32)
     if fmt == "onnx":

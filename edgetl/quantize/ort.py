@@ -61,7 +61,7 @@ def with_producers(model, names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-FRONT = ("Cast", "Mul", "Add", "Transpose", "Slice")  # what a uint8 model's normalisation exports as
+FRONT = ("Transpose", "Cast", "Mul", "Add", "Slice")  # what a uint8 model's normalisation exports as
 
 
 def front_nodes(model) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ def test_onnx_export_writes_backbone_head_and_combined_model_with_parity(run_dir
     # static, and the frame itself: uint8 NHWC, with mean/std and the layout change as the graph's first ops
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 32, 32, 3]
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert [n.op_type for n in model.graph.node[:3]] == ["Cast", "Mul", "Add"]
+    assert [n.op_type for n in model.graph.node[:4]] == ["Transpose", "Cast", "Mul", "Add"]
     assert result.spec.input == "uint8" and record["input"] == {"shape": [1, 32, 32, 3], "layout": "NHWC",
                                                                 "dtype": "uint8"}
     _taps_are_outputs_and_parity_covers_each(run_dir, result, "onnx")
