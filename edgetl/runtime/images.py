@@ -79,7 +79,7 @@ def as_batch(images, size: tuple[int, int], resize: str = "stretch", interpolati
         return images[None]  # one frame already at the model's size: a view, no copy
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if images.shape[1:] == (*size, 3) and images.dtype == np.uint8 and len(images):
-            return images  # a batch already at the model's size: as it is
+            return np.ascontiguousarray(images)  # a batch already at the model's size: as it is (if contiguous)
         if len(images) == 0:
             raise InputError(f"no images given: an array of shape {images.shape}", "pass at least one image")
         return np.stack([_array(a, size, resize, f"image {i}", interpolation) for i, a in enumerate(images)])
