@@ -66,7 +66,7 @@ def _overhead(uint8_bundle: Path, float_bundle: Path, image: np.ndarray) -> dict
     frame = models["uint8"].pixels(image)[0]
     calls = {}
     for kind, model in models.items():
-        x = model.engine.prepare(model.spec.model_input(frame[None]))  # the engine's own input tensor
+        x = model.engine_input(frame[None])
         calls[f"{kind} invoke"] = lambda model=model, x=x: model.engine.invoke(x)
         calls[f"{kind} predict"] = lambda model=model: model.predict(frame)
     t = _rounds(calls)

@@ -241,8 +241,9 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
             # what really stays float: the kept layers and the layers feeding them
             keep_float, graphs[(m, keep_float)] = q.quantize(source, path, calib_x, m, keep_float=keep_float)
             if fmt == "tflite" and spec.pixels:  # the model scored is the one shipped: it takes uint8 frames
-                to_pixels(path, path.with_name(path.stem + "-frames" + suffix), *spec.affine)
-                path = path.with_name(path.stem + "-frames" + suffix)
+                frames_model = path.with_name(path.stem + "-frames" + suffix)
+                to_pixels(path, frames_model, *spec.affine)
+                path = frames_model
             t = scorer.trial(m, keep_float, path)
             console.log(f"  {label}{m:<10} float layers {len(keep_float):>2}: int8 top-1 {t.top1:.2f}% "
                         f"(fp32 {scorer.fp32_top1[0]:.2f}%, drop {t.drop:+.2f}), agreement {t.agreement:.1%}")

@@ -188,7 +188,7 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
             model.predict(frames[k])
             samples.append(time.perf_counter() - t)
             if alone:  # the same frame, the engine alone (its input made untimed: a frame at a time, no big copy)
-                x = engine.prepare(model.spec.model_input(frames[k : k + 1]))
+                x = model.engine_input(frames[k : k + 1])
                 t = time.perf_counter()
                 engine.invoke(x)
                 invokes.append(time.perf_counter() - t)

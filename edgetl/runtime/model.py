@@ -180,9 +180,14 @@ class Model:
         """The backbone's outputs of uint8 NHWC frames at the model's size, `batch_size` frames per run."""
         spec, run = self.spec, self.engine.run
         if len(pixels) <= self.batch_size:
-            return run(pixels if spec.pixels else spec.normalize(pixels))
+            return run(spec.model_input(pixels))
         return np.concatenate([run(spec.model_input(pixels[i : i + self.batch_size]))
                                for i in range(0, len(pixels), self.batch_size)])
+
+    def engine_input(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 NHWC frames at the model's size as the engine's own input tensor (what `engine.invoke`
+        takes): what `predict` hands the engine, for timing the engine alone."""
+        return self.engine.prepare(self.spec.model_input(pixels))
 
     def embed(self, images) -> np.ndarray:
         """The backbone's outputs (N, width) float32 of `images` (paths, PIL images or uint8 HxWx3 arrays):
@@ -223,7 +228,7 @@ class Model:
         can be: right after an engine invoke each one runs on caches the engine emptied (README, Benchmarks).
         The softmax of one row is a few dozen floats, summed in Python; the same figures as `probabilities`."""
         x = frame[None]
-        features = self.engine.run(x if self.spec.pixels else self.spec.normalize(x))
+        features = self.engine.run(self.spec.model_input(x))
         row = self.logits(features)[0].tolist()
         best = max(row)
         total = 0.0
