@@ -1,6 +1,7 @@
 """Backbone registry: every entry is image -> embedding, with its head kept apart.
 
-A `Backbone` answers one interface whatever its origin (torchvision, EfficientNet-Lite):
+A `Backbone` answers one interface whatever its origin (torchvision, EfficientNet-Lite, and, as
+`ModelBackbone`, a timm model `timm:NAME` or a Hugging Face image model dir `hf:DIR`):
 `forward(images) -> (N, embedding_dim)`, `stages()` for freeze policies, and the
 normalisation its pretrained weights expect. The classifier head is a plain `nn.Linear`
 built by `make_head`, the same matrix + bias that ships as `head.npz`.
@@ -62,6 +63,84 @@ class Backbone(nn.Module):
         return torch.flatten(self.pool(x), 1), maps
 
 
+class ModelBackbone(Backbone):
+    """A whole third-party model whose own forward already ends in the embedding (timm with
+    `num_classes=0`, a `transformers` base model): `body` is that model and its stages are groups of
+    its modules in execution order (`group_stages`), each ending at one of the model's own stage
+    outputs. `maps(body, images, wanted)` returns (embedding, {stage: output}) in one pass, through
+    the library's own intermediate-features API, so that export traces the taps as plain edges."""
+
+    def __init__(self, name: str, body: nn.Module, embedding_dim: int, groups: dict[str, list[str]],
+                 taps: list[str], maps: Callable):
+        super().__init__(name, body, nn.Identity(), embedding_dim, list(groups))
+        self._groups, self._taps, self._maps = groups, list(taps), maps
+
+    def stages(self) -> list[str]:
+        return list(self._groups)
+
+    def stage(self, name: str) -> nn.Module:
+        """The modules of one stage together (a view: they stay where they are in `body`)."""
+        found = [_RootParameters(self.body.get_submodule(m.removesuffix(OWN)))
+                 if m.endswith(OWN) else self.body.get_submodule(m) for m in self._groups[name]]
+        return nn.ModuleList(found)
+
+    def body_stages(self) -> list[str]:
+        return list(self._taps)
+
+    def stage_maps(self, images: torch.Tensor, wanted: frozenset[str]) -> tuple[torch.Tensor, dict]:
+        wanted = frozenset(wanted) & frozenset(self._taps)
+        if not wanted:
+            return self.forward(images), {}
+        return self._maps(self.body, images, wanted)
+
+
+OWN = ":own"  # a group entry `PATH:own`: the parameters the module at PATH holds itself
+
+
+class _RootParameters(nn.Module):
+    """The parameters a model holds itself, outside any child module (a ViT's class token and
+    position embedding), as a module of their own, so that a stage can freeze them."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        for name, p in model.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+
+
+def group_stages(model: nn.Module, ends: list[str]) -> dict[str, list[str]]:
+    """{stage: the module names it holds}, in execution order: each stage is named after one of
+    `ends` (the model's own stage outputs, input first) and holds that module and every module
+    registered before it since the previous end (a stem goes with the first stage). What follows the
+    last end (a pre-logits conv, a final norm) is the stage `pool` when it has weights, as for the
+    registry's backbones. Module registration order is taken as execution order, which holds for
+    timm's and transformers' vision models; the parameters a model holds itself go with the first
+    stage (they are the embeddings' in a ViT), as the entry `:own`."""
+    ends_set = set(ends)
+    units: list[str] = [OWN] if any(True for _ in model.named_parameters(recurse=False)) else []
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        for child, sub in module.named_children():
+            name = f"{prefix}{child}"
+            if name not in ends_set and any(e.startswith(name + ".") for e in ends):
+                if any(True for _ in sub.named_parameters(recurse=False)):
+                    raise ConfigError(f"{name} holds weights of its own beside its stages",
+                                      "name stages that hold every weight")
+                walk(name + ".", sub)
+            else:
+                units.append(name)
+
+    walk("", model)
+    groups: dict[str, list[str]] = {}
+    pending: list[str] = []
+    for unit in units:
+        pending.append(unit)
+        if unit in ends_set:
+            groups[unit], pending = pending, []
+    if any(True for u in pending if u != OWN for _ in model.get_submodule(u).parameters()):
+        groups["pool"] = pending
+    return groups
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """How to build one registered backbone and what its pretrained weights expect."""
@@ -72,6 +151,11 @@ class BackboneSpec:
     std: tuple[float, float, float]
     default_weights: str  # what `--weights imagenet` resolves to
     default_img_size: int
+    channel_order: str = "RGB"
+    interpolation: str = "bilinear"
+    # where `--weights imagenet` is not a name `edgetl.train.weights` knows: a model source's own
+    # lookup (a timm model's file in the local Hugging Face cache, a model dir's weights file)
+    load_default: Callable[[], object] | None = None
 
 
 def _children_stages(module: nn.Module) -> list[str]:
@@ -236,12 +320,29 @@ REGISTRY: dict[str, BackboneSpec] = {
 }
 
 
+TIMM, HF = "timm:", "hf:"  # the model sources beside the registry: `timm:NAME`, `hf:DIR`
+
+
 def get_spec(name: str) -> BackboneSpec:
+    """The registry's entry, or a timm model (`timm:NAME`) or a local Hugging Face model dir (`hf:DIR`)."""
+    if name.startswith(TIMM):
+        from edgetl.train import timm_source
+
+        return timm_source.spec(name[len(TIMM):])
+    if name.startswith(HF):
+        from edgetl.train import hf_source
+
+        return hf_source.spec(name[len(HF):])
     try:
         return REGISTRY[name]
     except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, REGISTRY, n=3)
         raise ConfigError(
-            f"unknown backbone {name!r}", f"available: {', '.join(sorted(REGISTRY))}"
+            f"unknown backbone {name!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""),
+            f"available: {', '.join(sorted(REGISTRY))}; or timm:NAME (any timm model, `edgetl backbones --timm`), "
+            "hf:DIR (a local Hugging Face image model dir)",
         ) from None
 
 

@@ -341,6 +341,7 @@ def prepare(config: FinetuneConfig, console: Console = QUIET) -> Prepared:
     hinted_backbone, hinted_size = checkpoint_hints(Path(config.weights)) if config.weights else (None, None)
     name = config.backbone or (run_backbone_name(weights_run) if weights_run else hinted_backbone or DEFAULT_BACKBONE)
     spec_b = get_spec(name)
+    name = spec_b.name  # canonical: an hf:DIR by its absolute path, so later stages find it from anywhere
     img_size = config.img_size or hinted_size
     if img_size is None and weights_run is not None:
         img_size = RunDir(weights_run).spec.size[0]
@@ -358,7 +359,8 @@ def prepare(config: FinetuneConfig, console: Console = QUIET) -> Prepared:
         if not val_samples:
             raise DataError(f"{config.data} has too few images for a val split (need 2+ in a class)",
                             "add images, or give a separate --val DIR")
-    spec = PreprocessSpec(size=(img_size, img_size), mean=spec_b.mean, std=spec_b.std, resize=config.resize)
+    spec = PreprocessSpec(size=(img_size, img_size), mean=spec_b.mean, std=spec_b.std, resize=config.resize,
+                          interpolation=spec_b.interpolation, channel_order=spec_b.channel_order)
     train = _load_split("train", train_samples, spec, config, console)
     val = _load_split("val", val_samples, spec, config, console)
     missing = sorted(set(range(len(folder.classes))) - set(train.loaded.labels.tolist()))

