@@ -3,6 +3,7 @@ escapes is a bug. Standard library only: the device's runtime raises these too."
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 
@@ -99,3 +100,21 @@ class Terminated(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class ConversionError(ConfigError):
+    """A converter (torch.export, torch.onnx, litert-torch) could not turn this model into the format."""
+
+
+@contextlib.contextmanager
+def converting(what: str, hint: str):
+    """Any failure of the converter inside as one line naming `what` and its first line of cause: a
+    backbone that a converter cannot take is the user's to route elsewhere, not a traceback."""
+    try:
+        yield
+    except EdgetlError:
+        raise
+    except Exception as exc:  # converters raise anything: ValueError, RuntimeError, torch's own errors
+        cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        cause = cause if len(cause) <= 200 else cause[:200].rsplit(" ", 1)[0] + " ..."
+        raise ConversionError(f"{what} failed: {cause}", hint) from None

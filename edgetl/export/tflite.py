@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from edgetl.console import silenced
+from edgetl.errors import converting
 
 
 def channels_last(module: torch.nn.Module) -> torch.nn.Module:
@@ -34,6 +35,8 @@ def to_tflite(module: torch.nn.Module, sample: torch.Tensor, path: Path, *, quan
             from edgetl.errors import ConfigError
 
             raise ConfigError("TFLite export needs litert-torch", "pip install 'edgetl[host]'") from None
-        model = litert_torch.convert(module, (sample,),
-                                     quant_config=quant_config, strict_export=True)
-        model.export(str(path))
+        what = f"TFLite {'int8 ' if quant_config is not None else ''}conversion (litert-torch)"
+        with converting(what, "litert-torch cannot convert this backbone: use --format onnx for it, or another "
+                              "backbone"):
+            model = litert_torch.convert(module, (sample,), quant_config=quant_config, strict_export=True)
+            model.export(str(path))

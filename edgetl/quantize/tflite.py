@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from edgetl.console import QUIET, Console, silenced
+from edgetl.errors import converting
 from edgetl.export.tflite import channels_last, nhwc, to_tflite
 from edgetl.quantize.ranges import EntropyObserver, PercentileObserver
 
@@ -109,7 +110,8 @@ def convert(backbone: torch.nn.Module, inputs: np.ndarray, method: str, *, keep_
     """The PT2E-converted (q/dq) torch graph of `backbone` calibrated on NHWC float `inputs`, and its quantizer."""
     backbone.eval()
     sample = torch.from_numpy(inputs[:1])
-    with silenced(), torch.no_grad():
+    with silenced(), torch.no_grad(), converting("int8 preparation (torch.export + PT2E)",
+                                                 "this backbone does not export for TFLite int8: use --format onnx"):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
         quantizer = _quantizer(method, keep_float)

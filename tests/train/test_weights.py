@@ -75,3 +75,19 @@ def test_prefixes_only_a_wrapper_adds_are_stripped():
                                                                                      "features.1.weight"}
     assert set(strip_prefixes({"model.features.0.weight": t}, lightning=True)) == {"features.0.weight"}
     assert set(strip_prefixes({"module.conv.weight": t, "n_averaged": t})) == {"conv.weight"}  # an AveragedModel
+
+
+def test_a_safetensors_state_dict_loads_without_pickle_whatever_its_name(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    source = torchvision.models.resnet18(weights=None).state_dict()
+    for name in ("resnet18.safetensors", "resnet18.bin"):  # by its suffix, or by its header
+        path = tmp_path / name
+        save_file({k: v.contiguous() for k, v in source.items()}, str(path))
+        backbone = load_backbone(get_spec("resnet18"), 32, resolve(get_spec("resnet18"), str(path)))
+        assert torch.equal(backbone.stage("conv1").weight, source["conv1.weight"])
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes((tmp_path / "resnet18.bin").read_bytes()[:1000])  # cut mid-file
+    with pytest.raises(WeightsError, match="cannot read safetensors file"):
+        resolve(get_spec("resnet18"), str(broken))
