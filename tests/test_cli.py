@@ -52,7 +52,9 @@ def test_synth_show_backbones(tmp_path, capsys):
     assert main(["data", "show", str(out)]) == 0
     assert main(["backbones"]) == 0
     text = capsys.readouterr().out
-    assert "00-stop" in text and "mobilenet_v3_small" in text
+    assert "00-stop" in text and "mobilenet_v3_small" in text and "timm:mobilenetv4_conv_small" in text
+    assert main(["backbones", "--timm", "mobilenetv4*"]) == 0
+    assert "timm:mobilenetv4_conv_small" in capsys.readouterr().out
     assert main(["data", "synth", "--domain", "city-b", "--per-class", "2", "--out", str(out)]) == 2
 
 
