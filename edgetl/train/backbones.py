@@ -114,7 +114,7 @@ def group_stages(model: nn.Module, ends: list[str]) -> dict[str, list[str]]:
     last end (a pre-logits conv, a final norm) is the stage `pool` when it has weights, as for the
     registry's backbones. Module registration order is taken as execution order, which holds for
     timm's and transformers' vision models; the parameters a model holds itself go with the first
-    stage (they are the embeddings' in a ViT), as the entry `:own`."""
+    stage (they are the embeddings' in a ViT), as the entry `:own` (`PATH:own` for a container's)."""
     ends_set = set(ends)
     units: list[str] = [OWN] if any(True for _ in model.named_parameters(recurse=False)) else []
 
@@ -123,8 +123,7 @@ def group_stages(model: nn.Module, ends: list[str]) -> dict[str, list[str]]:
             name = f"{prefix}{child}"
             if name not in ends_set and any(e.startswith(name + ".") for e in ends):
                 if any(True for _ in sub.named_parameters(recurse=False)):
-                    raise ConfigError(f"{name} holds weights of its own beside its stages",
-                                      "name stages that hold every weight")
+                    units.append(f"{name}{OWN}")  # a container's own weights go with what follows them
                 walk(name + ".", sub)
             else:
                 units.append(name)
