@@ -5,7 +5,8 @@ are the device's own.
 Stored as uint8 pixels already at the model's input size (`checkset.npz`: `pixels` NHWC and
 `labels`), so the device needs no image decoder, and written byte-for-byte the same for the
 same inputs (fixed zip times), so the bundle stays reproducible. Taken from the run's test
-split, or its val split when it has no test set; a run whose images are gone gets none.
+split, or its val split when it has no test set; a run whose images are gone gets none. A bundle made
+from a model file (`edgetl bundle from-model --data DIR`) takes them from the images given.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ PER_CLASS = 4
 MAX_MB = 16  # raw pixels: about 100 images at 224 px, all of them at the usual small sizes
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz of `arrays` whose bytes depend only on them (fixed zip times): bundles stay reproducible."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
         for name, array in arrays.items():
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            array = np.asarray(array)  # (not ascontiguousarray: it makes a 0-d array 1-d)
+            np.lib.format.write_array(member, array if array.flags.c_contiguous else array.copy(order="C"),
+                                      allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, member.getvalue())
@@ -61,5 +65,21 @@ def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) ->
     if len(loaded.labels) == 0:
         return None
     labels = np.array([classes[i] for i in loaded.labels])
-    out.write_bytes(_npz({"pixels": loaded.images, "labels": labels}))
+    out.write_bytes(npz_bytes({"pixels": loaded.images, "labels": labels}))
     return Checkset(file=out.name, images=int(len(labels)), from_=f"run {split} split", per_class=per_class)
+
+
+def from_images(pixels: np.ndarray, labels: list[str], out: Path, source: str, *, per_class: int = PER_CLASS,
+                seed: int = 0) -> Checkset | None:
+    """Write `out` from uint8 NHWC `pixels` (already at the model's size) and their `labels`: up to
+    `per_class` of each label, chosen with `seed`; returns its manifest entry (None without images)."""
+    if len(labels) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    names = np.asarray(labels)
+    cap = max(len(set(labels)), int(MAX_MB * 2**20 // int(np.prod(pixels.shape[1:]))))
+    take = max(1, min(per_class, cap // len(set(labels))))
+    chosen = np.sort(np.concatenate([rng.permutation(np.flatnonzero(names == c))[:take]
+                                     for c in dict.fromkeys(labels)]))
+    out.write_bytes(npz_bytes({"pixels": np.ascontiguousarray(pixels[chosen]), "labels": names[chosen]}))
+    return Checkset(file=out.name, images=int(len(chosen)), from_=source, per_class=take)

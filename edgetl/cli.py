@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = data_sub.add_parser("show", parents=[common], help="classes and image counts of an ImageFolder dir")
     show.add_argument("dir", type=Path)
 
-    sub.add_parser("backbones", parents=[common], help="list the registered backbones and their weights")
+    bb = sub.add_parser("backbones", parents=[common], help="list the registered backbones and their weights")
+    bb.add_argument("--timm", metavar="PATTERN", nargs="?", const="*",
+                    help="list the timm models matching a glob pattern, e.g. 'mobilenetv4*' (each is timm:NAME)")
 
     ev = sub.add_parser("eval", parents=[common], help="top-1 of a run on a labelled ImageFolder dir")
     ev.add_argument("run", type=Path, help="run dir, e.g. runs/city-b")
@@ -198,6 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument("--this-machine", action="store_true", help="also check the bundle is for this CPU architecture")
     bk = bd_sub.add_parser("keygen", parents=[common], help="a new ed25519 key pair: KEY and KEY.pub")
     bk.add_argument("key", type=Path, help="private key file to create (KEY.pub is written beside it)")
+    bf = bd_sub.add_parser("from-model", parents=[common], help="a bundle from a .tflite/.onnx feature extractor "
+                           "edgetl did not train, with an empty head (or one fitted on --data) for adapt",
+                           description="Cuts the model at its embedding, reads its preprocessing from the model "
+                                       "(input size, layout and type; a uint8 input's quantization; TFLite "
+                                       "metadata) or from --preprocess, compiles it for the target and writes a "
+                                       "bundle the device adapts with `python -m edgetl.runtime adapt BUNDLE "
+                                       "--data DIR`.")
+    bf.add_argument("model", type=Path, help="MODEL.tflite (also *_edgetpu.tflite) or MODEL.onnx")
+    bf.add_argument("--target", required=True, help="target name (see `edgetl targets`) or path to a .toml")
+    bf.add_argument("--out", type=Path, required=True, help="bundle dir to write; also OUT.tar.gz")
+    bf.add_argument("--preprocess", help="what the model file does not say, in pixel units (0..255): "
+                    "size=224,mean=127.5,std=127.5; per channel mean=123.7,116.3,103.5; resize=stretch|crop, "
+                    "interpolation=bilinear|bicubic|nearest, order=RGB|BGR")
+    bf.add_argument("--output", metavar="TENSOR", help="the embedding tensor, to cut a classifier before its last "
+                    "layer (default: the model's only output)")
+    bf.add_argument("--data", type=Path, help="labelled images DIR/<label>/*.png: the head is fitted on them here, "
+                    "as the device's adapt would (default: an empty head the device's adapt fills)")
+    bf.add_argument("--sign", type=Path, help="ed25519 private key to sign the manifest with (edgetl bundle keygen)")
+    bf.add_argument("--allow-cpu-only", action="store_true",
+                    help="Edge TPU targets without edgetpu_compiler: ship the int8 model for the CPU")
+    bf.add_argument("--force", action="store_true", help="replace an earlier bundle at --out (nothing else)")
     from edgetl.runtime.cli import add_adapt_args, add_predict_args
 
     add_predict_args(sub.add_parser("predict", parents=[common], help="labels and probabilities from a bundle",
@@ -381,7 +404,27 @@ def _cmd_compile(args, console) -> int:
     return 0
 
 
+def _cmd_from_model(args, console) -> int:
+    from edgetl.frommodel import from_model
+
+    r = from_model(args.model, args.target, args.out, preprocess=args.preprocess, output=args.output,
+                   data=args.data, sign=args.sign, force=args.force, allow_cpu_only=args.allow_cpu_only,
+                   console=console)
+    m = r.manifest
+    head = (f"{len(m.labels)} classes fitted on {r.images} images" + (f" ({r.skipped} unreadable skipped)"
+                                                                     if r.skipped else "")
+            if m.labels else "empty: run `python -m edgetl.runtime adapt BUNDLE --data DIR` on the device")
+    console.table(f"bundle {m.name} for {m.target} from {args.model.name}",
+                  ["engine", "precision", "input", "embedding", "head"],
+                  [[m.engine, m.precision, f"{m.inputs[0].dtype} {'x'.join(map(str, m.preprocess.size))}",
+                    f"{r.cut.output} ({m.outputs[0].shape[-1]})", head]])
+    console.log(f"preprocessing from {r.preprocess_from}; {m.compatibility.summary}")
+    return 0
+
+
 def _cmd_bundle(args, console) -> int:
+    if args.bundle_command == "from-model":
+        return _cmd_from_model(args, console)
     if args.bundle_command == "keygen":
         from edgetl.pack import keygen
 
@@ -439,12 +482,34 @@ def _cmd_show(args, console) -> int:
     return 0
 
 
-def _cmd_backbones(args, console) -> int:
-    from edgetl.train.backbones import REGISTRY
+TIMM_EXAMPLES = ("mobilenetv3_large_100", "mobilenetv4_conv_small", "efficientvit_b0", "resnet18")
 
-    rows = [[s.name, s.default_weights, s.default_img_size, "x".join(f"{m:g}" for m in s.mean)]
-            for s in REGISTRY.values()]
-    console.table("backbones", ["name", "imagenet weights", "default px", "mean"], rows)
+
+def _cmd_backbones(args, console) -> int:
+    from edgetl.train import timm_source
+    from edgetl.train.backbones import REGISTRY, get_spec
+
+    def row(s):
+        return [s.name, s.default_weights, s.default_img_size, "x".join(f"{m:g}" for m in s.mean)]
+
+    columns = ["name", "imagenet weights", "default px", "mean"]
+    if args.timm is not None:
+        found = timm_source.names(args.timm)
+        if not found:
+            raise ConfigError(f"no timm model matches {args.timm!r}", "try a wider pattern, e.g. 'mobilenet*'")
+        console.table(f"timm models matching {args.timm!r} ({len(found)}; use as --backbone timm:NAME)",
+                      ["name"], [[f"timm:{n}"] for n in found])
+        return 0
+    console.table("backbones", columns, [row(s) for s in REGISTRY.values()])
+    try:
+        count = len(timm_source.names())
+    except ConfigError:
+        console.log("timm models: not installed (pip install 'edgetl[timm]'); "
+                    "Hugging Face image model dirs: --backbone hf:DIR")
+        return 0
+    console.table(f"timm: {count} models as timm:NAME, e.g. (all: edgetl backbones --timm)", columns,
+                  [row(get_spec(f"timm:{n}")) for n in TIMM_EXAMPLES])
+    console.log("Hugging Face image model dirs: --backbone hf:DIR (weights and preprocessing from the dir)")
     return 0
 
 
@@ -586,7 +651,7 @@ def _dispatch(args, parser, console, handlers) -> int:
         return {"synth": _cmd_synth, "show": _cmd_show}[args.data_command](args, console)
     if args.command == "bundle":
         if args.bundle_command is None:
-            raise ConfigError("`edgetl bundle` needs an action", "edgetl bundle verify|keygen --help")
+            raise ConfigError("`edgetl bundle` needs an action", "edgetl bundle verify|keygen|from-model --help")
         return _cmd_bundle(args, console)
     if args.command == "calib":
         if args.calib_command is None:

@@ -201,8 +201,6 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
           force: bool = False) -> Manifest:
     """The bundle dir at `out` and `out`.tar.gz, both replaced at once or left as they were (the caller has
     claimed them: `edgetl.compile`); returns the manifest."""
-    signer = _private_key(sign) if sign is not None else None  # a bad key fails before anything is written
-    out = Path(out)
     model_name = f"backbone{artifacts.model.suffix}"
     if artifacts.model.name.endswith("_edgetpu.tflite"):
         model_name = "backbone_edgetpu.tflite"
@@ -210,19 +208,33 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
     statistics = source.statistics(artifact_format(artifacts.model), artifacts.precision)
     if statistics is not None:
         files[FEATURES] = statistics
+
+    def record(tmp: Path, placed: dict[str, Path], signer: Signer | None) -> Manifest:
+        checks = build_checkset(source.path, tmp / CHECKSET)  # what `edgetl check` scores on the device
+        if checks:
+            placed[CHECKSET] = tmp / CHECKSET
+        return manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed, checks, signer)
+
+    return write_bundle(Path(out), files, record, sign=sign, force=force)
+
+
+def write_bundle(out: Path, files: dict[str, Path], record, *, sign: Path | None = None,
+                 force: bool = False) -> Manifest:
+    """Stage `files` (bundle name -> file) as the bundle dir `out`, let `record(tmp, placed, signer)` add
+    what it writes there itself (into `placed`) and return the manifest, then write the manifest, its
+    signature and `out`.tar.gz; all of it replaces what was there at once, or nothing does (the caller
+    has claimed `out`: `edgetl.fsutil.claim_bundle`)."""
+    signer = _private_key(sign) if sign is not None else None  # a bad key fails before anything is written
+    out = Path(out)
     with staged(out, [archive_path(out)], recheck=lambda: claim_bundle(out, force=force)) as (tmp, (tmp_archive,)):
         for name, path in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, tmp / name)
         placed = {name: tmp / name for name in files}
-        checks = build_checkset(source.path, tmp / CHECKSET)  # what `edgetl check` scores on the device
-        if checks:
-            placed[CHECKSET] = tmp / CHECKSET
-        record = manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed, checks,
-                          signer_entry(signer) if signer is not None else None)
-        text = record.to_bytes()
+        manifest_record = record(tmp, placed, signer_entry(signer) if signer is not None else None)
+        text = manifest_record.to_bytes()
         (tmp / MANIFEST).write_bytes(text)
         if signer is not None:
             (tmp / SIGNATURE).write_bytes(signer.sign(text))  # ed25519 is deterministic: still reproducible
         archive(tmp, tmp_archive, name=out.name)
-    return record
+    return manifest_record

@@ -252,7 +252,7 @@ CASES = [
     ("compile-target-fp16-ort", ["compile", R, "--target", "{ws}/fp16-ort.toml", "--out", "{ws}/new"], 2, "fp16"),
     ("compile-json-without-dry-run", ["compile", R, "--target", "host-cpu", "--json"], 2, "--dry-run"),
     ("finetune-weights-random-bytes", ["finetune", "--data", D, "--out", "{ws}/new", "--weights", "{ws}/rand.pt"],
-     2, "not a PyTorch checkpoint"),
+     2, "neither a PyTorch checkpoint"),
     ("finetune-backbone", ["finetune", "--data", D, "--out", "{ws}/new", "--backbone", "vgg16"], 2, "vgg16"),
     ("finetune-freeze", ["finetune", "--data", D, "--out", "{ws}/new", "--freeze", "half"], 2, "half"),
     ("finetune-data-missing", ["finetune", "--data", "{ws}/missing", "--out", "{ws}/new"], 2, "missing"),

@@ -21,7 +21,9 @@ SIGNATURE = "manifest.json.sig"
 
 @record
 class SourceRun(Record):
-    """The run a bundle was built from: its dir's name and the hash of its record."""
+    """The run a bundle was built from: its dir's name and the hash of its record. A bundle made from a
+    model file edgetl did not train (`edgetl bundle from-model`) names that file instead: `name` is the
+    file's name, `id` is "sha256:" and its hash, `backbone` says "model file" and where it was cut."""
 
     name: str
     id: str

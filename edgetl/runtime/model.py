@@ -168,6 +168,10 @@ class Model:
         head = head or self.head
         checked, columns = self._columns
         if head is not checked:  # once per head, not per frame
+            if not head.labels:
+                raise ConfigError(f"{self.bundle.path.name} has no classes yet: run adapt",
+                                  f"python -m edgetl.runtime adapt {self.bundle.path} --data DIR "
+                                  "(DIR/<label>/*.png, a few images per class)")
             problem = self.layout.problem(head.taps, head.dims)
             if problem:
                 raise ConfigError(f"head {head.version} does not fit this bundle: {problem}",

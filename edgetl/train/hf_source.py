@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgetl.errors import ConfigError, WeightsError
-from edgetl.train.backbones import HF, OWN, BackboneSpec, ModelBackbone, group_stages
+from edgetl.train.backbone import HF, OWN, BackboneSpec, ModelBackbone, group_stages
 
 CONFIG, PROCESSOR = "config.json", "preprocessor_config.json"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

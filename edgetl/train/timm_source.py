@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from edgetl.errors import ConfigError, WeightsError
-from edgetl.train.backbones import TIMM, BackboneSpec, ModelBackbone, group_stages, load_original
+from edgetl.train.backbone import TIMM, BackboneSpec, ModelBackbone, group_stages, load_original
 
 # The input size a timm backbone is fine-tuned at unless --img-size says otherwise: the registry's
 # choice for efficientnet_lite0 (see backbones.py), not timm's 224, which is what its ImageNet

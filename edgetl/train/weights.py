@@ -32,7 +32,7 @@ import torch
 
 from edgetl.errors import WeightsError
 from edgetl.rundir import RUN_RECORD, RunDir
-from edgetl.train.backbones import BackboneSpec
+from edgetl.train.backbone import BackboneSpec
 
 
 @dataclass(frozen=True)

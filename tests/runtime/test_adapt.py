@@ -291,3 +291,20 @@ def test_a_head_for_other_taps_is_refused_with_a_clear_message(bundle):
     with pytest.raises(ConfigError, match="does not fit this bundle"):
         model.logits(model.embed(np.zeros((1, 32, 32, 3), np.uint8)), wrong)
     assert Model.load(bundle, fallback_head=True).head_note  # adapt and rollback get past it
+
+
+def test_a_first_head_on_a_bundle_without_classes_learns_from_every_image():
+    """No old head to guard: the holdout only chooses the regularisation, then every image is learnt from."""
+    rng = np.random.default_rng(3)  # classes apart, plus a strong shared nuisance: a regression beats class means
+    nuisance = rng.normal(0, 4, (40, 1)) * rng.normal(0, 1, 32)
+    x = (np.repeat(rng.normal(0, 1, (4, 32)), 10, axis=0) + 0.5 * rng.normal(0, 1, (40, 32)) + nuisance
+         ).astype(np.float32)
+    y = [c for c in "abcd" for _ in range(10)]
+    empty = Head(np.zeros((0, 32), np.float32), np.zeros(0, np.float32), ())
+    result = adapt_head(empty, x, y)
+    assert result.committed and result.head.labels == ("a", "b", "c", "d")
+    assert result.to_dict()["refit"].endswith("on all 40 images")
+    # the refit head is the holdout's choice at its l2, fitted on all 40 rows: it differs from one fitted on 32
+    held_out = adapt_head(Head(np.zeros((4, 32), np.float32), np.zeros(4, np.float32), ("a", "b", "c", "d")), x, y,
+                          unguarded=True)
+    assert "refit" not in held_out.to_dict() and not np.allclose(result.head.W, held_out.head.W)
