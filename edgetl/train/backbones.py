@@ -13,16 +13,7 @@ import torch
 from torch import nn
 
 from edgetl.errors import ConfigError
-from edgetl.train.backbone import (  # noqa: F401 - the interface, imported from here too
-    HF,
-    OWN,
-    TIMM,
-    Backbone,
-    BackboneSpec,
-    ModelBackbone,
-    group_stages,
-    load_original,
-)
+from edgetl.train.backbone import HF, TIMM, Backbone, BackboneSpec, load_original
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
