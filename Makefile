@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[host,dev,lightning,timm,hf]"
+	$(BIN)/pip install -q -e ".[host,dev,lightning,timm,hf,text]"
 	touch $@
 
 # The main job, offline, end to end as far as the pipeline exists:

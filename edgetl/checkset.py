@@ -20,6 +20,7 @@ import numpy as np
 from edgetl.errors import EdgetlError
 from edgetl.rundir import RunDir
 from edgetl.runtime.manifest import Checkset
+from edgetl.runtime.tokens import TextSpec
 
 FILE = "checkset.npz"
 PER_CLASS = 4
@@ -49,6 +50,8 @@ def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) ->
 
     d = RunDir(run)
     record, classes, spec = d.record, d.labels, d.spec
+    if isinstance(spec, TextSpec):
+        return _texts(run, out, per_class, seed)
     for split in ("test", "val"):
         try:
             samples = recorded_split(run, record, classes, split)
@@ -66,6 +69,29 @@ def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) ->
         return None
     labels = np.array([classes[i] for i in loaded.labels])
     out.write_bytes(npz_bytes({"pixels": loaded.images, "labels": labels}))
+    return Checkset(file=out.name, images=int(len(labels)), from_=f"run {split} split", per_class=per_class)
+
+
+def _texts(run: Path, out: Path, per_class: int, seed: int) -> Checkset | None:
+    """A text run's checkset: `per_class` of its test (else val) sentences per class, as text (`texts`,
+    `labels`), so the device's own tokenizer is checked with its engine."""
+    from edgetl.data.text import stratified
+    from edgetl.train.text import recorded_split
+
+    d = RunDir(run)
+    for split in ("test", "val"):
+        try:
+            data = recorded_split(d.record, d.labels, split)
+        except (EdgetlError, OSError):
+            continue
+        if len(data):
+            break
+    else:
+        return None
+    chosen = stratified(data, per_class, seed)
+    texts = np.array(chosen.texts)  # fixed-width unicode: no pickle
+    labels = np.array([d.labels[i] for i in chosen.labels])
+    out.write_bytes(npz_bytes({"texts": texts, "labels": labels}))
     return Checkset(file=out.name, images=int(len(labels)), from_=f"run {split} split", per_class=per_class)
 
 

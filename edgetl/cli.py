@@ -30,7 +30,13 @@ def _add_train_flags(p: argparse.ArgumentParser, stage: str) -> None:
     from edgetl.train.config import FinetuneConfig
 
     FinetuneConfig.add_flags(p)
-    p.set_defaults(stage=stage)
+    text = p.add_argument_group("text data (--data TEXTS.csv|.jsonl or DIR/<label>/*.txt; the backbone: minilm "
+                                "(default) or hf:DIR)")
+    text.add_argument("--max-len", type=int, help="tokens per sentence (default: the length that keeps 99%% of "
+                                                  "the training sentences whole)")
+    text.add_argument("--text-column", help="the table's text column (default: text|sentence|utterance|query)")
+    text.add_argument("--label-column", help="the table's label column (default: label|category|intent|class)")
+    p.set_defaults(stage=stage, flag_parser=p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--input", default="uint8",
                     help="what the model takes: uint8 (default: the frame itself, uint8 NHWC RGB; mean/std and "
                          "layout are its first ops) | float (the normalised tensor, NCHW for onnx)")
+    ex.add_argument("--max-len", type=int, help="text runs: tokens per sentence of the artifact (default: the run's)")
 
     calib = sub.add_parser("calib", parents=[common], help="calibration sets: inspect")
     calib_sub = calib.add_subparsers(dest="calib_command", metavar="ACTION")
@@ -107,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Writes RUN/quantize/FORMAT with quantize.json: fp32 vs int8 top-1 on the run's "
                                     "val split, agreement, float layers, op counts, sizes and host latencies.")
     qz.add_argument("run", type=Path, help="run dir, e.g. runs/city-b")
-    qz.add_argument("--calib", type=Path, required=True, help="calibration/NAME.toml")
+    qz.add_argument("--calib", type=Path, help="calibration/NAME.toml (required for image runs; a text run "
+                                              "calibrates on its training sentences without one)")
     qz.add_argument("--format", default="onnx", help="onnx (default) | tflite")
-    qz.add_argument("--method", default="auto", help="auto (default) | minmax | entropy | percentile")
+    qz.add_argument("--method", default="auto", help="auto (default) | minmax | entropy | percentile; text runs: "
+                                                            "auto | dynamic | minmax | percentile")
     qz.add_argument("--max-drop", type=float, default=1.0, help="top-1 points int8 may lose against fp32 (default 1.0)")
     qz.add_argument("--split", default="val", help="the run's split the budget is judged on: val (default) | test")
     qz.add_argument("--data", type=Path, help="score on this labelled ImageFolder dir instead of the run's split")
@@ -243,8 +252,9 @@ def _cmd_predict(args, console) -> int:
             print(json.dumps(r))
         return 0
     head = f" (head version {records[0]['head_version']})" if records else ""
-    console.table(f"{args.bundle}{head}", ["image", "label", "probability", *(["top"] if args.top > 1 else [])],
-                  [[r["image"], r["label"], f"{r['probability']:.3f}",
+    what = "text" if records and "text" in records[0] else "image"
+    console.table(f"{args.bundle}{head}", [what, "label", "probability", *(["top"] if args.top > 1 else [])],
+                  [[r[what], r["label"], f"{r['probability']:.3f}",
                     *([", ".join(f"{lab} {p:.2f}" for lab, p in r["top"])] if args.top > 1 else [])]
                    for r in records])
     return 0
@@ -524,11 +534,48 @@ def _cmd_eval(args, console) -> int:
     return 0
 
 
+def _given(args) -> set[str]:
+    """The dests of the flags written on the command line (not left at their defaults)."""
+    given = set()
+    for action in args.flag_parser._actions:
+        for opt in action.option_strings:
+            if any(a == opt or a.startswith(opt + "=") for a in args.argv):
+                given.add(action.dest)
+    return given
+
+
+def _text_config(args):
+    """A text run's config from the flags: the text recipe's defaults where a flag was not given."""
+    from edgetl.train.text import TextFinetuneConfig
+
+    given = _given(args)
+    fields = {f for f in TextFinetuneConfig.__dataclass_fields__} - {"stage"}
+    image_only = sorted(d for d in given if d not in fields and d not in ("verbose", "stage"))
+    if image_only:
+        flag = "--" + image_only[0].replace("_", "-")
+        raise ConfigError(f"{flag} is for image data, and {args.data} holds texts",
+                          "drop it; text runs take --max-len, --text-column, --label-column")
+    if args.stage == "pretrain":
+        raise ConfigError("pretrain is for image backbones", "fine-tune a text encoder: edgetl finetune --data FILE")
+    values = {d: getattr(args, d) for d in given & fields}
+    return TextFinetuneConfig(data=args.data, out=args.out, **{k: v for k, v in values.items()
+                                                              if k not in ("data", "out")})
+
+
 def _cmd_train(args, console) -> int:
+    from edgetl.data.text import is_text_data
     from edgetl.train.finetune import FinetuneConfig, finetune
 
-    config = FinetuneConfig.from_args(args, stage=args.stage)
-    result = finetune(config, console)
+    if is_text_data(args.data):
+        from edgetl.train.text import finetune_text
+
+        result = finetune_text(_text_config(args), console)
+    else:
+        for flag in ("max_len", "text_column", "label_column"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} is for text data, and {args.data} is not a text "
+                                  "table", "text data is a .csv/.jsonl file or DIR/<label>/*.txt")
+        result = finetune(FinetuneConfig.from_args(args, stage=args.stage), console)
     test = percent(result.test_top1)
     console.table(f"{args.stage}: {args.out}",
                   ["backbone", "classes", "val top-1 %", "test top-1 %", "epochs", "seconds"],
@@ -561,7 +608,8 @@ def _cmd_export(args, console) -> int:
     check_format(args.format)
     check_tolerance(args.tolerance)
     check_input(args.input)
-    result = export(args.run, args.format, tolerance=args.tolerance, taps=args.taps, input=args.input, console=console)
+    result = export(args.run, args.format, tolerance=args.tolerance, taps=args.taps, input=args.input, console=console,
+                    max_len=args.max_len)
     p, sizes = result.record.parity, result.record.sizes_bytes
     console.table(f"export: {result.path}", ["file", "MB", "max |diff|", "top-1 agreement"],
                   [[result.backbone.name, f"{sizes['backbone'] / 1e6:.1f}",
@@ -612,6 +660,7 @@ def _cmd_quantize(args, console) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from edgetl.console import Console
 
     quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 prints

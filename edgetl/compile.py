@@ -21,7 +21,8 @@ def compatibility(source: str | Path, target: str | Path) -> CompatibilityReport
     written and nothing is exported, so torch is never imported; a run without the export the
     target needs is told how to make it."""
     t = targets.load(target)
-    return backends.for_target(t).check(Source.of(source, writes=False), t)
+    src = Source.of(source, writes=False)
+    return backends.for_target(t, src).check(src, t)
 
 
 def compile_bundle(source: str | Path, target: str | Path, out: str | Path | None = None, *,
@@ -39,7 +40,7 @@ def compile_bundle(source: str | Path, target: str | Path, out: str | Path | Non
     fsutil.claim_bundle(out, force=force, inputs=[src.path])
     if sign is not None and Path(sign).resolve() in (out.resolve(), pack.archive_path(out).resolve()):
         raise ConfigError(f"--sign {sign} is the bundle's own output", "keep signing keys outside the bundle")
-    backend = backends.for_target(t)
+    backend = backends.for_target(t, src)
     with tempfile.TemporaryDirectory(prefix="edgetl-compile-") as work:
         artifacts = backend.compile(src, t, Path(work), allow_cpu_only=allow_cpu_only)
         manifest = pack.write(out, src, t, artifacts, sign=Path(sign) if sign else None, force=force)

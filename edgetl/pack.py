@@ -25,6 +25,7 @@ from edgetl.runtime.atomic import staged
 from edgetl.runtime.engines import TensorSpec
 from edgetl.runtime.manifest import Checkset, Compatibility, FileEntry, Manifest, Signer, SourceRun
 from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.runtime.tokens import TextSpec
 from edgetl.runtime.verify import MANIFEST, SIGNATURE, key_id, raw_public_key, sha256
 from edgetl.targets import Target
 
@@ -95,7 +96,7 @@ def manifest(name: str, source: Source, target: Target, artifacts: Artifacts, fi
     )
 
 
-def artifact_spec(source: Source, artifacts: Artifacts, model_input: TensorSpec) -> PreprocessSpec:
+def artifact_spec(source: Source, artifacts: Artifacts, model_input: TensorSpec) -> PreprocessSpec | TextSpec:
     """The spec of the artifact packed: the one its stage wrote (export: the layout; quantize: the
     input scale and zero-point), with what compile itself changed: a backend that gave the model
     another integer input (uint8 for an Edge TPU) adds that input's type and quantization."""
@@ -208,6 +209,9 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
     statistics = source.statistics(artifact_format(artifacts.model), artifacts.precision)
     if statistics is not None:
         files[FEATURES] = statistics
+    tokenizer = source.tokenizer(artifact_format(artifacts.model), artifacts.precision)
+    if tokenizer is not None:  # a text bundle: the device tokenizes with the run's own tokenizer.json
+        files[tokenizer.name] = tokenizer
 
     def record(tmp: Path, placed: dict[str, Path], signer: Signer | None) -> Manifest:
         checks = build_checkset(source.path, tmp / CHECKSET)  # what `edgetl check` scores on the device

@@ -26,6 +26,8 @@ from edgetl.errors import RunError
 from edgetl.runtime.manifest import ExpectedAccuracy
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.runtime.records import Record, RecordError, record
+from edgetl.runtime.tokens import TOKENIZER, TextSpec
+from edgetl.runtime.tokens import read_spec as spec_of
 
 HINT = "the run is damaged; fine-tune again or restore it"
 RUN_RECORD = "finetune.json"
@@ -39,7 +41,7 @@ QUANTIZE_RECORD = "quantize.json"
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 EXPORT_DIR, QUANTIZE_DIR, BUNDLES_DIR = "export", "quantize", "bundles"  # the stages' dirs inside a run
 RUN_FILES = frozenset({RUN_RECORD, LABELS, SPEC, HEAD, CHECKPOINT})  # what a fine-tune writes
-STAGE_FILES = frozenset({HEAD, LABELS, SPEC, FEATURES})  # beside every export and quantize artifact
+STAGE_FILES = frozenset({HEAD, LABELS, SPEC, FEATURES, TOKENIZER})  # beside every export and quantize artifact
 
 
 def damaged(path: Path, why: str) -> RunError:
@@ -51,7 +53,8 @@ def damaged(path: Path, why: str) -> RunError:
 
 @record
 class RunData(Record):
-    """Where a run's images came from (absolute paths: later stages read them from anywhere)."""
+    """Where a run's images (a text run: its labelled text files) came from (absolute paths: later stages
+    read them from anywhere)."""
 
     train_dir: str
     val_dir: str | None
@@ -66,7 +69,7 @@ class RunData(Record):
 class FinetuneRecord(Record):
     """What a fine-tune (or pretrain) run measured; top-1 figures in percent (0-100)."""
 
-    OPTIONAL_KEYS = frozenset({"schema_version", "seed", "val_loss"})  # older runs lack them
+    OPTIONAL_KEYS = frozenset({"schema_version", "seed", "val_loss", "max_len"})  # older runs lack them
 
     stage: str
     backbone: str
@@ -91,6 +94,7 @@ class FinetuneRecord(Record):
     history: tuple[dict[str, Any], ...] = ()
     seed: int | None = None  # of the split, the augmentation and the initialisation
     val_loss: float | None = None  # mean val cross-entropy (label-smoothed as trained) of the kept model
+    max_len: int | None = None  # a text run's tokens per sentence (img_size is 0); None for images
     schema_version: int = 1
 
 
@@ -195,10 +199,14 @@ def read_labels(path: Path) -> tuple[str, ...]:
     return tuple(labels)
 
 
-def read_spec(path: Path) -> PreprocessSpec:
-    """preprocess.json as a PreprocessSpec (its size, mean and std checked)."""
+def read_spec(path: Path) -> PreprocessSpec | TextSpec:
+    """preprocess.json as a PreprocessSpec (its size, mean and std checked), or a text run's TextSpec."""
     try:
-        return PreprocessSpec.from_json(Path(path).read_bytes(), str(path))
+        try:
+            raw = json.loads(Path(path).read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RecordError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+        return spec_of(raw, str(path))
     except (RecordError, TypeError) as exc:
         why = str(exc).removeprefix(f"{path}: ").removeprefix(f"{path}.")
         raise damaged(path, why if "not valid JSON" in why else f"not a preprocessing spec ({why})") from None
@@ -251,6 +259,8 @@ class StageDir:
         artifact, the feature statistics of its outputs, the spec with what this stage added, and its record."""
         shutil.copy2(run.head, staged / HEAD)
         shutil.copy2(run.labels_file, staged / LABELS)
+        if (run.path / TOKENIZER).is_file():  # a text run's tokenizer goes with every artifact
+            shutil.copy2(run.path / TOKENIZER, staged / TOKENIZER)
         if features is not None and features.is_file() and features != staged / FEATURES:
             shutil.copy2(features, staged / FEATURES)
         (staged / SPEC).write_text(spec.to_json())

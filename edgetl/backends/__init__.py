@@ -129,6 +129,21 @@ class Source:
     def run(self) -> RunDir:
         return RunDir(self.path)
 
+    @property
+    def is_text(self) -> bool:
+        """A text run (its spec takes token ids; its tokenizer travels with every artifact)."""
+        from edgetl.runtime.tokens import TextSpec
+
+        return self.is_run and isinstance(self.run.spec, TextSpec)
+
+    def tokenizer(self, fmt: str, precision: str) -> Path | None:
+        """The tokenizer.json beside the artifact a bundle packs (text runs), else None."""
+        from edgetl.runtime.tokens import TOKENIZER
+
+        found = self.run.quantized(fmt) if precision == "int8" else self.run.exported(fmt)
+        path = found.path / TOKENIZER if found is not None else None
+        return path if path is not None and path.is_file() else None
+
     def quantized(self, fmt: str) -> QuantizeRecord | None:
         """The run's int8 result in `fmt` (RUN/quantize/FMT/quantize.json), when quantize has run."""
         found = self.run.quantized(fmt) if self.is_run else None
@@ -196,6 +211,15 @@ def get(name: str) -> Backend:
     return importlib.import_module(table.row(name).backend).BACKEND
 
 
-def for_target(target: Target) -> Backend:
-    """The target's preferred engine's backend."""
+def for_target(target: Target, source: Source | None = None) -> Backend:
+    """The target's preferred engine's backend; a text run's is onnxruntime wherever the target lists it
+    (its int8 is onnxruntime's, and TFLite of a text encoder stays fp32)."""
+    if source is not None and source.is_text:
+        if TEXT_ENGINE not in target.engines:
+            raise ConfigError(f"{target.name} runs {', '.join(target.engines)}, and text bundles run on "
+                              f"{TEXT_ENGINE}", "compile text runs for host-cpu, rpi4, rpi5 or a Jetson's CPU")
+        return get(TEXT_ENGINE)
     return get(target.engine)
+
+
+TEXT_ENGINE = "onnxruntime"

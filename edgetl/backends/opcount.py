@@ -8,12 +8,16 @@ from pathlib import Path
 
 # Ops that only move or describe data: they carry no arithmetic worth counting.
 ONNX_BOOKKEEPING = {"QuantizeLinear", "DequantizeLinear", "Constant", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
-                    "Transpose", "Shape", "Gather", "Concat", "Identity", "Cast"}
+                    "Transpose", "Shape", "Gather", "Concat", "Identity", "Cast", "DynamicQuantizeLinear"}
+# onnxruntime's integer kernels (dynamic quantization): int8 arithmetic by their type alone
+ONNX_INTEGER = {"MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
+                "QLinearConv", "QGemm", "QAttention"}
 TFLITE_BOOKKEEPING = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "TRANSPOSE", "SQUEEZE", "PAD", "PADV2", "CONCATENATION",
                       "DELEGATE"}
 INTEGER_TYPES = {"int8", "uint8", "int16", "uint16", "int32", "int64"}  # tflite_graph's names for them
 WEIGHTED = {"Conv", "Gemm", "MatMul", "ConvTranspose", "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
-            "TRANSPOSE_CONV", "BATCH_MATMUL"}
+            "TRANSPOSE_CONV", "BATCH_MATMUL", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+            "MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv", "QGemm", "QAttention"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ def count_onnx(path: Path) -> OpCount:
     int8, flt, float_nodes = Counter(), Counter(), []
     for node in model.graph.node:
         if node.op_type in ONNX_BOOKKEEPING:
+            continue
+        if node.op_type in ONNX_INTEGER:
+            int8[node.op_type] += 1
             continue
         data_inputs = [i for i in node.input if i and i not in constants]
         weights = [i for i in node.input[1:2] if i] if node.op_type in WEIGHTED else []

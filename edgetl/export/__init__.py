@@ -164,7 +164,7 @@ def export_input(found: Export) -> str:
 
 
 def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, taps="auto", input: str = "uint8",
-           console: Console = QUIET, run: Run | None = None) -> Export:
+           console: Console = QUIET, run: Run | None = None, max_len: int | None = None) -> Export:
     """Export and parity-check one run in one format into RUN/export/FORMAT (replaced as a whole).
 
     `tolerance`: the largest embedding difference allowed against PyTorch, relative to the
@@ -172,10 +172,18 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
     output is a feature map, see `edgetl.train.taps`), "none", or stage names ("blocks.4,blocks.10"):
     their pooled outputs follow the embedding in the backbone's one output. `input`: "uint8" (default),
     the artifacts take the frame itself (uint8 NHWC RGB at the run's size; mean/std and layout are their
-    first ops), or "float", the normalised tensor in the format's layout."""
+    first ops), or "float", the normalised tensor in the format's layout. A text run (`edgetl.export.text`)
+    takes token ids at `max_len` (default: the run's) instead; taps and input do not apply."""
     check_format(fmt)
     check_tolerance(tolerance)
     check_input(input)
+    if is_text_run(run_path):
+        from edgetl.export.text import export_text
+
+        path, spec, record = export_text(run_path, fmt, tolerance=tolerance, max_len=max_len, console=console)
+        return Export(path, fmt, path / record.files.backbone, path / record.files.model, spec, record)
+    if max_len is not None:
+        raise ConfigError("--max-len is for text runs", f"{run_path} is an image run: its size is the run's")
     from edgetl.export import parity
     from edgetl.train import taps as tapping
     from edgetl.train.finetune import versions
@@ -216,6 +224,13 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
     console.log(f"{fmt}: parity on {result.images} real images ({len(spec.outputs) or 1} output segment(s)): "
                 f"max |diff| {result.max_abs_diff:.2e}, top-1 agreement {result.top1_agreement:.1%} -> {out}")
     return Export(out, fmt, out / backbone_file.name, out / model_file.name, spec, record)
+
+
+def is_text_run(path: str | Path) -> bool:
+    """A run whose spec is a text one (its tokenizer beside it); read without torch."""
+    from edgetl.runtime.tokens import TOKENIZER
+
+    return (Path(path) / TOKENIZER).is_file() and (Path(path) / "encoder.json").is_file()
 
 
 def load_export(run_path: str | Path, fmt: str) -> Export | None:

@@ -187,8 +187,19 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     export as it is, made with auto when there is none); `taps` in the record gives each output
     segment's int8 error and the taps dropped for it. `input` (uint8|float) re-exports likewise when the
     export takes the other (None: as it is; uint8 when there is none): a uint8 model is calibrated and
-    scored taking the frames themselves (`edgetl.export.pixels`, `edgetl.backends.tflite_io.to_pixels`)."""
+    scored taking the frames themselves (`edgetl.export.pixels`, `edgetl.backends.tflite_io.to_pixels`).
+    A text run goes to `edgetl.quantize.text` (dynamic or static QDQ; `calib_file` may be None there)."""
     check_format(fmt)
+    from edgetl.export import is_text_run
+
+    if is_text_run(run_path):
+        from edgetl.quantize.text import quantize_text
+
+        return quantize_text(run_path, calib_file, fmt=fmt, method=method, max_drop=max_drop, split=split,
+                             data=data, console=console)
+    if calib_file is None:
+        raise ConfigError("an image run is calibrated on real images: --calib is required",
+                          "edgetl quantize RUN --calib calibration/NAME.toml")
     if input is not None:
         check_input(input)
     if split not in ("val", "test"):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from edgetl.errors import ConfigError, EdgetlError
 from edgetl.runtime.lifecycle import Terminated, process_scope
+from edgetl.runtime.texts import TEXT_SUFFIXES
+from edgetl.runtime.tokens import TextSpec
 
 SKIPPED_LISTED = 3  # unreadable images named in a result (all are counted)
 
@@ -41,7 +43,7 @@ class Parser(argparse.ArgumentParser):
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle dir or .tar.gz")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("images", nargs="+", help="image files (a text bundle: the sentences themselves)")
     p.add_argument("--top", type=int, default=1, help="also list the k best labels (default 1)")
     p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
     p.add_argument("--json", action="store_true", help="one JSON record per image")
@@ -50,7 +52,8 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 
 def add_adapt_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle dir (heads are kept beside it, in BUNDLE.heads)")
-    p.add_argument("--data", type=Path, help="labelled images: DATA/<label>/*.png; new labels add classes")
+    p.add_argument("--data", type=Path, help="labelled images: DATA/<label>/*.png (a text bundle: texts.csv|.jsonl "
+                                             "or DATA/<label>/*.txt); new labels add classes")
     p.add_argument("--unlabelled", type=Path, metavar="DIR",
                    help="frames of the new conditions without labels (any folders): the head's feature statistics "
                         "move to them; alone, the bundle's checkset guards the change")
@@ -106,10 +109,14 @@ def check_args(args) -> None:
         if not Path(args.bundle).is_dir():
             raise ConfigError(f"{args.bundle} is not a bundle dir",
                               "unpack the .tar.gz first: heads live beside the dir")
-        if args.data is not None and not Path(args.data).is_dir():
-            raise ConfigError(f"--data {args.data} is not a directory", "pass DIR/<label>/*.png, one folder per label")
-        if args.unlabelled is not None and not Path(args.unlabelled).is_dir():
-            raise ConfigError(f"--unlabelled {args.unlabelled} is not a directory", "pass a folder of frames")
+        text_file = (args.data is not None and Path(args.data).is_file()
+                     and Path(args.data).suffix.lower() in TEXT_SUFFIXES)
+        if args.data is not None and not (Path(args.data).is_dir() or text_file):
+            raise ConfigError(f"--data {args.data} is not a directory or a text table",
+                              "pass DIR/<label>/*.png, one folder per label (a text bundle: texts.csv or .jsonl)")
+        if args.unlabelled is not None and not (Path(args.unlabelled).is_dir() or Path(args.unlabelled).is_file()):
+            raise ConfigError(f"--unlabelled {args.unlabelled} is not a directory", "pass a folder of frames "
+                              "(a text bundle: a .txt file, one sentence per line)")
     if command == "measure":
         if args.duration is None and (args.runs is None or args.runs < 1):
             bad(f"--runs {args.runs}", "at least one timed frame", "pass --runs N (N >= 1)")
@@ -129,8 +136,12 @@ def predict(args) -> list[dict]:
 
     check_args(args)
     model = Model.load(args.bundle, key=args.key, machine="any" if args.any_arch else None)
+    if isinstance(model.spec, TextSpec):
+        return [{"text": text, **p.to_dict(), "head_version": model.head_version}
+                for text, p in zip(args.images, model.predict(list(args.images), top_k=args.top), strict=True)]
+    paths = [Path(p) for p in args.images]
     return [{"image": str(path), **p.to_dict(), "head_version": model.head_version}
-            for path, p in zip(args.images, model.predict(list(args.images), top_k=args.top), strict=True)]
+            for path, p in zip(paths, model.predict(paths, top_k=args.top), strict=True)]
 
 
 def adapt(args) -> dict:
@@ -157,6 +168,8 @@ def adapt(args) -> dict:
                              f"({skipped[0][0].name}: {skipped[0][1]})", "pass readable PNG/JPEG/BMP/PPM files")
         return pixels, kept, skipped
 
+    if isinstance(model.spec, TextSpec):
+        return _adapt_texts(args, model, config)
     pixels = labels = frames = None
     skipped = []
     if args.data is not None:
@@ -170,6 +183,24 @@ def adapt(args) -> dict:
                          lock_timeout=args.wait)
     return {**result.to_dict(), "classes": len(result.head.labels), "skipped": len(skipped),
             "skipped_files": [f"{path}: {why}" for path, why in skipped[:SKIPPED_LISTED]]}
+
+
+def _adapt_texts(args, model, config) -> dict:
+    """A text bundle learns from labelled sentences (--data texts.csv|.jsonl|DIR/<label>/*.txt), and its
+    statistics move to unlabelled ones (--unlabelled FILE.txt, one sentence per line)."""
+    from edgetl.runtime.texts import labelled_texts
+
+    texts = labels = unlabelled = None
+    if args.data is not None:
+        texts, labels = labelled_texts(args.data)
+    if args.unlabelled is not None:
+        lines = Path(args.unlabelled).read_text(encoding="utf-8", errors="strict").splitlines()
+        unlabelled = [line.strip() for line in lines if line.strip()]
+        if not unlabelled:
+            raise ConfigError(f"{args.unlabelled} holds no sentences", "one unlabelled sentence per line")
+    result = model.adapt(texts, labels, unlabelled=unlabelled, config=config, unguarded=args.unguarded,
+                         lock_timeout=args.wait)
+    return {**result.to_dict(), "classes": len(result.head.labels), "skipped": 0, "skipped_files": []}
 
 
 def adapt_summary(r: dict) -> str:

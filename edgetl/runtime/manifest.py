@@ -13,6 +13,7 @@ from dataclasses import field
 
 from edgetl.runtime.engines import TensorSpec
 from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.runtime.tokens import TextSpec
 from edgetl.runtime.records import Record, record
 
 MANIFEST = "manifest.json"
@@ -91,7 +92,7 @@ class Manifest(Record):
     created_by: str
     source_run: SourceRun
     labels: tuple[str, ...]
-    preprocess: PreprocessSpec
+    preprocess: PreprocessSpec | TextSpec  # a text bundle's: its tokenizer file, max_len and padding id
     model: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]

@@ -161,20 +161,18 @@ def percentile(ms: np.ndarray, q: float) -> float:
 def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, warmup: int = 20,
             data: str | Path | None = None, key=None, machine: str | None = None) -> Measurement:
     """Load `bundle`, time `runs` frames (or for `duration_s`) after `warmup`, and score it."""
-    from edgetl.runtime.images import labelled_folder
     from edgetl.runtime.model import Model
 
     t0 = time.perf_counter()
     with Model.load(bundle, key=key, machine=machine) as model:  # its engine freed after (TensorRT)
         load_s = time.perf_counter() - t0
         if data is not None:
-            paths, labels = labelled_folder(data)
-            frames = model.pixels(paths)
+            items, labels = model.labelled(data)
             source = str(data)
         else:
-            frames, labels = model.bundle.checkset()
-            frames = model.pixels(frames)
+            items, labels = model.bundle.checkset()
             source = "checkset"
+        frames = model.inputs(items)  # decoded once (a text model: the sentences, tokenized in each predict)
         engine = model.engine
         alone = engine.batch == 1  # an engine of a larger static batch has no one-frame invoke to time
         before = thermals()

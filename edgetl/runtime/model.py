@@ -38,6 +38,7 @@ from edgetl.runtime.head import Head, softmax_
 from edgetl.runtime.heads import HeadStore
 from edgetl.runtime.images import as_batch
 from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.runtime.tokens import TextSpec
 from edgetl.runtime.verify import Bundle, BundleError, open_bundle
 
 
@@ -117,7 +118,13 @@ class Model:
         if tuple(engine.input.shape) != expected:
             raise ConfigError(f"the {m.engine} engine sees input {engine.input.shape}, the manifest says "
                               f"{list(expected)}", "the bundle and its model disagree: compile it again")
-        _check_input(spec, engine, m.engine)
+        if isinstance(spec, TextSpec):  # token ids in, and the bundle's tokenizer makes them
+            from edgetl.runtime.text_model import TextModel, check_ids
+
+            check_ids(spec, engine, m.engine)
+            cls = TextModel
+        else:
+            _check_input(spec, engine, m.engine)
         layout = Layout.of(spec.outputs, int(engine.output.shape[-1]))
         if layout.width != int(engine.output.shape[-1]):
             raise ConfigError(f"the {m.engine} engine gives {engine.output.shape[-1]} features, the manifest's "
@@ -182,21 +189,40 @@ class Model:
 
     def _features(self, pixels: np.ndarray) -> np.ndarray:
         """The backbone's outputs of uint8 NHWC frames at the model's size, `batch_size` frames per run."""
-        spec, run = self.spec, self.engine.run
+        x, run = self._model_input, self.engine.run
         if len(pixels) <= self.batch_size:
-            return run(spec.model_input(pixels))
-        return np.concatenate([run(spec.model_input(pixels[i : i + self.batch_size]))
+            return run(x(pixels))
+        return np.concatenate([run(x(pixels[i : i + self.batch_size]))
                                for i in range(0, len(pixels), self.batch_size)])
+
+    def _model_input(self, batch: np.ndarray) -> np.ndarray:
+        """A batch of `_batch`'s output as the model takes it (a text model's ids are that already)."""
+        return self.spec.model_input(batch)
+
+    def _batch(self, items) -> np.ndarray:
+        """What `predict` and `embed` turn their input into first: uint8 frames at the model's size."""
+        return self.pixels(items)
+
+    def inputs(self, items):
+        """`items` checked and decoded once, as `predict` takes each of them fastest: uint8 frames at the
+        model's size here (a text model: the sentences themselves, tokenized in `predict`)."""
+        return self.pixels(items)
+
+    def labelled(self, path) -> tuple[list, list[str]]:
+        """(items, labels) of labelled data on this device: DIR/<label>/*.png (a text model: a CSV/JSONL file)."""
+        from edgetl.runtime.images import labelled_folder
+
+        return labelled_folder(path)
 
     def engine_input(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NHWC frames at the model's size as the engine's own input tensor (what `engine.invoke`
         takes): what `predict` hands the engine, for timing the engine alone."""
-        return self.engine.prepare(self.spec.model_input(pixels))
+        return self.engine.prepare(self._model_input(pixels))
 
     def embed(self, images) -> np.ndarray:
         """The backbone's outputs (N, width) float32 of `images` (paths, PIL images or uint8 HxWx3 arrays):
         the embedding, then the pooled taps (`layout`)."""
-        return self._features(self.pixels(images))
+        return self._features(self._batch(images))
 
     def probabilities(self, images) -> np.ndarray:
         """Each class's probability (N, classes) for `images`."""
@@ -210,7 +236,7 @@ class Model:
         if type(images) is np.ndarray and images.shape == self._frame_shape and images.dtype == np.uint8 \
                 and top_k == 1:
             return [self._best(images)]
-        probs = softmax_(self.logits(self._features(self.pixels(images))))
+        probs = softmax_(self.logits(self._features(self._batch(images))))
         labels = self.labels
         if top_k == 1:
             best = probs.argmax(1).tolist()
@@ -231,8 +257,7 @@ class Model:
         """The camera loop's case, one frame at the model's size, best label only, with as few numpy calls as
         can be: right after an engine invoke each one runs on caches the engine emptied (README, Benchmarks).
         The softmax of one row is a few dozen floats, summed in Python; the same figures as `probabilities`."""
-        x = frame[None]
-        features = self.engine.run(self.spec.model_input(x))
+        features = self.engine.run(self._model_input(frame[None]))
         row = self.logits(features)[0].tolist()
         best = max(row)
         total = 0.0

@@ -53,7 +53,8 @@ class Bundle:
         return self.manifest.target
 
     def checkset(self):
-        """(uint8 NHWC pixels, labels) of the bundle's checkset: the labelled images it carries."""
+        """(uint8 NHWC pixels, labels) of the bundle's checkset: the labelled images it carries; a text
+        bundle's: (its sentences, labels)."""
         import numpy as np
 
         from edgetl.errors import EdgetlError
@@ -62,6 +63,8 @@ class Bundle:
         if not entry:
             raise EdgetlError("this bundle has no checkset", "pass --data DIR with labelled images on the device")
         with np.load(self.path / entry.file, allow_pickle=False) as f:
+            if "texts" in f.files:
+                return [str(s) for s in f["texts"]], [str(s) for s in f["labels"]]
             return f["pixels"], [str(s) for s in f["labels"]]
 
     def feature_statistics(self):

@@ -10,7 +10,8 @@ from edgetl.runtime.engines import Engine, TensorSpec, missing_engine, table
 
 ROW = table.of_module(__name__)
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int64)": "int64",
+              "tensor(int32)": "int32",
               "tensor(float16)": "float16"}
 
 
