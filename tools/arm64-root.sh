@@ -40,8 +40,8 @@ Model		: Raspberry Pi 4 Model B Rev 1.4
 CPU
 WHEELS=(--only-binary=:all: --python-version 3.11 --implementation cp --platform manylinux_2_28_aarch64
         --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64)
-"$PY" -m pip download -q "${WHEELS[@]}" -d "$tmp/wheels" numpy onnxruntime ai-edge-litert pillow
+"$PY" -m pip download -q "${WHEELS[@]}" -d "$tmp/wheels" numpy onnxruntime ai-edge-litert pillow tokenizers
 "$PY" -m pip install -q --no-warn-conflicts --no-index --find-links "$tmp/wheels" "${WHEELS[@]}" --target "$ROOT.partial/opt/site" \
-  numpy onnxruntime ai-edge-litert pillow
+  numpy onnxruntime ai-edge-litert pillow tokenizers
 touch "$ROOT.partial/.complete"
 rm -rf "$ROOT" && mv "$ROOT.partial" "$ROOT"

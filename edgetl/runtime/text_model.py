@@ -25,7 +25,13 @@ from edgetl.runtime.tokens import TextSpec, Tokenizer
 
 
 def check_ids(spec: TextSpec, engine, name: str) -> None:
-    """The engine's model takes the spec's token ids: (batch, max_len) of its integer type."""
+    """The engine's model takes the spec's token ids: (batch, max_len) of its integer type; and this
+    device has the tokenizers package the bundle's tokenizer runs with (named now, not at the first predict)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tokenizers") is None:
+        raise ConfigError("the tokenizers package is not installed (text bundles need it)",
+                          "pip install 'edgetl[runtime-text]'")
     got = engine.input
     if got.dtype != spec.dtype or tuple(got.shape[1:]) != (spec.max_len,):
         raise ConfigError(f"the bundle's spec says {spec.dtype} token ids of length {spec.max_len}, and the {name} "

@@ -49,7 +49,7 @@ class TextFinetuneConfig:
     label_column: str | None = None
     max_len: int | None = None  # None: the length that holds COVERAGE of the training sentences whole
     freeze: str = "none"  # all (head only) | none
-    epochs: int = 10
+    epochs: int | None = None  # None: STEPS optimizer steps' worth, 3 to 10 epochs (see `epochs_for`)
     head_epochs: int = 200
     batch_size: int = 32
     lr: float = 5e-5  # the encoder's; the head learns at HEAD_LR_FACTOR x it, head-only at 1e-2
@@ -62,6 +62,17 @@ class TextFinetuneConfig:
     stage: str = field(default="finetune")
 
 
+STEPS = 1500  # what a default run trains for: a few epochs of a big set, ten of a few-shot one
+MIN_EPOCHS, MAX_EPOCHS = 3, 10
+
+
+def epochs_for(examples: int, batch_size: int) -> int:
+    """Default epochs: about STEPS steps, at least MIN_EPOCHS passes over a big set and at most MAX_EPOCHS
+    over a small one (fine-tuning BERT-family encoders: 2-4 epochs of thousands; more for few-shot)."""
+    steps = math.ceil(examples / batch_size)
+    return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(STEPS / max(1, steps)))))
+
+
 HEAD_LR_FACTOR = 20
 HEAD_ONLY_LR = 1e-2
 FREEZE = ("none", "all")
@@ -69,7 +80,8 @@ FREEZE = ("none", "all")
 
 def check(config: TextFinetuneConfig) -> None:
     checks = [
-        (config.epochs >= 0, f"--epochs must be >= 0, not {config.epochs}", "e.g. --epochs 10"),
+        (config.epochs is None or config.epochs >= 0, f"--epochs must be >= 0, not {config.epochs}",
+         "e.g. --epochs 4"),
         (config.head_epochs >= 1, f"--head-epochs must be >= 1, not {config.head_epochs}", "e.g. --head-epochs 200"),
         (config.batch_size >= 2, f"--batch-size must be >= 2, not {config.batch_size}", "e.g. --batch-size 32"),
         (0 < config.lr < math.inf, f"--lr must be a finite number > 0, not {config.lr}", "e.g. --lr 5e-5"),
@@ -207,8 +219,9 @@ def finetune_text(config: TextFinetuneConfig, console: Console = QUIET) -> Finet
     kept, head_epochs = train_head(head, train, val, config, console)
     t2 = time.perf_counter()
     best_epoch, history = 0, []
-    if config.freeze == "none" and config.epochs > 0:
-        kept, best_epoch, history = train_unfrozen(encoder, head, train, val, config, console, kept)
+    epochs = config.epochs if config.epochs is not None else epochs_for(len(train_set), config.batch_size)
+    if config.freeze == "none" and epochs > 0:
+        kept, best_epoch, history = train_unfrozen(encoder, head, train, val, config, epochs, console, kept)
     t3 = time.perf_counter()
     test_top1 = score(encoder, head, test.ids, test.labels).top1 if test is not None else None
     result = FinetuneRecord(
@@ -258,8 +271,8 @@ def train_head(head: torch.nn.Linear, train: Split, val: Split, config: TextFine
     return best, epochs_run
 
 
-def train_unfrozen(encoder, head, train: Split, val: Split, config: TextFinetuneConfig, console: Console,
-                   head_only: recipe.Score) -> tuple[recipe.Score, int, list[dict]]:
+def train_unfrozen(encoder, head, train: Split, val: Split, config: TextFinetuneConfig, epochs: int,
+                   console: Console, head_only: recipe.Score) -> tuple[recipe.Score, int, list[dict]]:
     """Encoder and head together; the head-only model is epoch 0. Returns (best val score, its epoch, history)."""
     model = torch.nn.Sequential(encoder, head)
     for p in model.parameters():
@@ -268,7 +281,7 @@ def train_unfrozen(encoder, head, train: Split, val: Split, config: TextFinetune
                              {"params": head.parameters(), "lr": config.lr * HEAD_LR_FACTOR}],
                             weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train.ids) / config.batch_size)
-    total = config.epochs * steps_per_epoch
+    total = epochs * steps_per_epoch
     warm = max(1, total // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
@@ -277,7 +290,7 @@ def train_unfrozen(encoder, head, train: Split, val: Split, config: TextFinetune
     best, best_epoch, stale, history = head_only, 0, 0, []
     best_state = copy.deepcopy(model.state_dict())
     with console.task("fine-tuning", total) as advance:
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(1, epochs + 1):
             model.train()
             order = balanced_order(train.labels, rng)
             losses = []
@@ -299,13 +312,13 @@ def train_unfrozen(encoder, head, train: Split, val: Split, config: TextFinetune
             result = score(encoder, head, val.ids, val.labels, config.label_smoothing)
             history.append({"epoch": epoch, "loss": round(float(np.mean(losses)) if losses else float("nan"), 4),
                             "val_top1": round(result.top1, 2), "val_loss": round(result.loss, 4)})
-            console.log(f"epoch {epoch}/{config.epochs}: loss {history[-1]['loss']:.3f}  "
+            console.log(f"epoch {epoch}/{epochs}: loss {history[-1]['loss']:.3f}  "
                         f"val top-1 {result.top1:.1f}%  val loss {result.loss:.3f}")
             if result.better_than(best):
                 best, best_epoch, best_state, stale = result, epoch, copy.deepcopy(model.state_dict()), 0
             else:
                 stale += 1
-                if stale >= config.patience and epoch > config.epochs // 4:
+                if stale >= config.patience and epoch > epochs // 4:
                     console.log(f"early stop: val loss has not improved for {stale} epochs")
                     break
     model.load_state_dict(best_state)
