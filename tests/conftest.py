@@ -10,6 +10,7 @@ import pytest
 
 from edgetl.data import synth
 from tests.standins import ARM64_ROOT, QEMU, SSHD, LoopbackSshd, need
+from tests.texts import sentences, tiny_encoder, write_csv
 
 pytest_plugins = ["pytester"]  # the edgetl pytest plugin is tested by running pytest on test files
 
@@ -106,3 +107,26 @@ def arm64_root() -> Path:
     need(ARM64_ROOT if (ARM64_ROOT / ".complete").is_file() else None,
          f"no emulated aarch64 device at {ARM64_ROOT} (`make test` builds it with tools/arm64-root.sh)")
     return ARM64_ROOT
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("texts")
+    return {"encoder": tiny_encoder(root / "tiny-bert"),
+            "train": write_csv(root / "train.csv", sentences(16, seed=1)),
+            "test": write_csv(root / "test.csv", sentences(8, seed=2))}
+
+
+@pytest.fixture(scope="session")
+def text_run(text_data, tmp_path_factory) -> Path:
+    """A fine-tuned text run with its ONNX and TFLite exports and an int8 ONNX, made through the CLI."""
+    run = tmp_path_factory.mktemp("runs") / "intents"
+    from edgetl.cli import main
+
+    assert main(["finetune", "--data", str(text_data["train"]), "--test", str(text_data["test"]),
+                 "--backbone", f"hf:{text_data['encoder']}", "--lr", "1e-3", "--epochs", "4",
+                 "--out", str(run)]) == 0
+    assert main(["export", str(run)]) == 0
+    assert main(["export", str(run), "--format", "tflite"]) == 0
+    assert main(["quantize", str(run)]) == 0
+    return run

@@ -19,28 +19,7 @@ from edgetl.compile import compile_bundle
 from edgetl.errors import ConfigError
 from edgetl.runtime import Model
 from edgetl.runtime.tokens import TextSpec
-from tests.texts import sentences, tiny_encoder, write_csv
-
-
-@pytest.fixture(scope="module")
-def text_data(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("texts")
-    return {"encoder": tiny_encoder(root / "tiny-bert"),
-            "train": write_csv(root / "train.csv", sentences(16, seed=1)),
-            "test": write_csv(root / "test.csv", sentences(8, seed=2))}
-
-
-@pytest.fixture(scope="module")
-def text_run(text_data, tmp_path_factory) -> Path:
-    """A fine-tuned text run with its ONNX and TFLite exports and an int8 ONNX, made through the CLI."""
-    run = tmp_path_factory.mktemp("runs") / "intents"
-    assert main(["finetune", "--data", str(text_data["train"]), "--test", str(text_data["test"]),
-                 "--backbone", f"hf:{text_data['encoder']}", "--lr", "1e-3", "--epochs", "4",
-                 "--out", str(run)]) == 0
-    assert main(["export", str(run)]) == 0
-    assert main(["export", str(run), "--format", "tflite"]) == 0
-    assert main(["quantize", str(run)]) == 0
-    return run
+from tests.texts import write_csv
 
 
 def test_a_text_run_records_what_an_image_run_does_and_learns_the_intents(text_run, text_data):
