@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", parents=[common], help="top-1 of a run on a labelled ImageFolder dir")
     ev.add_argument("run", type=Path, help="run dir, e.g. runs/city-b")
-    ev.add_argument("--data", type=Path, required=True, help="ImageFolder dir with (some of) the run's classes")
+    ev.add_argument("--data", type=Path, required=True, help="ImageFolder dir with (some of) the run's classes "
+                                                             "(a text run: a labelled .csv/.jsonl)")
     ev.add_argument("--per-class", action="store_true", help="also print top-1 per class")
     ev.add_argument("--strict", action="store_true", help="refuse unreadable images instead of skipping them")
 
@@ -511,6 +512,10 @@ def _cmd_backbones(args, console) -> int:
                       ["name"], [[f"timm:{n}"] for n in found])
         return 0
     console.table("backbones", columns, [row(s) for s in REGISTRY.values()])
+    from edgetl.train.text_backbone import TEXT_BACKBONES
+
+    console.table("text backbones (--data TEXTS.csv; also hf:DIR of a BERT-family encoder)", ["name", "what"],
+                  [[name, what] for name, what in TEXT_BACKBONES.items()])
     try:
         count = len(timm_source.names())
     except ConfigError:
@@ -524,9 +529,15 @@ def _cmd_backbones(args, console) -> int:
 
 
 def _cmd_eval(args, console) -> int:
+    from edgetl.export import is_text_run
     from edgetl.train.run import evaluate, load_run
 
-    result = evaluate(load_run(args.run), args.data, strict=args.strict, console=console)
+    if is_text_run(args.run):
+        from edgetl.train.text import evaluate_text
+
+        result = evaluate_text(args.run, args.data)
+    else:
+        result = evaluate(load_run(args.run), args.data, strict=args.strict, console=console)
     console.log(f"eval: {args.run} on {args.data}")
     console.table("eval", ["top-1 %", "images", "skipped"], [[percent(result.top1), result.images, result.skipped]])
     if args.per_class:

@@ -77,3 +77,24 @@ def test_a_run_that_breaks_is_an_error_not_a_failure(pytester, tmp_path, fleet):
 def test_without_its_options_the_plugin_stays_out_of_the_way(pytester):
     pytester.makepyfile("def test_plain():\n    assert True\n")
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_text_bundle_is_checked_per_sentence_like_an_image_one(pytester, text_run, tmp_path):
+    from edgetl.compile import compile_bundle
+
+    folder = tmp_path / "fleet"
+    folder.mkdir()
+    (folder / "bench.toml").write_text(f'name = "bench"\ntarget = "host-cpu"\ntransport = "local"\n'
+                                       f'[local]\nworkdir = "{tmp_path / "bench"}"\n{LOOSE}')
+    compile_bundle(text_run, "host-cpu", tmp_path / "intents")
+    pytester.makepyfile(test_fleet="""
+def test_meets_its_budgets(edgetl_device):
+    edgetl_device.assert_budgets()
+
+def test_per_sentence(edgetl_device):
+    m = edgetl_device.check().measured
+    assert m["unit"] == "sentence (16 tokens)" and m["accuracy"]["images"] == 16
+""")
+    result = pytester.runpytest("--edgetl-devices", str(folder), "--edgetl-bundle", str(tmp_path / "intents"),
+                                "--edgetl-runs", "20", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)

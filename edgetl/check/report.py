@@ -78,7 +78,7 @@ def _summary_text(r: Result) -> str:
     lat, th = m.latency_ms, m.thermals
     return (f"{r.bundle} ({r.engine} {r.precision}) on {r.device} ({r.target}, {r.transport})\n"
             f"latency ms: p50 {lat.p50} p90 {lat.p90} p95 {lat.p95} p99 {lat.p99} max {lat.max} "
-            f"over {lat.runs} runs; {m.throughput_fps} frames/s\n"
+            f"over {lat.runs} runs, ms per {m.unit}; {m.throughput_fps} {m.unit.split()[0]}s/s\n"
             f"{_share_text(m)}\n"
             f"peak RSS {m.peak_rss_mb} MB; top-1 {m.accuracy.top1}% on {m.accuracy.images} images\n"
             f"thermals: {th.before.to_dict()} -> {th.after.to_dict()}; throttled: {th.throttled} ({th.evidence})\n")
@@ -89,7 +89,7 @@ def _share_text(m) -> str:
     if e is None:
         return "engine share: not measured (the engine invokes more than one frame at a time)"
     return (f"engine share: invoke p50 {e.invoke_p50} ms of predict p50 {e.predict_p50} ms ({e.share:.1%}); "
-            f"the runtime adds {e.runtime_ms} ms per frame")
+            f"the runtime adds {e.runtime_ms} ms per {m.unit.split()[0]}")
 
 
 # ---- HTML -------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def _num(x, fmt="{:.2f}") -> str:
 
 
 def histogram(samples: list[float], p50: float, p95: float, budget: float | None, title: str,
-              width: int = 340, height: int = 190) -> str:
+              width: int = 340, height: int = 190, unit: str = "frame") -> str:
     """Latency samples as an SVG histogram, with p50, p95 and the budget marked."""
     left, bottom, top, right = 36, 36, 10, 10
     lo, hi = min(samples), max(max(samples), p95)
@@ -149,7 +149,7 @@ def histogram(samples: list[float], p50: float, p95: float, budget: float | None
         parts.append(f'<text x="{x(v):.1f}" y="{top + h + 13}" font-size="10" text-anchor="{anchor}" '
                      f'fill="#656d76">{v:.3g}</text>')
     parts.append(f'<text x="{left + w / 2}" y="{height - 4}" font-size="10" text-anchor="middle" '
-                 f'fill="#656d76">ms per frame</text>')
+                 f'fill="#656d76">ms per {html.escape(unit)}</text>')
     parts.append(f'<text x="4" y="{top + 10}" font-size="10" fill="#656d76">{peak}</text></svg>')
     return "".join(parts)
 
@@ -241,10 +241,12 @@ def page(results: list[Result]) -> str:
         budget = r.verdict("latency_p95_ms")
         title = f"{r.device} · {r.bundle} ({r.engine} {r.precision})"
         note = ("emulated: timings are qemu's, not judged" if r.emulated else
-                f"{lat.runs} frames after {lat.warmup} warm-up; budget p95 {budget.limit:g} ms")
+                f"{lat.runs} runs after {lat.warmup} warm-up, ms per {r.measured.unit}; budget p95 {budget.limit:g} ms")
         note += "; " + _share_text(r.measured)
+        plot = histogram(lat.samples, lat.p50, lat.p95, None if r.emulated else budget.limit, title,
+                         unit=r.measured.unit)
         cards.append(f'<div class="card"><h3>{html.escape(title)}</h3>'
-                     f"{histogram(lat.samples, lat.p50, lat.p95, None if r.emulated else budget.limit, title)}"
+                     f"{plot}"
                      f'<div class="note">{html.escape(note)}</div></div>')
     points = [(f"{r.bundle} {r.precision}", r.measured.latency_ms.p50, r.measured.accuracy.top1, r.device)
               for r in results if r.measured and not r.emulated]

@@ -13,8 +13,8 @@ from dataclasses import field
 
 from edgetl.runtime.engines import TensorSpec
 from edgetl.runtime.preprocess import PreprocessSpec
-from edgetl.runtime.tokens import TextSpec
 from edgetl.runtime.records import Record, record
+from edgetl.runtime.tokens import TextSpec
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"

@@ -94,7 +94,7 @@ class Measurement(Record):
     """What `edgetl check` measured on a device: written there as one JSON line, read here by check,
     its report, the CLI and the pytest plugin."""
 
-    OPTIONAL_KEYS = frozenset({"engine_share"})  # lines from runtimes before it was measured
+    OPTIONAL_KEYS = frozenset({"engine_share", "unit"})  # lines from runtimes before they were measured
 
     bundle: str
     engine: str
@@ -108,6 +108,7 @@ class Measurement(Record):
     thermals: Thermals
     accuracy: Accuracy
     engine_share: EngineShare | None = None  # None: an engine that invokes more than one frame at a time
+    unit: str = "frame"  # what one timed predict took: a frame, or a text bundle's "sentence (N tokens)"
     schema_version: int = 1
 
 
@@ -215,4 +216,5 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
             accuracy=Accuracy(source=source, images=len(hits), top1=round(100.0 * sum(hits) / len(hits), 2),
                               predictions=tuple(predicted), labels=tuple(labels)),
             engine_share=share,
+            unit=f"sentence ({model.max_len} tokens)" if hasattr(model, "max_len") else "frame",
         )

@@ -55,7 +55,8 @@ class TextModel(Model):
         return self.spec.max_len
 
     def pixels(self, images):
-        raise ConfigError("this is a text bundle: it takes sentences, not images", 'model.predict(["turn on the lights"])')
+        raise ConfigError("this is a text bundle: it takes sentences, not images",
+                          'model.predict(["turn on the lights"])')
 
     def _batch(self, texts) -> np.ndarray:
         return self.tokenizer.ids(as_texts(texts))

@@ -196,7 +196,8 @@ def finetune_text(config: TextFinetuneConfig, console: Console = QUIET) -> Finet
     probe = Tokenizer(tokenizer_file, TextSpec(kind="text", tokenizer=TOKENIZER, max_len=limit, pad_id=encoder.pad_id))
     max_len = config.max_len or choose_max_len(probe, train_set.texts, limit)
     if max_len > limit:
-        raise ConfigError(f"--max-len {max_len} is longer than {name}'s {limit} positions", f"--max-len {limit} or less")
+        raise ConfigError(f"--max-len {max_len} is longer than {name}'s {limit} positions",
+                          f"--max-len {limit} or less")
     spec = TextSpec(kind="text", tokenizer=TOKENIZER, max_len=max_len, pad_id=encoder.pad_id)
     tokenizer = Tokenizer(tokenizer_file, spec)
     lengths = probe.lengths(list(train_set.texts))
@@ -371,6 +372,20 @@ def recorded_split(record: FinetuneRecord, classes: tuple[str, ...], split: str)
         return whole
     train, val = textdata.split_train_val(whole, config.get("val_fraction", 0.2), config.get("seed", 0))
     return val if split == "val" else train
+
+
+def evaluate_text(run_path: str | Path, data: str | Path):
+    """Top-1 (percent) of a text run on a labelled text file with (some of) its classes (`edgetl eval`)."""
+    from edgetl.train.run import Evaluation
+
+    run = load_text_run(run_path)
+    test = textdata.read(data, run.classes, what="eval")
+    logits = run.head(embed(run.encoder, run.tokenizer().ids(list(test.texts))))
+    hits = (logits.argmax(1).numpy() == np.asarray(test.labels))
+    per_class = {run.classes[c]: round(100.0 * float(hits[np.asarray(test.labels) == c].mean()), 2)
+                 for c in sorted(set(test.labels))}
+    return Evaluation(top1=round(100.0 * float(hits.mean()), 2), images=len(test), skipped=0,
+                      per_class_top1=per_class)
 
 
 def load_text_run(path: str | Path) -> TextRun:
