@@ -631,8 +631,20 @@ def _cmd_export(args, console) -> int:
 
 
 def _cmd_calib_show(args, console) -> int:
+    from edgetl.data.text import is_text_data
     from edgetl.quantize import calibration
 
+    calib = calibration.read(args.file)
+    if is_text_data(calib.source):
+        from edgetl.quantize.text import select_texts
+
+        texts, labels, available = select_texts(calib)
+        per_class = {c: labels.count(c) for c in sorted(set(labels))}
+        console.log(f"{args.file}: {len(texts)} of {available} sentences from {calib.source} (seed {calib.seed}, "
+                    f"{len(per_class)} classes)")
+        console.table(f"calibration: {Path(args.file).name}", ["class", "sentences"],
+                      [[c, n] for c, n in per_class.items()])
+        return 0
     selection = calibration.select(calibration.read(args.file))
     calibration.check_readable(selection)
     per_class = selection.per_class()

@@ -75,12 +75,17 @@ def split_train_val(data: TextSet, val_fraction: float = 0.2, seed: int = 0) -> 
     return data.subset(sorted(train)), data.subset(sorted(val))
 
 
-def stratified(data: TextSet, per_class: int, seed: int = 0) -> TextSet:
-    """Up to `per_class` examples of each class, chosen by a seeded hash (few-shot subsets, checksets)."""
+def stratified(data: TextSet, per_class: int, seed: int = 0, *, total: int | None = None) -> TextSet:
+    """Up to `per_class` examples of each class, chosen by a seeded hash (few-shot subsets, checksets);
+    with `total`, at most that many, taken round-robin over the classes (their counts differ by one at most)."""
     by_class: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(data.labels):
         by_class[label].append(i)
-    rows = []
+    ranked = []  # (depth in its class, class, row)
     for label in sorted(by_class):
-        rows += sorted(by_class[label], key=lambda i: _rank(seed, label, data.texts[i], i))[:per_class]
-    return data.subset(sorted(rows))
+        rows = sorted(by_class[label], key=lambda i: _rank(seed, label, data.texts[i], i))[:per_class]
+        ranked += [(depth, label, i) for depth, i in enumerate(rows)]
+    ranked.sort()
+    if total is not None:
+        ranked = ranked[:total]
+    return data.subset(sorted(i for _, _, i in ranked))

@@ -77,7 +77,7 @@ def texts_of(run: TextRun, n: int) -> list[str]:
             continue
         if len(data):
             per = max(1, -(-n // len(run.classes)))
-            return list(stratified(data, per).texts)[:n]
+            return list(stratified(data, per, total=n).texts)
     raise ConfigError(f"the sentences {run.path} was trained on cannot be read any more",
                       "restore the run's data files (finetune.json names them)")
 

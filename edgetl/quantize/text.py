@@ -32,30 +32,39 @@ TEXT_METHODS = ("dynamic", "minmax", "percentile")  # auto tries each; static QD
 OPS = ["MatMul", "Gemm"]
 
 
+def select_texts(calib) -> tuple[list[str], list[str], int]:
+    """A text calibration set's chosen sentences and their labels (stratified, seeded), and how many it had."""
+    from edgetl.data import text as textdata
+
+    if not textdata.is_text_data(calib.source):
+        raise DataError(f"{calib.file}: {calib.source} holds no labelled texts", "a text run calibrates on "
+                        "sentences: data = \"texts.csv\" (or .jsonl, or DIR/<label>/*.txt)")
+    data = textdata.read(calib.source, what="calibration")
+    if len(data) < calib.samples:
+        raise DataError(f"{calib.file}: asks for {calib.samples} samples but {calib.source} holds {len(data)}",
+                        "lower `samples` or add sentences")
+    chosen = _stratified(data, calib.samples, calib.seed)
+    return list(chosen.texts), [data.classes[i] for i in chosen.labels], len(data)
+
+
+def _stratified(data, n: int, seed: int):
+    from edgetl.data.text import stratified
+
+    return stratified(data, max(1, -(-n // len(set(data.labels)))), seed, total=n)
+
+
 def calibration_texts(calib_file: str | Path | None, run) -> tuple[list[str], dict]:
     """The calibration sentences: a calibration TOML whose `data` is a labelled text file (chosen
-    stratified, seeded), or, without one, the run's own training sentences."""
-    from edgetl.data.text import stratified
+    stratified, seeded), or, without one, 512 of the run's own training sentences."""
     from edgetl.quantize import calibration
 
     if calib_file is None:
         data = run.split("train")
-        n, seed, source, file = min(512, len(data)), 0, "run train split", None
-    else:
-        calib = calibration.read(calib_file)
-        from edgetl.data import text as textdata
-
-        if not textdata.is_text_data(calib.source):
-            raise DataError(f"{calib.file}: {calib.source} holds no labelled texts", "a text run calibrates on "
-                            "sentences: data = \"texts.csv\" (or .jsonl, or DIR/<label>/*.txt)")
-        data = textdata.read(calib.source, what="calibration")
-        if len(data) < calib.samples:
-            raise DataError(f"{calib.file}: asks for {calib.samples} samples but {calib.source} holds {len(data)}",
-                            "lower `samples` or add sentences")
-        n, seed, source, file = calib.samples, calib.seed, str(calib.source), str(calib.file)
-    per = max(1, -(-n // len(set(data.labels))))
-    chosen = list(stratified(data, per, seed).texts)[:n]
-    return chosen, {"file": file, "source": source, "samples": len(chosen), "seed": seed}
+        chosen = list(_stratified(data, min(512, len(data)), 0).texts)
+        return chosen, {"file": None, "source": "run train split", "samples": len(chosen), "seed": 0}
+    calib = calibration.read(calib_file)
+    texts, _, _ = select_texts(calib)
+    return texts, {"file": str(calib.file), "source": str(calib.source), "samples": len(texts), "seed": calib.seed}
 
 
 def _dynamic(fp32: Path, out: Path) -> None:
