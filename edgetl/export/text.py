@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edgetl.console import QUIET, Console, silenced
-from edgetl.errors import ConfigError, ParityError
+from edgetl.errors import ConfigError, EdgetlError, ParityError
 from edgetl.export.onnx import OPSET
 from edgetl.fsutil import EXPORT, claim, staged_dir
 from edgetl.rundir import HEAD, ExportDir, ExportFiles, ExportRecord, InputInfo
@@ -48,9 +48,9 @@ def check_max_len(max_len: int | None, run: TextRun) -> int:
     return max_len
 
 
-def write(module: torch.nn.Module, spec: TextSpec, path: Path, fmt: str, *, output_name: str) -> None:
-    sample = torch.full((1, spec.max_len), spec.pad_id, dtype=torch.int64 if fmt == "onnx" else torch.int32)
-    sample[0, :2] = 101 % max(2, spec.pad_id + 2)  # a non-padding start: the trace sees a real mask
+def write(module: torch.nn.Module, sample: np.ndarray, path: Path, fmt: str, *, output_name: str) -> None:
+    """`module` (ids -> output) as `fmt`, traced on `sample`, one real sentence's ids (1, max_len)."""
+    sample = torch.from_numpy(sample.astype(np.int64 if fmt == "onnx" else np.int32))
     module.eval()
     if fmt == "tflite":
         from edgetl.export.tflite import to_tflite
@@ -73,7 +73,7 @@ def texts_of(run: TextRun, n: int) -> list[str]:
     for split in ("val", "train"):
         try:
             data = run.split(split)
-        except Exception:  # noqa: BLE001 - the files may be gone; try the next split
+        except (EdgetlError, OSError):  # the files may be gone: try the next split
             continue
         if len(data):
             per = max(1, -(-n // len(run.classes)))
@@ -113,10 +113,11 @@ def export_text(run_path: str | Path, fmt: str, *, tolerance: float = 1e-3, max_
     t0 = time.perf_counter()
     with staged_dir(out, EXPORT) as tmp:
         backbone_file, model_file = (tmp / name for name in ExportDir.names(fmt))
+        sample = run.tokenizer(spec).ids(texts[:1])
         with console.task(f"exporting {run.record.backbone} to {fmt} at {spec.max_len} tokens", 3, "steps") as advance:
-            write(run.encoder, spec, backbone_file, fmt, output_name="sentence_embedding")
+            write(run.encoder, sample, backbone_file, fmt, output_name="sentence_embedding")
             advance(1)
-            write(Classifier(run.encoder, run.head), spec, model_file, fmt, output_name="logits")
+            write(Classifier(run.encoder, run.head), sample, model_file, fmt, output_name="logits")
             advance(1)
             result = parity(backbone_file, model_file, run, spec, texts, tolerance)
             advance(1)
@@ -148,7 +149,7 @@ def write_statistics(run: TextRun, spec: TextSpec, path: Path) -> None:
 
     try:
         data = run.split("train")
-    except Exception:  # noqa: BLE001 - no statistics without the data; the device then uses its own
+    except (EdgetlError, OSError):  # no statistics without the data; the device then uses its own
         return
     data = stratified(data, max(1, STATISTICS_TEXTS // len(run.classes)))
     out = embed(run.encoder, run.tokenizer(spec).ids(list(data.texts))).numpy()

@@ -257,7 +257,10 @@ class Model:
         """The camera loop's case, one frame at the model's size, best label only, with as few numpy calls as
         can be: right after an engine invoke each one runs on caches the engine emptied (README, Benchmarks).
         The softmax of one row is a few dozen floats, summed in Python; the same figures as `probabilities`."""
-        features = self.engine.run(self._model_input(frame[None]))
+        return self._best_of(self.engine.run(self._model_input(frame[None])))
+
+    def _best_of(self, features: np.ndarray) -> Prediction:
+        """The best label of one row of backbone outputs: its softmax summed in Python (a few dozen floats)."""
         row = self.logits(features)[0].tolist()
         best = max(row)
         total = 0.0

@@ -13,7 +13,6 @@ everything after the embedding (head store, guard, rollback) is the image model'
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 
 import numpy as np
@@ -89,16 +88,8 @@ class TextModel(Model):
         return super().predict(texts, top_k=top_k)
 
     def _one(self, text: str) -> Prediction:
-        """One sentence, best label only: tokenize, one invoke, a softmax of one row in Python."""
-        row = self.logits(self.engine.run(self.tokenizer.ids([text])))[0].tolist()
-        best = max(row)
-        total = 0.0
-        for v in row:
-            total += math.exp(v - best)
-        i = row.index(best)
-        p = 1.0 / total
-        label = self.labels[i]
-        return Prediction(label, p, i, ((label, p),))
+        """One sentence, best label only: tokenize, one invoke, the softmax of one row in Python."""
+        return self._best_of(self.engine.run(self.tokenizer.ids([text])))
 
     def stream(self, texts, *, top_k: int = 1):
         """One `Prediction` per sentence of `texts` (any iterable), yielded as each arrives."""
