@@ -40,7 +40,8 @@ EXPORT_RECORD = "export.json"
 QUANTIZE_RECORD = "quantize.json"
 FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}
 EXPORT_DIR, QUANTIZE_DIR, BUNDLES_DIR = "export", "quantize", "bundles"  # the stages' dirs inside a run
-RUN_FILES = frozenset({RUN_RECORD, LABELS, SPEC, HEAD, CHECKPOINT})  # what a fine-tune writes
+ENCODER = "encoder.json"  # a text run's encoder config (its tokenizer.json beside it)
+RUN_FILES = frozenset({RUN_RECORD, LABELS, SPEC, HEAD, CHECKPOINT, ENCODER, TOKENIZER})  # what a fine-tune writes
 STAGE_FILES = frozenset({HEAD, LABELS, SPEC, FEATURES, TOKENIZER})  # beside every export and quantize artifact
 
 

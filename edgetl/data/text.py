@@ -34,10 +34,12 @@ class TextSet:
 
 
 def read(path: str | Path, classes: tuple[str, ...] | None = None, *, what: str = "training",
-         text_column: str | None = None, label_column: str | None = None) -> TextSet:
-    """A labelled text file or folder; `classes` (a val/test set's run classes) refuses labels the run lacks."""
+         text_column: str | None = None, label_column: str | None = None, column_flags: bool = False) -> TextSet:
+    """A labelled text file or folder; `classes` (a val/test set's run classes) refuses labels the run lacks;
+    `column_flags`: the command has --text-column/--label-column (its hints name them)."""
     try:
-        texts, names = labelled_texts(path, text_column=text_column, label_column=label_column)
+        texts, names = labelled_texts(path, text_column=text_column, label_column=label_column,
+                                      column_flags=column_flags)
     except InputError as exc:
         raise DataError(f"{what} data: {exc.message}", exc.hint) from None
     if classes is None:

@@ -227,10 +227,15 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
 
 
 def is_text_run(path: str | Path) -> bool:
-    """A run whose spec is a text one (its tokenizer beside it); read without torch."""
-    from edgetl.runtime.tokens import TOKENIZER
+    """A run whose spec (preprocess.json) is a text one; read without torch. An unreadable spec is not
+    judged here: the image path names the damage."""
+    from edgetl.errors import EdgetlError
+    from edgetl.runtime.tokens import TextSpec
 
-    return (Path(path) / TOKENIZER).is_file() and (Path(path) / "encoder.json").is_file()
+    try:
+        return isinstance(RunDir(Path(path)).spec, TextSpec)
+    except (EdgetlError, OSError):
+        return False
 
 
 def load_export(run_path: str | Path, fmt: str) -> Export | None:

@@ -103,6 +103,10 @@ def quantize_text(run_path: str | Path, calib_file: str | Path | None, *, fmt: s
     if fmt != "onnx":
         raise ConfigError("int8 of a text encoder is made for ONNX only (onnxruntime's dynamic or static QDQ); "
                           "the TFLite export of a text run stays fp32", "edgetl quantize RUN --format onnx")
+    if not 0 <= max_drop <= 100:
+        raise ConfigError(f"--max-drop must be between 0 and 100 points, not {max_drop}", "e.g. 1.0")
+    if split not in ("val", "test"):
+        raise ConfigError(f"unknown --split {split!r}", "val (default) or test")
     if method != "auto" and method not in TEXT_METHODS:
         raise ConfigError(f"unknown text quantization method {method!r}", f"one of: auto, {', '.join(TEXT_METHODS)}")
     started = time.perf_counter()

@@ -380,6 +380,9 @@ def adapt_head(head: Head, features: np.ndarray | None, labels, config: AdaptCon
     if len(labels) != len(features) or len(labels) == 0:
         raise ConfigError(f"{len(features)} images and {len(labels)} labels", "give one label per image")
     counts = {c: labels.count(c) for c in dict.fromkeys(labels)}
+    if config.replace_labels and len(counts) < 2:
+        raise ConfigError(f"a new label set needs two or more labels, and these are all {labels[0]!r}",
+                          "give examples of every label the new head should know")
     known = set(head.labels)
     new = tuple(c for c in counts if c not in known)
     imprinted = tuple(c for c in new if counts[c] <= config.imprint_max)

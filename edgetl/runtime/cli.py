@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from edgetl.errors import ConfigError, EdgetlError
+from edgetl.runtime.images import IMAGE_SUFFIXES
 from edgetl.runtime.lifecycle import Terminated, process_scope
 from edgetl.runtime.texts import TEXT_SUFFIXES
 from edgetl.runtime.tokens import TextSpec
@@ -43,7 +44,8 @@ class Parser(argparse.ArgumentParser):
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", type=Path, help="bundle dir or .tar.gz")
-    p.add_argument("images", nargs="+", help="image files (a text bundle: the sentences themselves)")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_SENTENCE",
+                   help="image files (a text bundle: the sentences themselves)")
     p.add_argument("--top", type=int, default=1, help="also list the k best labels (default 1)")
     p.add_argument("--key", type=Path, help="ed25519 public key: the bundle must be signed by it")
     p.add_argument("--json", action="store_true", help="one JSON record per image")
@@ -137,6 +139,10 @@ def predict(args) -> list[dict]:
     check_args(args)
     model = Model.load(args.bundle, key=args.key, machine="any" if args.any_arch else None)
     if isinstance(model.spec, TextSpec):
+        files = [a for a in args.images if Path(a).suffix.lower() in IMAGE_SUFFIXES and Path(a).is_file()]
+        if files:
+            raise ConfigError(f"{args.bundle} is a text bundle, and {files[0]} is an image",
+                              'pass the sentences themselves: predict BUNDLE "turn on the lights"')
         return [{"text": text, **p.to_dict(), "head_version": model.head_version}
                 for text, p in zip(args.images, model.predict(list(args.images), top_k=args.top), strict=True)]
     paths = [Path(p) for p in args.images]
@@ -194,7 +200,13 @@ def _adapt_texts(args, model, config) -> dict:
     if args.data is not None:
         texts, labels = labelled_texts(args.data)
     if args.unlabelled is not None:
-        lines = Path(args.unlabelled).read_text(encoding="utf-8", errors="strict").splitlines()
+        if not Path(args.unlabelled).is_file():
+            raise ConfigError(f"--unlabelled {args.unlabelled} is not a file of sentences",
+                              "a text bundle takes a .txt file, one unlabelled sentence per line")
+        try:
+            lines = Path(args.unlabelled).read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ConfigError(f"{args.unlabelled} is not UTF-8 text", "save it as UTF-8, one sentence a line") from None
         unlabelled = [line.strip() for line in lines if line.strip()]
         if not unlabelled:
             raise ConfigError(f"{args.unlabelled} holds no sentences", "one unlabelled sentence per line")
@@ -306,7 +318,7 @@ def _run(args, parser) -> int:
     if args.command == "predict":
         for record in predict(args):
             print(json.dumps(record) if args.json else
-                  f"{record['image']}\t{record['label']}\t{record['probability']:.3f}")
+                  f"{record.get('image', record.get('text'))}\t{record['label']}\t{record['probability']:.3f}")
         return 0
     if args.command == "adapt":
         r = adapt(args)

@@ -24,29 +24,36 @@ def is_text_data(path: str | Path) -> bool:
     """Whether `path` holds labelled texts (a .csv/.tsv/.jsonl file, or DIR/<label>/*.txt), not images."""
     path = Path(path)
     if path.is_file() or path.suffix.lower() in TEXT_SUFFIXES:
-        return path.suffix.lower() in TEXT_SUFFIXES
+        return path.suffix.lower() in (*TEXT_SUFFIXES, ".txt")
     if not path.is_dir():
         return False
     return any(p.suffix == ".txt" for folder in path.iterdir() if folder.is_dir() for p in folder.iterdir())
 
 
-def labelled_texts(path: str | Path, *, text_column: str | None = None, label_column: str | None = None
-                   ) -> tuple[list[str], list[str]]:
+def labelled_texts(path: str | Path, *, text_column: str | None = None, label_column: str | None = None,
+                   column_flags: bool = False) -> tuple[list[str], list[str]]:
     """(texts, labels) of a labelled text file or folder; `text_column`/`label_column` name the columns of a
-    table whose names are not the usual ones (text/sentence/utterance/query, label/category/intent/class)."""
+    table whose names are not the usual ones (text/sentence/utterance/query, label/category/intent/class);
+    `column_flags`: the hints name `--text-column`/`--label-column` (the commands that have them)."""
     path = Path(path)
+    if text_column is not None and text_column == label_column:
+        raise InputError(f"--text-column and --label-column are both {text_column!r}",
+                         "name two different columns")
     if path.is_dir():
         texts, labels = _folder(path)
     elif not path.is_file():
         raise InputError(f"{path} does not exist", "pass a .csv or .jsonl file of texts and labels, or "
                                                    "DIR/<label>/*.txt")
+    elif path.suffix.lower() == ".txt":
+        raise InputError(f"{path.name} has no labels", "put it in a folder named for its label: DIR/<label>/"
+                                                       f"{path.name}, one example a line, and pass DIR")
     elif path.suffix.lower() not in TEXT_SUFFIXES:
         raise InputError(f"{path.name} is not a text table", "labelled texts are a .csv, .tsv or .jsonl file, "
                                                              "or DIR/<label>/*.txt")
     elif path.suffix.lower() == ".jsonl":
-        texts, labels = _jsonl(path, text_column, label_column)
+        texts, labels = _jsonl(path, text_column, label_column, column_flags)
     else:
-        texts, labels = _table(path, text_column, label_column)
+        texts, labels = _table(path, text_column, label_column, column_flags)
     if not texts:
         raise InputError(f"{path} holds no labelled texts", "one example per row: a text and its label")
     return texts, labels
@@ -62,7 +69,8 @@ def _read(path: Path) -> str:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}", "check the path and its permissions") from None
 
 
-def _column(names: list[str], given: str | None, usual: tuple[str, ...], what: str, path: Path) -> str:
+def _column(names: list[str], given: str | None, usual: tuple[str, ...], what: str, path: Path,
+            flags: bool = False) -> str:
     if given is not None:
         if given not in names:
             raise InputError(f"{path.name} has no {what} column {given!r} (columns: {', '.join(names)})",
@@ -72,7 +80,7 @@ def _column(names: list[str], given: str | None, usual: tuple[str, ...], what: s
     found = next((lowered[u] for u in usual if u in lowered), None)
     if found is None:
         raise InputError(f"{path.name} has no {what} column (columns: {', '.join(names) or 'none'})",
-                         f"name it one of {', '.join(usual)}, or pass --{what}-column NAME")
+                         f"name it one of {', '.join(usual)}" + (f", or pass --{what}-column NAME" if flags else ""))
     return found
 
 
@@ -84,14 +92,14 @@ def _example(text, label, where: str) -> tuple[str, str]:
     return text.strip(), str(label).strip()
 
 
-def _table(path: Path, text_column, label_column) -> tuple[list[str], list[str]]:
+def _table(path: Path, text_column, label_column, flags: bool) -> tuple[list[str], list[str]]:
     rows = csv.reader(_read(path).splitlines(keepends=True), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
     try:
         header = next(rows, None)
         if header is None:
             return [], []
-        t = header.index(_column(header, text_column, TEXT_COLUMNS, "text", path))
-        lab = header.index(_column(header, label_column, LABEL_COLUMNS, "label", path))
+        t = header.index(_column(header, text_column, TEXT_COLUMNS, "text", path, flags))
+        lab = header.index(_column(header, label_column, LABEL_COLUMNS, "label", path, flags))
         texts, labels = [], []
         for row in rows:
             if not any(cell.strip() for cell in row):
@@ -108,7 +116,7 @@ def _table(path: Path, text_column, label_column) -> tuple[list[str], list[str]]
     return texts, labels
 
 
-def _jsonl(path: Path, text_column, label_column) -> tuple[list[str], list[str]]:
+def _jsonl(path: Path, text_column, label_column, flags: bool) -> tuple[list[str], list[str]]:
     texts, labels, keys = [], [], None
     for number, line in enumerate(_read(path).splitlines(), 1):
         if not line.strip():
@@ -121,8 +129,8 @@ def _jsonl(path: Path, text_column, label_column) -> tuple[list[str], list[str]]
         if not isinstance(row, dict):
             raise InputError(f"{where}: not a JSON object", 'one object per line: {"text": ..., "label": ...}')
         if keys is None:
-            keys = (_column(list(row), text_column, TEXT_COLUMNS, "text", path),
-                    _column(list(row), label_column, LABEL_COLUMNS, "label", path))
+            keys = (_column(list(row), text_column, TEXT_COLUMNS, "text", path, flags),
+                    _column(list(row), label_column, LABEL_COLUMNS, "label", path, flags))
         text, label = _example(row.get(keys[0]), row.get(keys[1]), where)
         texts.append(text)
         labels.append(label)

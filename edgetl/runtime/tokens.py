@@ -91,8 +91,8 @@ class Tokenizer:
         try:
             fast = Fast.from_file(str(path))
         except Exception as exc:  # tokenizers raises its own Exception for a damaged file
-            raise ConfigError(f"{Path(path).name} is not a tokenizer ({str(exc).splitlines()[0][:120]})",
-                              "the bundle is damaged: compile it again") from None
+            raise ConfigError(f"{path} is not a tokenizer ({str(exc).splitlines()[0][:120]})",
+                              "the file is damaged: compile the bundle (or fine-tune the run) again") from None
         fast.no_padding()
         fast.enable_truncation(spec.max_len)
         fast.enable_padding(length=spec.max_len, pad_id=spec.pad_id, pad_token=fast.id_to_token(spec.pad_id) or "")

@@ -102,6 +102,8 @@ def check(config: TextFinetuneConfig) -> None:
 
 def versions() -> dict:
     import tokenizers
+
+    text_backbone._quiet()
     import transformers
 
     return {"edgetl": edgetl.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
@@ -174,18 +176,20 @@ def finetune_text(config: TextFinetuneConfig, console: Console = QUIET) -> Finet
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     name = text_backbone.canonical(config.backbone)
-    data = textdata.read(config.data, text_column=config.text_column, label_column=config.label_column)
+    data = textdata.read(config.data, text_column=config.text_column, label_column=config.label_column,
+                         column_flags=True)
     if config.val is not None:
         train_set = data
         val_set = textdata.read(config.val, data.classes, what="val", text_column=config.text_column,
-                                label_column=config.label_column)
+                                label_column=config.label_column, column_flags=True)
     else:
         train_set, val_set = textdata.split_train_val(data, config.val_fraction, config.seed)
         if not len(val_set):
             raise DataError(f"{config.data} has too few examples for a val split (need 2+ in a class)",
                             "add examples, or give a separate --val FILE")
     test_set = (textdata.read(config.test, data.classes, what="test", text_column=config.text_column,
-                              label_column=config.label_column) if config.test is not None else None)
+                              label_column=config.label_column, column_flags=True)
+                if config.test is not None else None)
     missing = sorted(set(range(len(data.classes))) - set(train_set.labels))
     if missing:
         raise DataError(f"no training examples left for class(es) {', '.join(data.classes[i] for i in missing)}",
@@ -354,10 +358,6 @@ class TextRun:
         return recorded_split(self.record, self.classes, name)
 
 
-def is_text_run(path: str | Path) -> bool:
-    return (Path(path) / TOKENIZER).is_file() and (Path(path) / text_backbone.CONFIG).is_file()
-
-
 def recorded_split(record: FinetuneRecord, classes: tuple[str, ...], split: str) -> textdata.TextSet:
     data, config = record.data, record.config
     cols = {"text_column": config.get("text_column"), "label_column": config.get("label_column")}
@@ -399,11 +399,23 @@ def load_text_run(path: str | Path) -> TextRun:
     if not isinstance(spec, TextSpec):
         raise RunError(f"{path} is an image run", "this stage takes a text run")
     import json
+    import pickle
 
-    config = json.loads((path / text_backbone.CONFIG).read_text())
-    encoder = text_backbone.rebuild(config, spec.pad_id)
-    state = torch.load(d.checkpoint, map_location="cpu", weights_only=True)
-    encoder.load_state_dict(state["backbone"])
-    head = make_head(encoder.embedding_dim, len(d.labels))
-    head.load_state_dict(state["head"])
+    from edgetl.rundir import damaged
+
+    for name in (text_backbone.CONFIG, spec.tokenizer):
+        if not (path / name).is_file():
+            raise damaged(path / name, "missing (a text run keeps its encoder config and tokenizer)")
+    try:
+        config = json.loads((path / text_backbone.CONFIG).read_text())
+        encoder = text_backbone.rebuild(config, spec.pad_id)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise damaged(path / text_backbone.CONFIG, f"not an encoder config ({type(exc).__name__})") from None
+    try:
+        state = torch.load(d.checkpoint, map_location="cpu", weights_only=True)
+        encoder.load_state_dict(state["backbone"])
+        head = make_head(encoder.embedding_dim, len(d.labels))
+        head.load_state_dict(state["head"])
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError, ValueError, OSError) as exc:
+        raise damaged(d.checkpoint, f"not this run's weights ({type(exc).__name__})") from None
     return TextRun(path, encoder.eval(), head.eval(), d.labels, spec, record)

