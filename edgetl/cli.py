@@ -635,7 +635,7 @@ def _cmd_calib_show(args, console) -> int:
     from edgetl.quantize import calibration
 
     calib = calibration.read(args.file)
-    if is_text_data(calib.source):
+    if calib.kind == "data" and is_text_data(calib.source):
         from edgetl.quantize.text import select_texts
 
         texts, labels, available = select_texts(calib)

@@ -15,7 +15,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from edgetl.errors import ConfigError, DataError, QuantizeError
 from edgetl.export import check_format, check_input, export, export_input, export_taps, load_export, tapped
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
 from edgetl.quantize import calibration
+from edgetl.quantize.scoring import Labelled, Scorer, Trial, load_engine
 from edgetl.rundir import FORMATS, QuantizeDir, QuantizeRecord, RunDir
 from edgetl.runtime import engines
 from edgetl.runtime.features import EMBEDDING, Layout
@@ -69,28 +70,6 @@ class SearchBudget:
 DEFAULT_SEARCH = SearchBudget()
 
 
-@dataclass
-class Trial:
-    method: str
-    float_layers: tuple[str, ...]
-    path: Path
-    top1: float
-    drop: float
-    agreement: float
-    extra: dict = field(default_factory=dict)
-
-    def summary(self) -> dict:
-        return {"method": self.method, "float_layers": list(self.float_layers), "int8_top1": self.top1,
-                "drop": self.drop, "agreement": self.agreement, "test": (self.extra.get("test") or [None])[0]}
-
-
-@dataclass(frozen=True)
-class Labelled:
-    name: str
-    x: np.ndarray  # as the artifact takes it: uint8 frames, or normalised in its layout
-    labels: np.ndarray
-
-
 def _labelled(run: Run, spec, data: Path | None, split: str) -> Labelled:
     if data is not None:
         samples, name = list(scan(data, run.classes, what="eval").samples), str(data)
@@ -100,63 +79,6 @@ def _labelled(run: Run, spec, data: Path | None, split: str) -> Labelled:
     if len(loaded.labels) == 0:
         raise DataError(f"no readable images to score on ({name})", "pass --data DIR with labelled images")
     return Labelled(name, spec.model_input(loaded.images), loaded.labels)
-
-
-def _top1(pred: np.ndarray, labels: np.ndarray) -> float:
-    return round(100.0 * float((pred == labels).mean()), 2)
-
-
-class _Scorer:
-    """Scores backbone artifacts with the run's float head; fp32 predictions are the reference."""
-
-    def __init__(self, fp32: Path, head: dict, sets: list[Labelled], layout: Layout):
-        self.W, self.b = head["W"], head["b"]
-        self.sets, self.layout = sets, layout
-        self.embedding = layout.columns((EMBEDDING,))
-        engine = _load(fp32)
-        self.features = engine.run(sets[0].x)  # fp32 outputs on the guard set: what each tap is held to
-        self.reference = [self.predict(engine, s) for s in sets]
-        self.fp32_top1 = [_top1(p, s.labels) for p, s in zip(self.reference, sets, strict=True)]
-
-    def predict(self, engine, labelled: Labelled) -> np.ndarray:
-        return (engine.run(labelled.x)[:, self.embedding] @ self.W.T + self.b).argmax(1)
-
-    def tap_errors(self, path: Path) -> dict[str, float]:
-        """Per output segment, the int8 error relative to the segment's own variation across images:
-        |int8 - fp32| / |fp32 - its mean| (Frobenius) on the guard set; a head standardises each
-        feature, so this is the noise it sees against the signal."""
-        with silenced():
-            q = _load(path).run(self.sets[0].x)
-        out = {}
-        for name in self.layout.names:
-            cols = self.layout.columns((name,))
-            f = self.features[:, cols]
-            spread = float(np.linalg.norm(f - f.mean(0)))
-            out[name] = round(float(np.linalg.norm(q[:, cols] - f)) / max(spread, 1e-12), 4)
-        return out
-
-    def score(self, path: Path) -> list[tuple[float, float, float]]:
-        """(int8 top-1 %, drop in points, agreement with fp32) per labelled set."""
-        engine = _load(path)
-        out = []
-        for s, ref, fp32 in zip(self.sets, self.reference, self.fp32_top1, strict=True):
-            with silenced():
-                pred = self.predict(engine, s)
-            top1 = _top1(pred, s.labels)
-            out.append((top1, round(fp32 - top1, 2), round(float((pred == ref).mean()), 4)))
-        return out
-
-    def trial(self, method: str, float_layers: tuple[str, ...], path: Path) -> Trial:
-        """`path` scored: judged on the first set, the others (test) recorded beside it."""
-        (top1, drop, agreement), *rest = self.score(path)
-        return Trial(method, float_layers, path, top1, drop, agreement,
-                     {"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]})
-
-
-def _load(path: Path):
-    """An engine for `path`, without the interpreter's own log lines (XNNPACK)."""
-    with silenced():
-        return engines.load(path, threads=1)
 
 
 def _quantizer(fmt: str):
@@ -237,7 +159,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     if data is None and split == "val" and has_test:
         sets.append(_labelled(run, spec, None, "test"))
     head = dict(np.load(run.dir.head))
-    scorer = _Scorer(exported.backbone, head, sets, layout)
+    scorer = Scorer(exported.backbone, head, sets, layout)
     q = _quantizer(fmt)
     suffix = FORMATS[fmt]
 
@@ -290,7 +212,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
                 f"the {fmt} result is not int8: {ops.weighted_float} conv/matmul op(s) stayed float "
                 f"({', '.join(ops.float_nodes[:3])}) beside {ops.weighted_int8} int8 ones",
                 "nothing was written; report the backbone and versions")
-        int8, fp32 = _load(best.path), _load(exported.backbone)
+        int8, fp32 = load_engine(best.path), load_engine(exported.backbone)
         with console.task("timing fp32 and int8 on this host", 2, "models") as advance, silenced():
             latency = {"fp32": engines.latency_ms(fp32)}
             advance(1)
@@ -335,7 +257,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     return record
 
 
-def _with_uint8_io(best: Trial, scorer: _Scorer, console: Console) -> Trial:
+def _with_uint8_io(best: Trial, scorer: Scorer, console: Console) -> Trial:
     """`best` with uint8 input/output, rescored: the requantize is exact, and this shows it."""
     path = best.path.with_name(best.path.stem + "-uint8" + best.path.suffix)
     to_uint8(best.path, path)

@@ -23,7 +23,7 @@ from edgetl.backends import opcount
 from edgetl.console import QUIET, Console, silenced
 from edgetl.errors import ConfigError, DataError, QuantizeError
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
-from edgetl.quantize import Labelled, _load, _Scorer
+from edgetl.quantize.scoring import Labelled, Scorer, load_engine
 from edgetl.rundir import QuantizeDir, QuantizeRecord
 from edgetl.runtime import engines
 from edgetl.runtime.features import Layout
@@ -56,13 +56,13 @@ def _stratified(data, n: int, seed: int):
 def calibration_texts(calib_file: str | Path | None, run) -> tuple[list[str], dict]:
     """The calibration sentences: a calibration TOML whose `data` is a labelled text file (chosen
     stratified, seeded), or, without one, 512 of the run's own training sentences."""
-    from edgetl.quantize import calibration
+    from edgetl.quantize.calibration import read
 
     if calib_file is None:
         data = run.split("train")
         chosen = list(_stratified(data, min(512, len(data)), 0).texts)
         return chosen, {"file": None, "source": "run train split", "samples": len(chosen), "seed": 0}
-    calib = calibration.read(calib_file)
+    calib = read(calib_file)
     texts, _, _ = select_texts(calib)
     return texts, {"file": str(calib.file), "source": str(calib.source), "samples": len(texts), "seed": calib.seed}
 
@@ -127,7 +127,7 @@ def quantize_text(run_path: str | Path, calib_file: str | Path | None, *, fmt: s
         test_set = run.split("test")
         sets.append(Labelled("run test split", tokenizer.ids(list(test_set.texts)), np.asarray(test_set.labels)))
     head = dict(np.load(run.dir.head))
-    scorer = _Scorer(exported.backbone, head, sets, Layout.of((), int(run.head.in_features)))
+    scorer = Scorer(exported.backbone, head, sets, Layout.of((), int(run.head.in_features)))
     calib_ids = tokenizer.ids(texts)
     console.log(f"calibration: {len(texts)} sentences from {calib_info['source']}; guard: {len(sets[0].labels)} "
                 f"sentences of {name}")
@@ -139,7 +139,7 @@ def quantize_text(run_path: str | Path, calib_file: str | Path | None, *, fmt: s
         pre = prepare(exported.backbone, work / "prepared.onnx")
         trials, latency = [], {}
         with silenced():
-            latency["fp32"] = engines.latency_ms(_load(exported.backbone))
+            latency["fp32"] = engines.latency_ms(load_engine(exported.backbone))
         with console.task(f"int8 {', '.join(methods)}", len(methods), "methods") as advance:
             for m in methods:
                 path = work / f"{m}.onnx"
@@ -149,7 +149,7 @@ def quantize_text(run_path: str | Path, calib_file: str | Path | None, *, fmt: s
                     _static(pre, path, calib_ids, m, work)
                 t = scorer.trial(m, (), path)
                 with silenced():
-                    latency[m] = engines.latency_ms(_load(path))
+                    latency[m] = engines.latency_ms(load_engine(path))
                 console.log(f"  {m:<10}: int8 top-1 {t.top1:.2f}% (fp32 {scorer.fp32_top1[0]:.2f}%, drop "
                             f"{t.drop:+.2f}), agreement {t.agreement:.1%}, {latency[m]['p50_ms']:.2f} ms/sentence")
                 trials.append(t)
@@ -166,7 +166,7 @@ def quantize_text(run_path: str | Path, calib_file: str | Path | None, *, fmt: s
         if ops.weighted_int8 == 0:
             raise QuantizeError(f"the {best.method} result is not int8: no MatMul was quantized",
                                 "nothing was written; report the encoder and versions")
-        int8 = _load(best.path)
+        int8 = load_engine(best.path)
         record = QuantizeRecord(
             format=fmt, run=str(run.path), backbone=run.record.backbone, file=QuantizeDir.name(fmt),
             method=best.method, method_requested=method, max_drop=float(max_drop), float_layers=(),

@@ -216,5 +216,5 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
             accuracy=Accuracy(source=source, images=len(hits), top1=round(100.0 * sum(hits) / len(hits), 2),
                               predictions=tuple(predicted), labels=tuple(labels)),
             engine_share=share,
-            unit=f"sentence ({model.max_len} tokens)" if hasattr(model, "max_len") else "frame",
+            unit=f"sentence ({model.max_len} tokens)" if model.text else "frame",
         )

@@ -38,6 +38,7 @@ from edgetl.runtime.head import Head, softmax_
 from edgetl.runtime.heads import HeadStore
 from edgetl.runtime.images import as_batch
 from edgetl.runtime.preprocess import PreprocessSpec
+from edgetl.runtime.sentences import Sentences, check_ids
 from edgetl.runtime.tokens import TextSpec
 from edgetl.runtime.verify import Bundle, BundleError, open_bundle
 
@@ -65,6 +66,8 @@ class Model:
         self.head_note = head_note  # why the head in force is a fallback (loaded with fallback_head), else None
         self._origin = os.path.realpath(bundle.path)  # what BUNDLE resolved to (a deploy swaps a link)
         self._columns: tuple[Head | None, slice | np.ndarray] = (None, slice(None))  # the last head checked
+        # a text bundle: sentences in, tokenized by its own tokenizer.json (`edgetl.runtime.sentences`)
+        self.text = Sentences(bundle.path, spec) if isinstance(spec, TextSpec) else None
 
     @property
     def head_version(self) -> int:
@@ -119,10 +122,7 @@ class Model:
             raise ConfigError(f"the {m.engine} engine sees input {engine.input.shape}, the manifest says "
                               f"{list(expected)}", "the bundle and its model disagree: compile it again")
         if isinstance(spec, TextSpec):  # token ids in, and the bundle's tokenizer makes them
-            from edgetl.runtime.text_model import TextModel, check_ids
-
             check_ids(spec, engine, m.engine)
-            cls = TextModel
         else:
             _check_input(spec, engine, m.engine)
         layout = Layout.of(spec.outputs, int(engine.output.shape[-1]))
@@ -158,10 +158,25 @@ class Model:
 
     @property
     def input_size(self) -> tuple[int, int]:
+        if self.text:
+            raise ConfigError("a text model has no image size", f"it takes sentences of up to {self.max_len} tokens")
         return tuple(self.spec.size)
+
+    @property
+    def max_len(self) -> int | None:
+        """A text model's tokens per sentence (None for images)."""
+        return self.text.max_len if self.text else None
+
+    @property
+    def tokenizer(self):
+        """A text model's tokenizer (`edgetl.runtime.tokens.Tokenizer`); None for images."""
+        return self.text.tokenizer if self.text else None
 
     def pixels(self, images) -> np.ndarray:
         """`images` as uint8 NHWC at the model's size (see `edgetl.runtime.images.as_batch`)."""
+        if self.text:
+            raise ConfigError("this is a text bundle: it takes sentences, not images",
+                              'model.predict(["turn on the lights"])')
         return as_batch(images, self.input_size, self.spec.resize, self.spec.interpolation)
 
     @cached_property
@@ -197,31 +212,36 @@ class Model:
 
     def _model_input(self, batch: np.ndarray) -> np.ndarray:
         """A batch of `_batch`'s output as the model takes it (a text model's ids are that already)."""
-        return self.spec.model_input(batch)
+        return batch if self.text else self.spec.model_input(batch)
 
     def _batch(self, items) -> np.ndarray:
-        """What `predict` and `embed` turn their input into first: uint8 frames at the model's size."""
-        return self.pixels(items)
+        """What `predict` and `embed` turn their input into first: uint8 frames at the model's size (a text
+        model: token ids)."""
+        return self.text.ids(items) if self.text else self.pixels(items)
 
     def inputs(self, items):
         """`items` checked and decoded once, as `predict` takes each of them fastest: uint8 frames at the
-        model's size here (a text model: the sentences themselves, tokenized in `predict`)."""
-        return self.pixels(items)
+        model's size (a text model: the sentences themselves, tokenized in `predict`)."""
+        return self.text.inputs(items) if self.text else self.pixels(items)
 
     def labelled(self, path) -> tuple[list, list[str]]:
         """(items, labels) of labelled data on this device: DIR/<label>/*.png (a text model: a CSV/JSONL file)."""
+        if self.text:
+            return self.text.labelled(path)
         from edgetl.runtime.images import labelled_folder
 
         return labelled_folder(path)
 
-    def engine_input(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 NHWC frames at the model's size as the engine's own input tensor (what `engine.invoke`
-        takes): what `predict` hands the engine, for timing the engine alone."""
+    def engine_input(self, pixels) -> np.ndarray:
+        """uint8 NHWC frames at the model's size (a text model: sentences) as the engine's own input tensor
+        (what `engine.invoke` takes): what `predict` hands the engine, for timing the engine alone."""
+        if self.text:
+            return self.engine.prepare(self.text.ids(pixels))
         return self.engine.prepare(self._model_input(pixels))
 
     def embed(self, images) -> np.ndarray:
-        """The backbone's outputs (N, width) float32 of `images` (paths, PIL images or uint8 HxWx3 arrays):
-        the embedding, then the pooled taps (`layout`)."""
+        """The backbone's outputs (N, width) float32 of `images` (paths, PIL images or uint8 HxWx3 arrays; a
+        text model: sentences): the embedding, then the pooled taps (`layout`)."""
         return self._features(self._batch(images))
 
     def probabilities(self, images) -> np.ndarray:
@@ -233,6 +253,8 @@ class Model:
         array), with the `top_k` best (top_k >= 1)."""
         if top_k != 1 and (isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1):
             raise ConfigError(f"top_k={top_k!r}: ask for at least the best label", "pass top_k=1 or more")
+        if self.text and type(images) is str and top_k == 1 and images.strip():  # one sentence: tokenize, invoke
+            return [self._best_of(self.engine.run(self.text.tokenizer.ids([images])))]
         if type(images) is np.ndarray and images.shape == self._frame_shape and images.dtype == np.uint8 \
                 and top_k == 1:
             return [self._best(images)]

@@ -39,7 +39,10 @@ def test_named_columns_are_taken_when_the_usual_ones_are_absent(tmp_path):
     path = write_csv(tmp_path / "t.csv", [("hi", "a"), ("bye", "b")], header=("utterance_text", "tag"))
     with pytest.raises(InputError, match="no text column.*utterance_text") as exc:
         labelled_texts(path)
-    assert "--text-column" in exc.value.hint
+    assert "--text-column" not in exc.value.hint  # the device's adapt has no such flag to name
+    with pytest.raises(InputError) as exc:
+        labelled_texts(path, column_flags=True)
+    assert "--text-column NAME" in exc.value.hint  # edgetl finetune has it
     texts, labels = labelled_texts(path, text_column="utterance_text", label_column="tag")
     assert texts == ["hi", "bye"] and labels == ["a", "b"]
 
