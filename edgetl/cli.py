@@ -98,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="onnx", help="onnx (default) | tflite")
     ex.add_argument("--tolerance", type=float, default=1e-3,
                     help="parity: largest embedding difference allowed, relative to the embeddings' range")
-    ex.add_argument("--taps", default="auto",
+    ex.add_argument("--taps", default=None,
                     help="pooled stage outputs beside the embedding, for heads learnt on the device: auto (default: "
                          "every stage whose output is a feature map) | none | STAGE,STAGE (a wrong name lists them)")
-    ex.add_argument("--input", default="uint8",
+    ex.add_argument("--input", default=None,
                     help="what the model takes: uint8 (default: the frame itself, uint8 NHWC RGB; mean/std and "
                          "layout are its first ops) | float (the normalised tensor, NCHW for onnx)")
     ex.add_argument("--max-len", type=int, help="text runs: tokens per sentence of the artifact (default: the run's)")
@@ -618,7 +618,8 @@ def _cmd_export(args, console) -> int:
 
     check_format(args.format)
     check_tolerance(args.tolerance)
-    check_input(args.input)
+    if args.input is not None:
+        check_input(args.input)
     result = export(args.run, args.format, tolerance=args.tolerance, taps=args.taps, input=args.input, console=console,
                     max_len=args.max_len)
     p, sizes = result.record.parity, result.record.sizes_bytes

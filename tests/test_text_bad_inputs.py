@@ -313,3 +313,13 @@ def test_ctrl_c_during_text_finetune_leaves_no_out_dir(f, tmp_path):
     assert "Traceback" not in err
     assert not out.exists()
     assert os.listdir(tmp_path) == ["tmp"] and os.listdir(tmp) == [], (os.listdir(tmp_path), os.listdir(tmp))
+
+
+@pytest.mark.parametrize("argv", [["export", "{run}", "--taps", "none"], ["export", "{run}", "--input", "float"],
+                                  ["quantize", "{run}", "--taps", "none"], ["quantize", "{run}", "--io", "uint8",
+                                                                            "--format", "onnx"]])
+def test_image_only_flags_on_a_text_run_are_refused_not_ignored(f, argv, capsys):
+    before = tree(f.run)
+    rc, _, err = call(capsys, main, [a.format(run=f.run) for a in argv])
+    assert_refused(rc, err)
+    assert "is for image runs" in err and tree(f.run) == before

@@ -163,7 +163,7 @@ def export_input(found: Export) -> str:
     return found.spec.input
 
 
-def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, taps="auto", input: str = "uint8",
+def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, taps=None, input: str | None = None,
            console: Console = QUIET, run: Run | None = None, max_len: int | None = None) -> Export:
     """Export and parity-check one run in one format into RUN/export/FORMAT (replaced as a whole).
 
@@ -172,18 +172,22 @@ def export(run_path: str | Path, fmt: str = "onnx", *, tolerance: float = 1e-3, 
     output is a feature map, see `edgetl.train.taps`), "none", or stage names ("blocks.4,blocks.10"):
     their pooled outputs follow the embedding in the backbone's one output. `input`: "uint8" (default),
     the artifacts take the frame itself (uint8 NHWC RGB at the run's size; mean/std and layout are their
-    first ops), or "float", the normalised tensor in the format's layout. A text run (`edgetl.export.text`)
-    takes token ids at `max_len` (default: the run's) instead; taps and input do not apply."""
+    first ops), or "float", the normalised tensor in the format's layout. None means "auto" and "uint8". A text
+    run (`edgetl.export.text`) takes token ids at `max_len` (default: the run's) instead, and refuses taps and input."""
     check_format(fmt)
     check_tolerance(tolerance)
-    check_input(input)
     if is_text_run(run_path):
+        if taps is not None or input is not None:
+            raise ConfigError(f"--{'taps' if taps is not None else 'input'} is for image runs, and {run_path} is a "
+                              "text run", "a text run's artifacts take token ids: drop it (--max-len sets the length)")
         from edgetl.export.text import export_text
 
         path, spec, record = export_text(run_path, fmt, tolerance=tolerance, max_len=max_len, console=console)
         return Export(path, fmt, path / record.files.backbone, path / record.files.model, spec, record)
     if max_len is not None:
         raise ConfigError("--max-len is for text runs", f"{run_path} is an image run: its size is the run's")
+    taps = "auto" if taps is None else taps
+    input = check_input("uint8" if input is None else input)
     from edgetl.export import parity
     from edgetl.train import taps as tapping
     from edgetl.train.finetune import versions

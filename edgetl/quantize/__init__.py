@@ -117,6 +117,11 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     if is_text_run(run_path):
         from edgetl.quantize.text import quantize_text
 
+        given = [flag for flag, on in (("--taps", taps is not None), ("--input", input is not None),
+                                       ("--io", io != "int8")) if on]
+        if given:
+            raise ConfigError(f"{given[0]} is for image runs, and {run_path} is a text run",
+                              "a text run's int8 model takes token ids: drop it")
         return quantize_text(run_path, calib_file, fmt=fmt, method=method, max_drop=max_drop, split=split,
                              data=data, console=console)
     if calib_file is None:
