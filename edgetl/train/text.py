@@ -242,7 +242,8 @@ def finetune_text(config: TextFinetuneConfig, console: Console = QUIET) -> Finet
                      test_dir=str(Path(config.test).resolve()) if config.test else None,
                      train=len(train_set), val=len(val_set), test=len(test_set) if test_set else None),
         versions=versions(),
-        config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()} | {"max_len": max_len},
+        config={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+        | {"max_len": max_len, "epochs": epochs},  # what the defaults resolved to
         history=tuple(history), max_len=max_len,
     )
     _write_run(Path(config.out), encoder, head, data.classes, spec, tokenizer_file, encoder_config, result,
