@@ -15,10 +15,8 @@ import traceback
 from pathlib import Path
 
 from edgetl.errors import ConfigError, EdgetlError
-from edgetl.runtime.images import IMAGE_SUFFIXES
 from edgetl.runtime.lifecycle import Terminated, process_scope
 from edgetl.runtime.texts import TEXT_SUFFIXES
-from edgetl.runtime.tokens import TextSpec
 
 SKIPPED_LISTED = 3  # unreadable images named in a result (all are counted)
 
@@ -134,7 +132,9 @@ def check_args(args) -> None:
 
 
 def predict(args) -> list[dict]:
+    from edgetl.runtime.images import IMAGE_SUFFIXES
     from edgetl.runtime.model import Model
+    from edgetl.runtime.tokens import TextSpec
 
     check_args(args)
     model = Model.load(args.bundle, key=args.key, machine="any" if args.any_arch else None)
@@ -174,7 +174,7 @@ def adapt(args) -> dict:
                              f"({skipped[0][0].name}: {skipped[0][1]})", "pass readable PNG/JPEG/BMP/PPM files")
         return pixels, kept, skipped
 
-    if isinstance(model.spec, TextSpec):
+    if model.text:
         return _adapt_texts(args, model, config)
     pixels = labels = frames = None
     skipped = []
