@@ -118,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--calib", type=Path, help="calibration/NAME.toml (required for image runs; a text run "
                                               "calibrates on its training sentences without one)")
     qz.add_argument("--format", default="onnx", help="onnx (default) | tflite")
-    qz.add_argument("--method", default="auto", help="auto (default) | minmax | entropy | percentile; text runs: "
-                                                            "auto | dynamic | minmax | percentile")
+    qz.add_argument("--method", default="auto",
+                    help="auto (default: calibration methods, then bias correction/equalization, then float "
+                         "fallback, then quantization-aware fine-tuning, each only while the budget is missed) | "
+                         "minmax | entropy | percentile | qat (calibration, then QAT kept only if it beats it); "
+                         "text runs: auto | dynamic | minmax | percentile")
     qz.add_argument("--max-drop", type=float, default=1.0, help="top-1 points int8 may lose against fp32 (default 1.0)")
     qz.add_argument("--split", default="val", help="the run's split the budget is judged on: val (default) | test")
     qz.add_argument("--data", type=Path, help="score on this labelled ImageFolder dir instead of the run's split")
@@ -134,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--method auto: at most this many float-layer trials (default 6)")
     qz.add_argument("--search-seconds", type=float,
                     help="--method auto: wall-clock bound of the float-layer search in seconds (default 120)")
+    qz.add_argument("--qat-epochs", type=int,
+                    help="quantization-aware fine-tuning (auto's last step, or --method qat): epochs (default 4)")
+    qz.add_argument("--qat-lr", type=float,
+                    help="quantization-aware fine-tuning: peak learning rate (default: the run's x 0.1)")
     tg = sub.add_parser("targets", parents=[common], help="list the hardware targets, or explain one",
                         description="Targets are TOML files (targets/, $EDGETL_TARGETS): arch, engines, precisions, "
                                     "IO type, constraints and default budgets.")
@@ -660,9 +667,13 @@ def _cmd_quantize(args, console) -> int:
 
     search = SearchBudget(SearchBudget.trials if args.search_trials is None else args.search_trials,
                           SearchBudget.seconds if args.search_seconds is None else args.search_seconds).check()
+    from edgetl.quantize.qat import EPOCHS, QatConfig
+
+    qat = None if args.qat_epochs is None and args.qat_lr is None else \
+        QatConfig(EPOCHS if args.qat_epochs is None else args.qat_epochs, args.qat_lr).check()
     r = quantize(args.run, args.calib, fmt=args.format, method=args.method, max_drop=args.max_drop,
                  split=args.split, data=args.data, io=args.io, search=search, taps=args.taps, input=args.input,
-                 console=console)
+                 console=console, qat=qat)
     lat, size = r.latency_ms, r.sizes_bytes
     console.log(f"quantize ({r.format}, {r.method}) -> {args.run}/quantize/{r.format}")
     console.table(f"quantize {r.format} ({r.method})", ["", "top-1 %", "MB", "p50 ms (1 thread)"],
@@ -678,6 +689,12 @@ def _cmd_quantize(args, console) -> int:
     if r.test:
         console.log(f"test split: fp32 {percent(r.test['fp32_top1'])}, int8 {percent(r.test['int8_top1'])} "
                     f"(drop {r.test['drop']:.2f})")
+    ran = [s for s in r.steps if s.ran]
+    if len(ran) > 1:
+        console.log("steps: " + "; ".join(f"{s.step} {s.best} drop {s.drop:.2f} ({s.seconds:g} s)"
+                                          + (" kept" if s.kept else "") for s in ran if s.best is not None))
+    if r.qat is not None and not r.qat.kept:
+        console.log(f"quantization-aware fine-tuning {r.qat.reason}")
     return 0
 
 

@@ -205,7 +205,8 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
     model_name = f"backbone{artifacts.model.suffix}"
     if artifacts.model.name.endswith("_edgetpu.tflite"):
         model_name = "backbone_edgetpu.tflite"
-    files = {model_name: artifacts.model, HEAD: source.run.head, **artifacts.extra}
+    files = {model_name: artifacts.model, HEAD: source.head(artifact_format(artifacts.model), artifacts.precision),
+             **artifacts.extra}
     statistics = source.statistics(artifact_format(artifacts.model), artifacts.precision)
     if statistics is not None:
         files[FEATURES] = statistics

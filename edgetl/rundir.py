@@ -134,11 +134,52 @@ class ExportRecord(Record):
 
 
 @record
+class QuantizeStep(Record):
+    """One step of `--method auto`'s escalation, in the order they run: calibration (each method),
+    refinement (bias correction, equalization), float_fallback (sensitive layers kept float), qat.
+    A step runs only when the one before missed the budget. `drop` and `test_drop` are the step's
+    best candidate's loss in top-1 points on the guard split and on test; `gain` is how many points
+    of guard-split drop it won over the best before it (negative: it lost); `kept` says whether the
+    result written is this step's."""
+
+    step: str
+    ran: bool
+    seconds: float = 0.0
+    best: str | None = None  # the candidate's label, e.g. "percentile+bias_correction"
+    drop: float | None = None
+    test_drop: float | None = None
+    gain: float | None = None
+    kept: bool = False
+    note: str = ""
+
+
+@record
+class QatRecord(Record):
+    """Quantization-aware fine-tuning as it went: per epoch (0 = the calibrated ranges before any step)
+    train loss, val loss and val top-1 (percent) with int8 simulated; the artifact's own scores; whether it
+    was kept (it must beat the best post-training result on the guard split) and why not."""
+
+    epochs: int
+    best_epoch: int
+    lr: float
+    history: tuple[dict[str, Any], ...]
+    train_seconds: float
+    seconds: float
+    kept: bool
+    int8_top1: float | None = None
+    drop: float | None = None
+    test_drop: float | None = None
+    agreement: float | None = None
+    parity: dict[str, Any] | None = None  # the artifact against the torch q/dq graph it was converted from
+    reason: str = ""
+
+
+@record
 class QuantizeRecord(Record):
     """One format's int8 result. `fp32_top1`/`int8_top1` are top-1 in percent (0-100, 2 decimals),
     `drop` is in points of it; `search` says how the float-layer search went and what ended it."""
 
-    OPTIONAL_KEYS = frozenset({"schema_version", "taps"})
+    OPTIONAL_KEYS = frozenset({"schema_version", "taps", "refinements", "steps", "qat"})
 
     format: str
     run: str
@@ -168,6 +209,9 @@ class QuantizeRecord(Record):
     seconds: float
     versions: dict[str, str]
     taps: dict[str, Any] | None = None  # per output segment: int8 error vs its spread; the taps dropped
+    refinements: tuple[str, ...] = ()  # PTQ refinements the kept model has (bias_correction, equalization)
+    steps: tuple[QuantizeStep, ...] = ()  # the escalation as it ran (`--method auto`, and qat)
+    qat: QatRecord | None = None  # quantization-aware fine-tuning, when it ran (kept or not)
     schema_version: int = 1
 
     def accuracy(self, precision: str) -> ExpectedAccuracy:

@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from edgetl.errors import ConfigError
-from edgetl.rundir import QuantizeRecord, RunDir
+from edgetl.rundir import HEAD, QuantizeRecord, RunDir
 from edgetl.runtime.engines import table
 from edgetl.runtime.manifest import ExpectedAccuracy
 from edgetl.runtime.preprocess import PreprocessSpec
@@ -165,6 +165,15 @@ class Source:
         from edgetl.export import export
 
         return export(self.path, fmt).backbone
+
+    def head(self, fmt: str, precision: str) -> Path:
+        """The head a bundle packs: the one beside its artifact (an int8 result made by quantization-aware
+        fine-tuning trained its own), else the run's."""
+        if self.is_run:
+            found = self.run.quantized(fmt) if precision == "int8" else self.run.exported(fmt)
+            if found is not None and (found.path / HEAD).is_file():
+                return found.path / HEAD
+        return self.run.head
 
     def statistics(self, fmt: str, precision: str) -> Path | None:
         """The feature statistics file beside the artifact a bundle packs (features.npz), if it has one."""

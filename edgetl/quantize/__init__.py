@@ -27,9 +27,10 @@ from edgetl.data.imagefolder import load_images, scan
 from edgetl.errors import ConfigError, DataError, QuantizeError
 from edgetl.export import check_format, check_input, export, export_input, export_taps, load_export, tapped
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
-from edgetl.quantize import calibration
+from edgetl.quantize import calibration, refine
+from edgetl.quantize.qat import DEFAULT_QAT, QatConfig
 from edgetl.quantize.scoring import Labelled, Scorer, Trial, load_engine
-from edgetl.rundir import FORMATS, QuantizeDir, QuantizeRecord, RunDir
+from edgetl.rundir import FORMATS, HEAD, QatRecord, QuantizeDir, QuantizeRecord, QuantizeStep, RunDir
 from edgetl.runtime import engines
 from edgetl.runtime.features import EMBEDDING, Layout
 from edgetl.train.finetune import versions
@@ -95,7 +96,7 @@ def _quantizer(fmt: str):
 def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx", method: str = "auto",
              max_drop: float = 1.0, split: str = "val", data: str | Path | None = None, io: str = "int8",
              search: SearchBudget = DEFAULT_SEARCH, taps=None, input: str | None = None, console: Console = QUIET,
-             run: Run | None = None) -> QuantizeRecord:
+             run: Run | None = None, qat: QatConfig | None = None) -> QuantizeRecord:
     """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns its record (quantize.json).
 
     The budget is judged on the run's `split` (val or test), or on `data`; with val, the run's
@@ -118,7 +119,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         from edgetl.quantize.text import quantize_text
 
         given = [flag for flag, on in (("--taps", taps is not None), ("--input", input is not None),
-                                       ("--io", io != "int8")) if on]
+                                       ("--io", io != "int8"), ("--qat-epochs/--qat-lr", qat is not None)) if on]
         if given:
             raise ConfigError(f"{given[0]} is for image runs, and {run_path} is a text run",
                               "a text run's int8 model takes token ids: drop it")
@@ -135,8 +136,9 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         raise ConfigError(f"unknown --io {io!r}", f"one of: {', '.join(IO_TYPES)}")
     if io != "int8" and fmt != "tflite":
         raise ConfigError(f"--io {io} applies to tflite only", "ONNX QDQ models take and return float")
-    if method != "auto" and method not in METHODS:
-        raise ConfigError(f"unknown calibration method {method!r}", f"one of: auto, {', '.join(METHODS)}")
+    if method not in ("auto", "qat") and method not in METHODS:
+        raise ConfigError(f"unknown calibration method {method!r}", f"one of: auto, {', '.join(METHODS)}, qat")
+    qat = DEFAULT_QAT if qat is None else (qat if isinstance(qat, QatConfig) else QatConfig(*qat)).check()
     if not 0 <= max_drop <= 100:
         raise ConfigError(f"--max-drop must be between 0 and 100 points, not {max_drop}", "e.g. 1.0")
     search = (search if isinstance(search, SearchBudget) else SearchBudget(*search)).check()
@@ -170,40 +172,94 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
 
     with tempfile.TemporaryDirectory(prefix="edgetl-quantize-") as work_dir:
         work = Path(work_dir)
-        source = (q.prepare(exported.backbone, work / f"prepared{suffix}") if fmt == "onnx"
-                  else tapped(run, spec))
+        prepared = (q.prepare(exported.backbone, work / f"prepared{suffix}") if fmt == "onnx"
+                    else tapped(run, spec))
+        sources: dict[tuple[str, ...], Path] = {}
         graphs = {}
 
-        def trial(m: str, keep_float: tuple[str, ...] = (), label: str = "") -> Trial:
-            path = work / f"{m}-{len(keep_float)}{suffix}"
+        def source_for(refinements: tuple[str, ...]):
+            """ONNX refinements make their own fp32 model to quantize; TFLite's act on the converted graph."""
+            if fmt != "onnx" or not refinements:
+                return prepared
+            if refinements not in sources:
+                src = prepared
+                if "equalization" in refinements:
+                    refine.equalize_onnx(src, work / "prepared-equalized.onnx")
+                    src = work / "prepared-equalized.onnx"
+                if "bias_correction" in refinements:
+                    out = work / f"{src.stem}-corrected.onnx"
+                    refine.bias_correct_onnx(src, out, calib_x)
+                    src = out
+                sources[refinements] = src
+            return sources[refinements]
+
+        def trial(m: str, keep_float: tuple[str, ...] = (), label: str = "",
+                  refinements: tuple[str, ...] = ()) -> Trial:
+            path = work / f"{'-'.join((m, *refinements))}-{len(keep_float)}{suffix}"
             # what really stays float: the kept layers and the layers feeding them
-            keep_float, graphs[(m, keep_float)] = q.quantize(source, path, calib_x, m, keep_float=keep_float)
-            if fmt == "tflite" and spec.pixels:  # the model scored is the one shipped: it takes uint8 frames
-                frames_model = path.with_name(path.stem + "-frames" + suffix)
-                to_pixels(path, frames_model, *spec.affine)
-                path = frames_model
-            t = scorer.trial(m, keep_float, path)
-            console.log(f"  {label}{m:<10} float layers {len(keep_float):>2}: int8 top-1 {t.top1:.2f}% "
+            if fmt == "onnx":
+                keep_float, graph = q.quantize(source_for(refinements), path, calib_x, m, keep_float=keep_float)
+            else:
+                keep_float, graph = q.quantize(prepared, path, calib_x, m, keep_float=keep_float,
+                                               refinements=refinements)
+            graphs[(m, keep_float, refinements)] = graph
+            path = _shipped(path, fmt, spec)
+            t = scorer.trial(m, keep_float, path, refinements)
+            console.log(f"  {label}{t.label:<10} float layers {len(keep_float):>2}: int8 top-1 {t.top1:.2f}% "
                         f"(fp32 {scorer.fp32_top1[0]:.2f}%, drop {t.drop:+.2f}), agreement {t.agreement:.1%}")
             return t
 
-        methods = METHODS if method == "auto" else (method,)
-        trials = []
-        with console.task(f"calibrating int8 {fmt} ({', '.join(methods)})", len(methods), "methods") as advance:
-            for m in methods:
-                trials.append(trial(m))
-                advance(1)
-        best = min(trials, key=lambda t: (t.drop, -t.agreement))
+        escalation = _Escalation(max_drop, auto=method == "auto")
+        methods = METHODS if method in ("auto", "qat") else (method,)
+        trials: list[Trial] = []
+
+        def calibrate() -> list[Trial]:
+            with console.task(f"calibrating int8 {fmt} ({', '.join(methods)})", len(methods), "methods") as advance:
+                for m in methods:
+                    trials.append(trial(m))
+                    advance(1)
+            return list(trials)
+
+        def refinements() -> list[Trial]:
+            base = escalation.best
+            variants = [("bias_correction",)] + ([("equalization", "bias_correction")] if fmt == "onnx" else [])
+            console.log(f"best method ({base.label}) loses {base.drop:.2f} points > {max_drop}: trying bias "
+                        "correction" + (" and cross-layer equalization" if fmt == "onnx" else ""))
+            refined = [trial(base.method, refinements=r, label="refined: ") for r in variants]
+            trials.extend(refined)
+            return refined
+
         sensitivity: list[tuple[str, float]] = []
         searched = None
-        if best.drop > max_drop and method == "auto":
-            best, sensitivity, searched = _search(best, trials, trial, q, fmt, source, graphs, calib_x, work,
-                                                  max_drop, search, console)
+
+        def fallback() -> list[Trial]:
+            nonlocal sensitivity, searched
+            before = len(trials)
+            found, sensitivity, searched = _search(escalation.best, trials, trial, q, fmt,
+                                                   source_for(escalation.best.refinements), graphs, calib_x, work,
+                                                   max_drop, search, console)
+            return [found] if found.float_layers else trials[before:]
+
+        qat_result: list = []
+
+        def aware() -> list[Trial]:
+            t, info = _quantization_aware(run, spec, layout, frames, calib_x, fmt, work, scorer, qat, console)
+            qat_result.append(info)
+            trials.append(t)
+            return [t]
+
+        escalation.run("calibration", calibrate, f"{', '.join(methods)}", always=True)
+        escalation.run("refinement", refinements, "bias correction" + (", equalization + bias correction"
+                                                                        if fmt == "onnx" else ""))
+        escalation.run("float_fallback", fallback, "the most sensitive layers kept float")
+        escalation.run("qat", aware, "quantization-aware fine-tuning", force=method == "qat")
+        qat_record = _qat_record(qat_result[0], escalation) if qat_result else None
+        best = escalation.best
         if best.drop > max_drop:
             bounded = (f"; the float-layer search stopped at its {_bound(searched)}" if searched and
                        searched["stopped"] else "")
             raise QuantizeError(
-                f"no int8 {fmt} model of {run.path} stays within {max_drop} points: the best, {best.method} with "
+                f"no int8 {fmt} model of {run.path} stays within {max_drop} points: the best, {best.label} with "
                 f"{len(best.float_layers)} float layer(s), loses {best.drop:.2f} (int8 {best.top1:.2f}% vs fp32 "
                 f"{scorer.fp32_top1[0]:.2f}% on {guard.name}){bounded}",
                 "nothing was written; raise --max-drop" + (" or --search-trials/--search-seconds" if bounded else "")
@@ -234,7 +290,8 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         int8_spec = spec.with_input(int8.input.dtype, int8.input.scale, int8.input.zero_point).with_outputs(outputs)
         record = QuantizeRecord(
             format=fmt, run=str(run.path), backbone=run.record.backbone, file=name,
-            method=best.method, method_requested=method, max_drop=float(max_drop),
+            method=best.method, method_requested=method, max_drop=float(max_drop), refinements=best.refinements,
+            steps=escalation.records(), qat=qat_record,
             float_layers=tuple(best.float_layers),
             eval=guard.name, images=int(len(guard.labels)),
             fp32_top1=scorer.fp32_top1[0], int8_top1=best.top1, drop=best.drop,
@@ -259,7 +316,98 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         with staged_dir(out, QUANTIZED) as tmp:
             shutil.copy2(best.path, tmp / name)
             QuantizeDir.fill(tmp, run.dir, int8_spec, record, run.dir.exported(fmt).features)
+            if "head" in best.extra:  # quantization-aware fine-tuning trained its own head beside the backbone
+                np.savez(tmp / HEAD, W=best.extra["head"]["W"], b=best.extra["head"]["b"], version=np.int64(1))
     return record
+
+
+def _rank(t: Trial) -> tuple[float, float]:
+    return (t.drop, -t.agreement)
+
+
+class _Escalation:
+    """`--method auto`'s steps in order, each run only while the best so far misses `max_drop`; keeps the
+    best candidate (least guard-split drop, then most agreement) and what each step ran, gained and cost."""
+
+    def __init__(self, max_drop: float, *, auto: bool):
+        self.max_drop, self.auto = max_drop, auto
+        self.best: Trial | None = None
+        self.kept_step: str | None = None
+        self.steps: list[dict] = []
+
+    def run(self, name: str, candidates, note: str = "", *, always: bool = False, force: bool = False) -> None:
+        missed = self.best is not None and self.best.drop > self.max_drop
+        if not (always or force or (self.auto and missed)):
+            if self.auto:
+                self.steps.append({"step": name, "ran": False, "note": "not needed: the best so far is within budget"})
+            return
+        t0 = time.perf_counter()
+        found = [c for c in candidates() if c is not None]
+        top = min(found, key=_rank) if found else None
+        entry = {"step": name, "ran": True, "seconds": round(time.perf_counter() - t0, 1), "note": note}
+        if top is not None:
+            entry.update(best=top.label + (f" ({len(top.float_layers)} float)" if top.float_layers else ""),
+                         drop=top.drop, test_drop=top.test_drop,
+                         gain=round(self.best.drop - top.drop, 2) if self.best is not None else None)
+            if self.best is None or _rank(top) < _rank(self.best):
+                self.best, self.kept_step = top, name
+        self.steps.append(entry)
+
+    def records(self) -> tuple[QuantizeStep, ...]:
+        return tuple(QuantizeStep(**{**s, "kept": s["step"] == self.kept_step}) for s in self.steps)
+
+
+def _shipped(path: Path, fmt: str, spec) -> Path:
+    """The model scored is the one shipped: a uint8-input TFLite takes the frames themselves."""
+    if fmt != "tflite" or not spec.pixels:
+        return path
+    frames_model = path.with_name(path.stem + "-frames" + path.suffix)
+    to_pixels(path, frames_model, *spec.affine)
+    return frames_model
+
+
+def _quantization_aware(run: Run, spec, layout: Layout, frames: np.ndarray, calib_x: np.ndarray, fmt: str,
+                        work: Path, scorer: Scorer, config: QatConfig, console: Console):
+    """QAT of the run's backbone (`edgetl.quantize.qat`), written as the format's int8 artifact and scored as
+    every candidate is; returns the trial and what training measured."""
+    from edgetl.quantize import qat
+
+    t0 = time.perf_counter()
+    console.log(f"quantization-aware fine-tuning: {config.epochs} epoch(s) of {run.path}'s recipe with int8 "
+                "simulated, the run's head fixed")
+    result = qat.train(run, tapped(run, spec), layout, frames, channels_last=fmt == "tflite", config=config,
+                       console=console)
+    path = work / f"qat{FORMATS[fmt]}"
+    with console.task(f"writing the QAT model as int8 {fmt}", 1, "models") as advance:
+        if fmt == "onnx":
+            qat.write_onnx(result, spec, path)
+        else:
+            qat.write_tflite(result, calib_x, path)
+        path = _shipped(path, fmt, spec)
+        advance(1)
+    parity = qat.parity(result, path, frames[:PARITY_FRAMES], spec, channels_last=fmt == "tflite",
+                        head=(result.head["W"], result.head["b"]), columns=scorer.embedding)
+    t = scorer.trial("qat", (), path, head=result.head)
+    t.extra["head"] = result.head
+    console.log(f"  qat        float layers  0: int8 top-1 {t.top1:.2f}% (fp32 {scorer.fp32_top1[0]:.2f}%, drop "
+                f"{t.drop:+.2f}), agreement {t.agreement:.1%}; against its torch graph: top-1 agreement "
+                f"{parity['top1_agreement']:.1%}")
+    return t, {"result": result, "trial": t, "parity": parity, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+PARITY_FRAMES = 32
+
+
+def _qat_record(info: dict, escalation: _Escalation) -> QatRecord:
+    result, t = info["result"], info["trial"]
+    kept = escalation.kept_step == "qat"
+    reason = "" if kept else (
+        f"discarded: its drop of {t.drop:.2f} points does not beat the post-training best "
+        f"({escalation.best.label}, {escalation.best.drop:.2f})")
+    return QatRecord(epochs=result.epochs, best_epoch=result.best_epoch, lr=result.lr,
+                     history=tuple(result.history), train_seconds=result.seconds, seconds=info["seconds"], kept=kept,
+                     int8_top1=t.top1, drop=t.drop, test_drop=t.test_drop, agreement=t.agreement,
+                     parity=info["parity"], reason=reason)
 
 
 def _with_uint8_io(best: Trial, scorer: Scorer, console: Console) -> Trial:
@@ -289,7 +437,7 @@ def _search(best: Trial, trials: list[Trial], trial, q, fmt: str, source, graphs
     if fmt == "onnx":
         scores = q.sensitivity(source, best.method, sens_x, work, console=console, deadline=deadline)
     else:
-        scores = q.sensitivity(graphs[(best.method, ())], sens_x, console=console, deadline=deadline)
+        scores = q.sensitivity(graphs[(best.method, (), best.refinements)], sens_x, console=console, deadline=deadline)
     sensitivity = sorted(scores.items(), key=lambda kv: kv[1])
     if sensitivity:
         console.log("most sensitive: " + ", ".join(f"{n} ({v:.1f} dB)" for n, v in sensitivity[:5]))
@@ -306,7 +454,7 @@ def _search(best: Trial, trials: list[Trial], trial, q, fmt: str, source, graphs
                 return None
             searched["trials"] += 1
             t = trial(best.method, tuple(n for n, _ in sensitivity[:k]),
-                      label=f"trial {searched['trials']}/{search.trials}: ")
+                      label=f"trial {searched['trials']}/{search.trials}: ", refinements=best.refinements)
             trials.append(t)
             advance(1)
             return t

@@ -127,8 +127,8 @@ def _quantize_static(pre: Path, out: Path, cache: Path, method: str, **nodes) ->
 
 
 def _cache(pre: Path, work: Path, inputs: np.ndarray, method: str) -> Path:
-    """The method's calibration cache in the work dir beside the trial files, made on first use."""
-    cache = work / f"calibration-{method}.json"
+    """The method's calibration cache of `pre` in the work dir beside the trial files, made on first use."""
+    cache = work / f"calibration-{pre.stem}-{method}.json"  # per source: a refined model has its own ranges
     return cache if cache.is_file() else calibrate(pre, inputs, method, cache)
 
 

@@ -22,10 +22,22 @@ class Trial:
     drop: float
     agreement: float
     extra: dict = field(default_factory=dict)
+    refinements: tuple[str, ...] = ()  # PTQ refinements applied before quantizing (edgetl.quantize.refine)
+
+    @property
+    def label(self) -> str:
+        """The candidate as the record names it: "percentile", "minmax+bias_correction", "qat"."""
+        return "+".join((self.method, *self.refinements))
+
+    @property
+    def test_drop(self) -> float | None:
+        test = (self.extra.get("test") or [None])[0]
+        return test["drop"] if test else None
 
     def summary(self) -> dict:
-        return {"method": self.method, "float_layers": list(self.float_layers), "int8_top1": self.top1,
-                "drop": self.drop, "agreement": self.agreement, "test": (self.extra.get("test") or [None])[0]}
+        return {"method": self.method, "refinements": list(self.refinements), "float_layers": list(self.float_layers),
+                "int8_top1": self.top1, "drop": self.drop, "agreement": self.agreement,
+                "test": (self.extra.get("test") or [None])[0]}
 
 
 @dataclass(frozen=True)
@@ -51,8 +63,9 @@ class Scorer:
         self.reference = [self.predict(engine, s) for s in sets]
         self.fp32_top1 = [top1_percent(p, s.labels) for p, s in zip(self.reference, sets, strict=True)]
 
-    def predict(self, engine, labelled: Labelled) -> np.ndarray:
-        return (engine.run(labelled.x)[:, self.embedding] @ self.W.T + self.b).argmax(1)
+    def predict(self, engine, labelled: Labelled, head: dict | None = None) -> np.ndarray:
+        W, b = (head["W"], head["b"]) if head is not None else (self.W, self.b)
+        return (engine.run(labelled.x)[:, self.embedding] @ W.T + b).argmax(1)
 
     def tap_errors(self, path: Path) -> dict[str, float]:
         """Per output segment, the int8 error relative to the segment's own variation across images:
@@ -68,22 +81,25 @@ class Scorer:
             out[name] = round(float(np.linalg.norm(q[:, cols] - f)) / max(spread, 1e-12), 4)
         return out
 
-    def score(self, path: Path) -> list[tuple[float, float, float]]:
-        """(int8 top-1 %, drop in points, agreement with fp32) per labelled set."""
+    def score(self, path: Path, head: dict | None = None) -> list[tuple[float, float, float]]:
+        """(int8 top-1 %, drop in points, agreement with fp32) per labelled set, through the run's head or
+        `head` (W, b: one trained with the artifact, as quantization-aware fine-tuning does)."""
         engine = load_engine(path)
         out = []
         for s, ref, fp32 in zip(self.sets, self.reference, self.fp32_top1, strict=True):
             with silenced():
-                pred = self.predict(engine, s)
+                pred = self.predict(engine, s, head)
             top1 = top1_percent(pred, s.labels)
             out.append((top1, round(fp32 - top1, 2), round(float((pred == ref).mean()), 4)))
         return out
 
-    def trial(self, method: str, float_layers: tuple[str, ...], path: Path) -> Trial:
+    def trial(self, method: str, float_layers: tuple[str, ...], path: Path, refinements: tuple[str, ...] = (),
+              head: dict | None = None) -> Trial:
         """`path` scored: judged on the first set, the others (test) recorded beside it."""
-        (top1, drop, agreement), *rest = self.score(path)
+        (top1, drop, agreement), *rest = self.score(path, head)
         return Trial(method, float_layers, path, top1, drop, agreement,
-                     {"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]})
+                     {"test": [dict(zip(("int8_top1", "drop", "agreement"), r, strict=True)) for r in rest]},
+                     refinements)
 
 
 def load_engine(path: Path):

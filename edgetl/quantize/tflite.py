@@ -17,7 +17,10 @@ from edgetl.export.tflite import channels_last, nhwc, to_tflite
 from edgetl.quantize.ranges import EntropyObserver, PercentileObserver
 
 
-def _quantizer(method: str, keep_float: tuple[str, ...]):
+def quantizer(method: str, keep_float: tuple[str, ...], *, qat: bool = False):
+    """litert-torch's quantizer as edgetl configures it: `method`'s observer for the activations, or,
+    with `qat`, fake quantization following the batches (litert-torch's own QAT observers) so that
+    training sees int8 and learns the ranges it will be converted with."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.pt2e_quantizer_utils import QuantizationConfig
     from torchao.quantization.pt2e.observer import MinMaxObserver
@@ -36,10 +39,13 @@ def _quantizer(method: str, keep_float: tuple[str, ...]):
             _own_range_after_pool(model, act)
             return model
 
-    base = get_symmetric_quantization_config(is_per_channel=True)
-    observer = {"minmax": MinMaxObserver, "entropy": EntropyObserver, "percentile": PercentileObserver}[method]
-    act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
-                           is_dynamic=False, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
+    base = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    if qat:  # is_qat stays False below: it would add litert-torch's conv+BN QAT annotators (broken, its #355);
+        act = base.input_activation  # the BatchNorms are folded before QAT instead
+    else:
+        observer = {"minmax": MinMaxObserver, "entropy": EntropyObserver, "percentile": PercentileObserver}[method]
+        act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
+                               is_dynamic=False, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
     config = QuantizationConfig(act, act, base.weight, base.bias, base.fixed_qparams, False, False)
     return Quantizer().set_global(config)
 
@@ -114,25 +120,32 @@ def convert(backbone: torch.nn.Module, inputs: np.ndarray, method: str, *, keep_
                                                  "this backbone does not export for TFLite int8: use --format onnx"):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        quantizer = _quantizer(method, keep_float)
+        q = quantizer(method, keep_float)
         graph = torch.export.export(channels_last(backbone).eval(), (sample,), strict=True).module()
-        graph = prepare_pt2e(graph, quantizer)
+        graph = prepare_pt2e(graph, q)
         for i in range(len(inputs)):
             graph(torch.from_numpy(inputs[i : i + 1]))
         graph = convert_pt2e(graph, fold_quantize=False)
-    return graph, quantizer
+    return graph, q
 
 
 def quantize(backbone: torch.nn.Module, out: Path, inputs: np.ndarray, method: str, *,
-             keep_float: tuple[str, ...] = ()) -> tuple[tuple[str, ...], torch.fx.GraphModule]:
+             keep_float: tuple[str, ...] = (), refinements: tuple[str, ...] = ()
+             ) -> tuple[tuple[str, ...], torch.fx.GraphModule]:
     """Write a full-int8 .tflite of `backbone` calibrated on `inputs` (float NHWC); returns the
-    modules left float (`keep_float` and the layers feeding them) and the q/dq torch graph."""
-    graph, quantizer = convert(backbone, inputs, method, keep_float=keep_float)
+    modules left float (`keep_float` and the layers feeding them) and the q/dq torch graph.
+    `refinements`: "bias_correction" corrects the converted graph's biases before it is written
+    (`edgetl.quantize.refine`)."""
+    graph, q = convert(backbone, inputs, method, keep_float=keep_float)
+    if "bias_correction" in refinements:
+        from edgetl.quantize.refine import bias_correct_graph
+
+        bias_correct_graph(graph, inputs)
     with silenced():  # litert-torch's import wakes TensorFlow's and absl's loggers
         from litert_torch.quantize.quant_config import QuantConfig
 
-    to_tflite(graph, torch.from_numpy(inputs[:1]), out, quant_config=QuantConfig(pt2e_quantizer=quantizer))
-    return getattr(quantizer, "kept", ()), graph
+    to_tflite(graph, torch.from_numpy(inputs[:1]), out, quant_config=QuantConfig(pt2e_quantizer=q))
+    return getattr(q, "kept", ()), graph
 
 
 def sensitivity(graph: torch.fx.GraphModule, inputs: np.ndarray, *, console: Console = QUIET,
