@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--method auto: at most this many float-layer trials (default 6)")
     qz.add_argument("--search-seconds", type=float,
                     help="--method auto: wall-clock bound of the float-layer search in seconds (default 120)")
+    qz.add_argument("--escalate", default=None,
+                    help="--method auto: the steps it may take after calibration while the budget is missed, "
+                         "in this order: refinement,float_fallback,qat (default: all)")
     qz.add_argument("--qat-epochs", type=int,
                     help="quantization-aware fine-tuning (auto's last step, or --method qat): epochs (default 4)")
     qz.add_argument("--qat-lr", type=float,
@@ -663,7 +666,7 @@ def _cmd_calib_show(args, console) -> int:
 
 
 def _cmd_quantize(args, console) -> int:
-    from edgetl.quantize import SearchBudget, quantize
+    from edgetl.quantize import ESCALATION, SearchBudget, quantize
 
     search = SearchBudget(SearchBudget.trials if args.search_trials is None else args.search_trials,
                           SearchBudget.seconds if args.search_seconds is None else args.search_seconds).check()
@@ -673,7 +676,7 @@ def _cmd_quantize(args, console) -> int:
         QatConfig(EPOCHS if args.qat_epochs is None else args.qat_epochs, args.qat_lr).check()
     r = quantize(args.run, args.calib, fmt=args.format, method=args.method, max_drop=args.max_drop,
                  split=args.split, data=args.data, io=args.io, search=search, taps=args.taps, input=args.input,
-                 console=console, qat=qat)
+                 console=console, qat=qat, escalate=ESCALATION if args.escalate is None else args.escalate)
     lat, size = r.latency_ms, r.sizes_bytes
     console.log(f"quantize ({r.format}, {r.method}) -> {args.run}/quantize/{r.format}")
     console.table(f"quantize {r.format} ({r.method})", ["", "top-1 %", "MB", "p50 ms (1 thread)"],

@@ -38,6 +38,7 @@ from edgetl.train.run import Run, load_run, split_samples
 from edgetl.train.taps import choose
 
 METHODS = ("minmax", "entropy", "percentile")
+ESCALATION = ("refinement", "float_fallback", "qat")  # what `--method auto` may do after calibration, in order
 SENSITIVITY_IMAGES = 32
 MAX_FLOAT_FRACTION = 0.25  # keeping more than this in float is no longer an int8 model
 MAX_TAP_ERROR = 0.5  # int8 noise / a tap's spread across images beyond which the tap is dropped (SNR < 6 dB)
@@ -96,7 +97,8 @@ def _quantizer(fmt: str):
 def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx", method: str = "auto",
              max_drop: float = 1.0, split: str = "val", data: str | Path | None = None, io: str = "int8",
              search: SearchBudget = DEFAULT_SEARCH, taps=None, input: str | None = None, console: Console = QUIET,
-             run: Run | None = None, qat: QatConfig | None = None) -> QuantizeRecord:
+             run: Run | None = None, qat: QatConfig | None = None,
+             escalate: tuple[str, ...] = ESCALATION) -> QuantizeRecord:
     """Quantize a run's backbone to int8 in `fmt` into RUN/quantize/FORMAT; returns its record (quantize.json).
 
     The budget is judged on the run's `split` (val or test), or on `data`; with val, the run's
@@ -138,6 +140,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         raise ConfigError(f"--io {io} applies to tflite only", "ONNX QDQ models take and return float")
     if method not in ("auto", "qat") and method not in METHODS:
         raise ConfigError(f"unknown calibration method {method!r}", f"one of: auto, {', '.join(METHODS)}, qat")
+    escalate = check_escalation(escalate)
     qat = DEFAULT_QAT if qat is None else (qat if isinstance(qat, QatConfig) else QatConfig(*qat)).check()
     if not 0 <= max_drop <= 100:
         raise ConfigError(f"--max-drop must be between 0 and 100 points, not {max_drop}", "e.g. 1.0")
@@ -209,7 +212,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
                         f"(fp32 {scorer.fp32_top1[0]:.2f}%, drop {t.drop:+.2f}), agreement {t.agreement:.1%}")
             return t
 
-        escalation = _Escalation(max_drop, auto=method == "auto")
+        escalation = _Escalation(max_drop, auto=method == "auto", allowed=escalate)
         methods = METHODS if method in ("auto", "qat") else (method,)
         trials: list[Trial] = []
 
@@ -321,6 +324,16 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     return record
 
 
+def check_escalation(steps) -> tuple[str, ...]:
+    """`--escalate` as a tuple of known steps, in the order they run."""
+    steps = tuple(s.strip() for s in steps.split(",")) if isinstance(steps, str) else tuple(steps)
+    unknown = [s for s in steps if s not in ESCALATION]
+    if unknown:
+        raise ConfigError(f"unknown --escalate step {unknown[0]!r}",
+                          f"a comma-separated subset of: {','.join(ESCALATION)} (default: all)")
+    return tuple(s for s in ESCALATION if s in steps)
+
+
 def _rank(t: Trial) -> tuple[float, float]:
     return (t.drop, -t.agreement)
 
@@ -329,17 +342,18 @@ class _Escalation:
     """`--method auto`'s steps in order, each run only while the best so far misses `max_drop`; keeps the
     best candidate (least guard-split drop, then most agreement) and what each step ran, gained and cost."""
 
-    def __init__(self, max_drop: float, *, auto: bool):
-        self.max_drop, self.auto = max_drop, auto
+    def __init__(self, max_drop: float, *, auto: bool, allowed: tuple[str, ...] = ESCALATION):
+        self.max_drop, self.auto, self.allowed = max_drop, auto, allowed
         self.best: Trial | None = None
         self.kept_step: str | None = None
         self.steps: list[dict] = []
 
     def run(self, name: str, candidates, note: str = "", *, always: bool = False, force: bool = False) -> None:
         missed = self.best is not None and self.best.drop > self.max_drop
-        if not (always or force or (self.auto and missed)):
+        if not (always or force or (self.auto and missed and name in self.allowed)):
             if self.auto:
-                self.steps.append({"step": name, "ran": False, "note": "not needed: the best so far is within budget"})
+                why = "not needed: the best so far is within budget" if not missed else "not in --escalate"
+                self.steps.append({"step": name, "ran": False, "note": why})
             return
         t0 = time.perf_counter()
         found = [c for c in candidates() if c is not None]

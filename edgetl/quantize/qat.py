@@ -238,6 +238,7 @@ def train(run, module: torch.nn.Module, layout: Layout, calib_frames: np.ndarray
     one.load_state_dict(best_state)
     _observe(one, False)
     _train_mode(one, False)
+    _freeze_qparams(one)
     with silenced(), converting("QAT conversion (PT2E convert)", "use --method auto"):
         from torchao.quantization.pt2e import allow_exported_model_train_eval
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
@@ -271,6 +272,15 @@ def parity(qat: Qat, artifact: Path, frames: np.ndarray, spec: PreprocessSpec, *
     spread = max(float(ref.max() - ref.min()), 1e-12)
     return {"images": int(len(frames)), "max_rel_diff": round(float(np.abs(got - ref).max()) / spread, 4),
             "top1_agreement": round(agree, 4)}
+
+
+def _freeze_qparams(graph: torch.fx.GraphModule) -> None:
+    """Convert with the scales and zero-points training used, not ones recomputed from the observers'
+    running min/max: the fused fake-quant op keeps its own (for weights they differ by a fraction of a
+    percent, which is enough to round some weights the other way than QAT taught them)."""
+    for m in fake_quant_modules(graph):
+        if getattr(m, "scale", None) is not None and getattr(m, "zero_point", None) is not None:
+            m.calculate_qparams = lambda m=m: (m.scale.detach().clone(), m.zero_point.detach().clone())
 
 
 def write_tflite(qat: Qat, sample_nhwc: np.ndarray, out: Path) -> Path:

@@ -11,9 +11,8 @@ from edgetl.cli import main
 from edgetl.data.imagefolder import load_images, scan
 from edgetl.export import export
 from edgetl.quantize import QuantizeError, quantize
-from edgetl.rundir import FinetuneRecord, RunData
 from edgetl.runtime.preprocess import PreprocessSpec
-from edgetl.train.run import Run
+from tests.quantize.handmade import fragile_run as _fragile_run
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
@@ -70,74 +69,15 @@ def test_unreachable_budget_is_an_error_with_no_artifact(signs, tmp_path, calib_
     assert "--max-drop must be between" in capsys.readouterr().err
 
 
-class FragileNet(nn.Module):
-    """A conv net with one fragile layer: channel 7 of `stem` is a large, dense signal (hundreds)
-    while the others span ~[0, 3]. Any per-tensor int8 range for that tensor either crushes the small
-    channels (which carry the classes) or clips the large one, so every calibration method fails and
-    only keeping the layers around that tensor in float helps. With `fragile=False` the same net
-    has no outlier and quantizes plainly (the control)."""
-
-    def __init__(self, fragile: bool = True):
-        super().__init__()
-        torch.manual_seed(0)
-        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.mix = nn.Conv2d(8, 16, 1)
-        self.tail = nn.Sequential(*(m for _ in range(4) for m in (nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        for m in self.tail:  # variance-preserving, so the embedding itself is no harder than int8 allows
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-        if fragile:
-            with torch.no_grad():
-                self.stem.weight[7] = 0
-                self.stem.weight[7, :, 1, 1] = 150.0
-                self.stem.bias[7] = 500.0
-                self.mix.weight[:, 7] = 0.0
-        self.embedding_dim = 16
-
-    def forward(self, x):
-        x = torch.relu(self.mix(torch.relu(self.stem(x))))
-        return torch.flatten(self.pool(self.tail(x)), 1)
-
-
-def _fragile_run(signs, tmp_path, fragile: bool = True) -> Run:
-    spec = PreprocessSpec(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    folder = scan(signs["train"])
-    loaded = load_images(folder.samples, spec.size)
-    backbone = FragileNet(fragile).eval()
-    with torch.no_grad():
-        emb = backbone(torch.from_numpy(spec.normalize(loaded.images)))
-    head = nn.Linear(16, len(folder.classes))
-    opt = torch.optim.Adam(head.parameters(), lr=0.05)
-    mean, std = emb.mean(0), emb.std(0) + 1e-6
-    for _ in range(300):  # a head fitted to the float embeddings
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(head((emb - mean) / std), torch.from_numpy(loaded.labels))
-        loss.backward()
-        opt.step()
-    with torch.no_grad():  # fold the standardisation into the head
-        head.weight /= std
-        head.bias -= head.weight @ mean
-    path = tmp_path / ("fragile" if fragile else "sturdy")
-    path.mkdir()
-    np.savez(path / "head.npz", W=head.weight.detach().numpy(), b=head.bias.detach().numpy(), version=1)
-    (path / "labels.json").write_text(json.dumps(list(folder.classes)))
-    record = FinetuneRecord(
-        stage="finetune", backbone="fragile", weights="none", classes=len(folder.classes), img_size=32,
-        freeze="none", trainable_stages=(), val_top1=0.0, test_top1=None, epochs=0, head_epochs=0, best_epoch=0,
-        seconds=0.0, seconds_embed=0.0, seconds_head=0.0, seconds_finetune=0.0, world_size=1,
-        data=RunData(train_dir=str(signs["train"]), val_dir=str(signs["train"]), test_dir=None, train=0, val=0,
-                     test=None), versions={}, config={})
-    return Run(path, backbone, head.eval(), folder.classes, spec, record)
-
-
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_sensitivity_fallback_keeps_the_fewest_fragile_layers_in_float(signs, tmp_path, calib_file, fmt):
     run = _fragile_run(signs, tmp_path)
     record = quantize(run.path, calib_file, fmt=fmt, method="auto", max_drop=3.0, run=run)
-    plain = [t for t in record["trials"] if not t["float_layers"]]
+    plain = [t for t in record["trials"] if not t["float_layers"] and not t["refinements"]]
     assert len(plain) == 3 and min(t["drop"] for t in plain) > 3.0  # every calibration method fails alone
+    steps = {s["step"]: s for s in record["steps"]}
+    assert steps["refinement"]["ran"] and not steps["refinement"]["kept"]  # tried first, not enough here
+    assert steps["float_fallback"]["kept"] and not steps["qat"]["ran"]  # the fallback met it: no QAT
     assert record["drop"] <= 3.0 and record["fp32_top1"] > 70
     fragile = {"onnx": {"node_conv2d", "node_conv2d_1"}, "tflite": {"stem", "mix"}}[fmt]  # either side of the outlier
     assert record["sensitivity_db"][0][0] in fragile and fragile <= set(record["float_layers"])
