@@ -1,12 +1,20 @@
 """`edgetl quantize`: int8 backbones calibrated on real images, held to an accuracy budget.
 
-The fp32 export and the int8 artifact are both scored on the run's own labelled images (val
-by default) with the run's float head; `--method auto` tries every calibration method, and
-when the best still loses more than `max_drop` points it keeps the layers most sensitive to
-quantization in float, as few as it can, within a bounded search (`SearchBudget`). The result
-is checked to really be int8, and its host latency is measured beside fp32's, because int8 is not always faster.
-Nothing is written unless the budget holds. Top-1 figures are percentages (0-100), drops are
-points of them.
+The fp32 export and each int8 candidate are scored on the run's own labelled images (val by
+default) with the run's float head. `--method auto` escalates, each step only while the best so
+far loses more than `max_drop` points:
+
+1. calibration: every method (minmax, entropy, percentile);
+2. refinement (`edgetl.quantize.refine`): bias correction, and cross-layer equalization where the
+   graph allows (ONNX), on the best method;
+3. float fallback: the layers most sensitive to quantization kept in float, as few as it can,
+   within a bounded search (`SearchBudget`);
+4. quantization-aware fine-tuning (`edgetl.quantize.qat`), kept only if it beats the best before it.
+
+The record's `steps` say which ran, what each gained and cost in seconds. The result is checked
+to really be int8, and its host latency is measured beside fp32's, because int8 is not always
+faster. Nothing is written unless the budget holds. Top-1 figures are percentages (0-100), drops
+are points of them.
 """
 
 from __future__ import annotations
@@ -113,6 +121,9 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     segment's int8 error and the taps dropped for it. `input` (uint8|float) re-exports likewise when the
     export takes the other (None: as it is; uint8 when there is none): a uint8 model is calibrated and
     scored taking the frames themselves (`edgetl.export.pixels`, `edgetl.backends.tflite_io.to_pixels`).
+    `method`: auto (the escalation in the module's docstring; `escalate` names the steps it may take after
+    calibration, default all), one calibration method, or qat (calibration, then QAT, kept only if it beats
+    it); `qat` sets QAT's epochs and learning rate (default: 4 epochs at the run's lr x 0.1).
     A text run goes to `edgetl.quantize.text` (dynamic or static QDQ; `calib_file` may be None there)."""
     check_format(fmt)
     from edgetl.export import is_text_run
@@ -177,31 +188,35 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         work = Path(work_dir)
         prepared = (q.prepare(exported.backbone, work / f"prepared{suffix}") if fmt == "onnx"
                     else tapped(run, spec))
-        sources: dict[tuple[str, ...], Path] = {}
+        sources: dict[tuple, Path] = {}
         graphs = {}
 
-        def source_for(refinements: tuple[str, ...]):
-            """ONNX refinements make their own fp32 model to quantize; TFLite's act on the converted graph."""
+        def source_for(refinements: tuple[str, ...], keep_float: tuple[str, ...] = ()):
+            """ONNX refinements make their own fp32 model to quantize (bias correction only of the layers that
+            are quantized); TFLite's act on the converted graph."""
             if fmt != "onnx" or not refinements:
                 return prepared
-            if refinements not in sources:
+            key = (refinements, keep_float if "bias_correction" in refinements else ())
+            if key not in sources:
                 src = prepared
                 if "equalization" in refinements:
-                    refine.equalize_onnx(src, work / "prepared-equalized.onnx")
                     src = work / "prepared-equalized.onnx"
+                    if not src.is_file():
+                        refine.equalize_onnx(prepared, src)
                 if "bias_correction" in refinements:
-                    out = work / f"{src.stem}-corrected.onnx"
-                    refine.bias_correct_onnx(src, out, calib_x)
+                    out = work / f"{src.stem}-corrected-{len(sources)}.onnx"
+                    refine.bias_correct_onnx(src, out, calib_x, skip=key[1])
                     src = out
-                sources[refinements] = src
-            return sources[refinements]
+                sources[key] = src
+            return sources[key]
 
         def trial(m: str, keep_float: tuple[str, ...] = (), label: str = "",
                   refinements: tuple[str, ...] = ()) -> Trial:
             path = work / f"{'-'.join((m, *refinements))}-{len(keep_float)}{suffix}"
             # what really stays float: the kept layers and the layers feeding them
             if fmt == "onnx":
-                keep_float, graph = q.quantize(source_for(refinements), path, calib_x, m, keep_float=keep_float)
+                kept = with_producers_onnx(prepared, keep_float) if keep_float and refinements else keep_float
+                keep_float, graph = q.quantize(source_for(refinements, kept), path, calib_x, m, keep_float=keep_float)
             else:
                 keep_float, graph = q.quantize(prepared, path, calib_x, m, keep_float=keep_float,
                                                refinements=refinements)
@@ -324,6 +339,15 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     return record
 
 
+def with_producers_onnx(model_path: Path, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The ONNX nodes that really stay float when `names` are kept float (see `ort.with_producers`)."""
+    import onnx
+
+    from edgetl.quantize.ort import with_producers
+
+    return with_producers(onnx.load(str(model_path), load_external_data=False), names)
+
+
 def check_escalation(steps) -> tuple[str, ...]:
     """`--escalate` as a tuple of known steps, in the order they run."""
     steps = tuple(s.strip() for s in steps.split(",")) if isinstance(steps, str) else tuple(steps)
@@ -388,7 +412,7 @@ def _quantization_aware(run: Run, spec, layout: Layout, frames: np.ndarray, cali
 
     t0 = time.perf_counter()
     console.log(f"quantization-aware fine-tuning: {config.epochs} epoch(s) of {run.path}'s recipe with int8 "
-                "simulated, the run's head fixed")
+                "simulated, its head trained beside it")
     result = qat.train(run, tapped(run, spec), layout, frames, channels_last=fmt == "tflite", config=config,
                        console=console)
     path = work / f"qat{FORMATS[fmt]}"

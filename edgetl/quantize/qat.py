@@ -13,8 +13,9 @@ scales is learnt and both artifacts are made from the same converted q/dq graph:
 - TFLite: that graph converted by litert-torch with the quantizer's config, as PTQ is.
 
 The recipe is the run's (its augmentation, batch size, label smoothing, class-balanced order),
-at a tenth of its learning rate, cosine-annealed; the run's float head stays fixed, so the int8
-backbone stays a drop-in for the head the bundle ships and the device adapts. BatchNorm is folded
+at a tenth of its learning rate, cosine-annealed. The run's float head trains beside the int8
+backbone and goes with it (RUN/quantize/FORMAT/head.npz, which the bundle packs); the device
+adapts its own head from there as from any other. BatchNorm is folded
 into the convs first (frozen statistics, usual for a short QAT fine-tune, and litert-torch's own
 conv+BN QAT annotation fails on this torch, its issue #355). The activation ranges start from the
 calibration images and follow the training batches (moving average) until the last epoch, which
@@ -132,7 +133,7 @@ def _batches(n: int, batch: int):
 def train(run, module: torch.nn.Module, layout: Layout, calib_frames: np.ndarray, *, channels_last: bool,
           config: QatConfig = DEFAULT_QAT, console: Console = QUIET) -> Qat:
     """QAT of `module` (the run's backbone as the artifact is made from it: NCHW float in, its
-    outputs in `layout`) with the run's head fixed; `calib_frames` (uint8 NHWC) start the ranges."""
+    outputs in `layout`) and the run's head beside it; `calib_frames` (uint8 NHWC) start the ranges."""
     from edgetl.export.tflite import channels_last as nhwc_io
     from edgetl.quantize.tflite import quantizer as make_quantizer
     from edgetl.train.finetune import augmenter, balanced_order
@@ -147,6 +148,7 @@ def train(run, module: torch.nn.Module, layout: Layout, calib_frames: np.ndarray
     seed = int(recipe.get("seed", 0))
     spec = run.spec
     prepare_input = _Inputs(spec, channels_last)
+    module = copy.deepcopy(module)  # training must not change the run's own backbone (the export shares its tensors)
     net = nhwc_io(module).eval() if channels_last else module.eval()
 
     def load(split: str):

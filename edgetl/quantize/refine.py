@@ -111,13 +111,14 @@ def _input_means(model, names: list[str], inputs: np.ndarray) -> dict[str, np.nd
     return {n: s / max(count, 1) for n, s in sums.items()}
 
 
-def bias_correct_onnx(src: Path, out: Path, inputs: np.ndarray) -> Refined:
-    """`src` (a prepared fp32 model) with each Conv/Gemm bias corrected for its int8 weights' mean shift."""
+def bias_correct_onnx(src: Path, out: Path, inputs: np.ndarray, *, skip: tuple[str, ...] = ()) -> Refined:
+    """`src` (a prepared fp32 model) with each Conv/Gemm bias corrected for its int8 weights' mean shift;
+    the nodes in `skip` (kept float) keep their bias: their weights are not rounded."""
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(src))
-    layers = list(_weighted(model))
+    layers = [layer for layer in _weighted(model) if layer[0].name not in skip]
     means = _input_means(model, sorted({node.input[0] for node, *_ in layers}), inputs)
     inits = {i.name: i for i in model.graph.initializer}
     corrected, largest = 0, 0.0

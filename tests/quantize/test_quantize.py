@@ -1,14 +1,10 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from edgetl.backends import opcount
 from edgetl.cli import main
-from edgetl.data.imagefolder import load_images, scan
 from edgetl.export import export
 from edgetl.quantize import QuantizeError, quantize
 from edgetl.runtime.preprocess import PreprocessSpec
