@@ -73,7 +73,9 @@ def _quantize(run_dir: Path, calib: Path, fmt: str, budget: float, console, **kw
     try:
         r = quantize(run_dir, calib, fmt=fmt, max_drop=budget, console=console, **kw)
     except QuantizeError as exc:  # the budget was missed: report what the trials reached
-        return {"error": exc.message, **_trials(exc.trials), "seconds": round(time.perf_counter() - t0, 1)}
+        qat = [{"val_drop": t["drop"], "test_drop": t["test"]["drop"]} for t in exc.trials if t["method"] == "qat"]
+        return {"error": exc.message, **_trials(exc.trials), "seconds": round(time.perf_counter() - t0, 1),
+                **({"qat_trial": qat[0]} if qat else {})}
     return {**_result(r), **_trials(r["trials"]), "record": r}
 
 
@@ -139,10 +141,12 @@ def main() -> None:
                     out["today"] = {k: v for k, v in today.items() if k not in ("record", "per_method", "refinements")}
                 if r is not None and r.get("qat"):
                     out["qat"] = _qat(r, entry["finetune_seconds"])
+                elif "qat_trial" in auto:  # auto reached QAT and still missed
+                    out["qat"] = {"from": "auto", **auto["qat_trial"]}
                 elif name in args.qat_models.split(","):
                     q = _quantize(run_dir, calib, fmt, args.max_drop, console, method="qat")
                     out["qat"] = (_qat(q["record"], entry["finetune_seconds"]) if "record" in q
-                                  else {"error": q["error"], "seconds": q["seconds"]})
+                                  else {"error": q["error"], "seconds": q["seconds"], **q.get("qat_trial", {})})
                 entry[fmt] = out
                 print(f"{name} {fmt}: auto {out['auto'].get('method', 'missed')} test drop "
                       f"{out['auto'].get('test_drop')} (val {out['auto'].get('val_drop')}); today "

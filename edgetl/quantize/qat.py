@@ -281,8 +281,12 @@ def _freeze_qparams(graph: torch.fx.GraphModule) -> None:
     running min/max: the fused fake-quant op keeps its own (for weights they differ by a fraction of a
     percent, which is enough to round some weights the other way than QAT taught them)."""
     for m in fake_quant_modules(graph):
-        if getattr(m, "scale", None) is not None and getattr(m, "zero_point", None) is not None:
-            m.calculate_qparams = lambda m=m: (m.scale.detach().clone(), m.zero_point.detach().clone())
+        if getattr(m, "scale", None) is None or getattr(m, "zero_point", None) is None:
+            continue
+        zero_point = m.zero_point.detach().clone()
+        if getattr(m, "qscheme", None) in (torch.per_channel_symmetric, torch.per_tensor_symmetric):
+            zero_point.zero_()  # symmetric is zero-centred (the fused op leaves junk in an all-zero channel)
+        m.calculate_qparams = lambda m=m, zp=zero_point: (m.scale.detach().clone(), zp)
 
 
 def write_tflite(qat: Qat, sample_nhwc: np.ndarray, out: Path) -> Path:
