@@ -32,7 +32,7 @@ from edgetl.backends import opcount
 from edgetl.backends.tflite_io import IO_TYPES, to_pixels, to_uint8
 from edgetl.console import QUIET, Console, silenced
 from edgetl.data.imagefolder import load_images, scan
-from edgetl.errors import ConfigError, DataError, QuantizeError
+from edgetl.errors import ConfigError, DataError, EdgetlError, QuantizeError
 from edgetl.export import check_format, check_input, export, export_input, export_taps, load_export, tapped
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
 from edgetl.quantize import calibration, refine
@@ -261,7 +261,14 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
         qat_result: list = []
 
         def aware() -> list[Trial]:
-            t, info = _quantization_aware(run, spec, layout, frames, calib_x, fmt, work, scorer, qat, console)
+            try:
+                t, info = _quantization_aware(run, spec, layout, frames, calib_x, fmt, work, scorer, qat, console)
+            except EdgetlError as exc:  # asked for, it is the answer; as auto's last resort, the budget error is
+                if method == "qat":
+                    raise
+                console.log(f"quantization-aware fine-tuning failed: {exc.message}")
+                escalation.failed = exc.message
+                return []
             qat_result.append(info)
             trials.append(t)
             return [t]
@@ -370,6 +377,7 @@ class _Escalation:
         self.max_drop, self.auto, self.allowed = max_drop, auto, allowed
         self.best: Trial | None = None
         self.kept_step: str | None = None
+        self.failed: str | None = None  # why the step that just ran produced nothing
         self.steps: list[dict] = []
 
     def run(self, name: str, candidates, note: str = "", *, always: bool = False, force: bool = False) -> None:
@@ -389,6 +397,8 @@ class _Escalation:
                          gain=round(self.best.drop - top.drop, 2) if self.best is not None else None)
             if self.best is None or _rank(top) < _rank(self.best):
                 self.best, self.kept_step = top, name
+        if self.failed:
+            entry["note"], self.failed = f"failed: {self.failed}", None
         self.steps.append(entry)
 
     def records(self) -> tuple[QuantizeStep, ...]:
