@@ -72,7 +72,10 @@ def _quantize(run_dir: Path, calib: Path, fmt: str, budget: float, console, **kw
     t0 = time.perf_counter()
     try:
         r = quantize(run_dir, calib, fmt=fmt, max_drop=budget, console=console, **kw)
-    except QuantizeError as exc:  # the budget was missed: report what the trials reached
+    except EdgetlError as exc:  # a conversion that fails (recorded, the other figures go on)
+        if not isinstance(exc, QuantizeError):
+            return {"error": exc.message, "seconds": round(time.perf_counter() - t0, 1)}
+        # the budget was missed: report what the trials reached
         qat = [{"val_drop": t["drop"], "test_drop": t["test"]["drop"]} for t in exc.trials if t["method"] == "qat"]
         return {"error": exc.message, **_trials(exc.trials), "seconds": round(time.perf_counter() - t0, 1),
                 **({"qat_trial": qat[0]} if qat else {})}

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--method auto: the steps it may take after calibration while the budget is missed, "
                          "in this order: refinement,float_fallback,qat (default: all)")
     qz.add_argument("--qat-epochs", type=int,
-                    help="quantization-aware fine-tuning (auto's last step, or --method qat): epochs (default 4)")
+                    help="quantization-aware fine-tuning (auto's last step, or --method qat): epochs (default 8)")
     qz.add_argument("--qat-lr", type=float,
                     help="quantization-aware fine-tuning: peak learning rate (default: the run's x 0.1)")
     tg = sub.add_parser("targets", parents=[common], help="list the hardware targets, or explain one",

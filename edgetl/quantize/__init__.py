@@ -123,7 +123,7 @@ def quantize(run_path: str | Path, calib_file: str | Path, *, fmt: str = "onnx",
     scored taking the frames themselves (`edgetl.export.pixels`, `edgetl.backends.tflite_io.to_pixels`).
     `method`: auto (the escalation in the module's docstring; `escalate` names the steps it may take after
     calibration, default all), one calibration method, or qat (calibration, then QAT, kept only if it beats
-    it); `qat` sets QAT's epochs and learning rate (default: 4 epochs at the run's lr x 0.1).
+    it); `qat` sets QAT's epochs and learning rate (default: 8 epochs at the run's lr x 0.1).
     A text run goes to `edgetl.quantize.text` (dynamic or static QDQ; `calib_file` may be None there)."""
     check_format(fmt)
     from edgetl.export import is_text_run

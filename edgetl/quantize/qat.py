@@ -42,14 +42,14 @@ from edgetl.runtime.features import EMBEDDING, Layout
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.features import nchw, to_input
 
-EPOCHS = 4
+EPOCHS = 8
 LR_SCALE = 0.1  # of the run's peak learning rate: QAT starts from a converged model
 EVAL_BATCH = 64
 
 
 @dataclass(frozen=True)
 class QatConfig:
-    """`epochs` of QAT (default 4); `lr`: peak learning rate (default: the run's x 0.1)."""
+    """`epochs` of QAT (default 8); `lr`: peak learning rate (default: the run's x 0.1)."""
 
     epochs: int = EPOCHS
     lr: float | None = None
