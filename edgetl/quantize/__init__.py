@@ -32,7 +32,7 @@ from edgetl.backends import opcount
 from edgetl.backends.tflite_io import IO_TYPES, to_pixels, to_uint8
 from edgetl.console import QUIET, Console, silenced
 from edgetl.data.imagefolder import load_images, scan
-from edgetl.errors import ConfigError, DataError, EdgetlError, QuantizeError
+from edgetl.errors import ConfigError, ConversionError, DataError, EdgetlError, QuantizeError
 from edgetl.export import check_format, check_input, export, export_input, export_taps, load_export, tapped
 from edgetl.fsutil import QUANTIZED, claim, staged_dir
 from edgetl.quantize import calibration, refine
@@ -501,8 +501,16 @@ def _search(best: Trial, trials: list[Trial], trial, q, fmt: str, source, graphs
                 searched["stopped"] = "seconds"
                 return None
             searched["trials"] += 1
-            t = trial(best.method, tuple(n for n, _ in sensitivity[:k]),
-                      label=f"trial {searched['trials']}/{search.trials}: ", refinements=best.refinements)
+            keep = tuple(n for n, _ in sensitivity[:k])
+            try:
+                t = trial(best.method, keep, label=f"trial {searched['trials']}/{search.trials}: ",
+                          refinements=best.refinements)
+            except ConversionError as exc:  # a converter that refuses this float/int8 split: the next k may do
+                console.log(f"  trial {searched['trials']}/{search.trials}: {len(keep)} float layer(s) do not "
+                            f"convert ({exc.message[:160]}): counted as missing the budget")
+                searched.setdefault("failed", []).append(len(keep))
+                advance(1)
+                return Trial(best.method, keep, Path(), 0.0, math.inf, 0.0, refinements=best.refinements)
             trials.append(t)
             advance(1)
             return t

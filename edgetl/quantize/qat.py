@@ -366,11 +366,12 @@ def fold_weight_quantize(model) -> int:
 
 
 def drop_redundant_clamps(model) -> int:
-    """A Relu or Clip whose output goes only into a QuantizeLinear that saturates at (or inside) the same
-    bounds does nothing: bypass it, so the layer before it is DequantizeLinear -> Conv -> QuantizeLinear,
-    the pattern onnxruntime fuses into one integer kernel (its own quantizer removes these activations
-    the same way). Returns how many were bypassed."""
-    from onnx import numpy_helper
+    """A Relu or Clip read by a QuantizeLinear that saturates at (or inside) the same bounds does nothing
+    there: the QuantizeLinear reads the layer before it instead, and its other readers (a tap's pool) read
+    that quantized tensor dequantized, which is what they read in an int8 model. The layer before is then
+    DequantizeLinear -> Conv -> QuantizeLinear, the pattern onnxruntime fuses into one integer kernel (its
+    own quantizer removes these activations the same way). Returns how many were bypassed."""
+    from onnx import helper, numpy_helper
 
     graph = model.graph
     consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -378,22 +379,54 @@ def drop_redundant_clamps(model) -> int:
     for node in graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    dropped = set()
+    dropped, added = set(), []
     for node in graph.node:
-        users = consumers.get(node.output[0], []) if node.op_type in ("Relu", "Clip") else []
-        if len(users) != 1 or users[0].op_type != "QuantizeLinear" or not all(i in consts for i in users[0].input[1:3]):
+        if node.op_type not in ("Relu", "Clip") or node.output[0] in {o.name for o in graph.output}:
             continue
-        scale, zp = float(consts[users[0].input[1]]), consts[users[0].input[2]]
+        users = consumers.get(node.output[0], [])
+        q = next((u for u in users if u.op_type == "QuantizeLinear" and all(i in consts for i in u.input[1:3])),
+                 None)
+        if q is None:
+            continue
+        scale, zp = float(consts[q.input[1]]), consts[q.input[2]]
         info = np.iinfo(zp.dtype)
         low, high = (info.min - int(zp)) * scale, (info.max - int(zp)) * scale
         bounds = [0.0, math.inf] if node.op_type == "Relu" else [
             float(consts[i]) if i in consts else b for i, b in zip(list(node.input[1:3]) + ["", ""],
                                                                     (-math.inf, math.inf), strict=False)]
         tol = scale * 1e-3
-        if low >= bounds[0] - tol and high <= bounds[1] + tol:
-            users[0].input[0] = node.input[0]
-            dropped.add(id(node))
-    kept = [n for n in graph.node if id(n) not in dropped]
+        if low < bounds[0] - tol or high > bounds[1] + tol:
+            continue
+        others = [u for u in users if u is not q]
+        if others:
+            dq = next((u for u in consumers.get(q.output[0], []) if u.op_type == "DequantizeLinear"
+                       and list(u.input[1:3]) == list(q.input[1:3])), None)
+            if dq is None:
+                dq = helper.make_node("DequantizeLinear", [q.output[0], *q.input[1:3]], [f"{q.output[0]}_dq"],
+                                      name=f"{q.name}_dq")
+                added.append(dq)
+            for u in others:
+                for k, i in enumerate(u.input):
+                    if i == node.output[0]:
+                        u.input[k] = dq.output[0]
+        q.input[0] = node.input[0]
+        dropped.add(id(node))
+    kept = [n for n in graph.node if id(n) not in dropped] + added
     del graph.node[:]
-    graph.node.extend(kept)
+    graph.node.extend(_topological(kept, {i.name for i in graph.input} | set(consts)))
     return len(dropped)
+
+
+def _topological(nodes: list, available: set[str]) -> list:
+    """`nodes` in an order where each comes after the nodes that make its inputs (ONNX requires it)."""
+    made = set(available)
+    out, todo = [], list(nodes)
+    while todo:
+        ready = [n for n in todo if all(not i or i in made for i in n.input)]
+        if not ready:  # inputs made by nothing here (graph constants the caller did not list): keep the rest as is
+            return out + todo
+        for n in ready:
+            out.append(n)
+            made.update(n.output)
+        todo = [n for n in todo if all(n is not r for r in ready)]
+    return out
