@@ -208,3 +208,27 @@ def test_qat_beats_calibration_on_a_net_built_to_lose_under_it_and_ships_its_own
     assert not np.allclose(np.load(shipped)["W"], np.load(run.path / "head.npz")["W"])
     assert Source(run.path).head(fmt, "int8") == shipped  # what an int8 bundle packs: the head QAT trained
     assert Source(run.path).head(fmt, "fp32") != shipped
+
+
+def test_a_relu_before_a_saturating_quantize_is_bypassed_and_its_tap_reads_the_int8_tensor():
+    from onnx import TensorProto, checker, helper, numpy_helper
+
+    from edgetl.quantize.qat import drop_redundant_clamps
+
+    w = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "w")
+    s = numpy_helper.from_array(np.array(0.05, np.float32), "s")
+    z = numpy_helper.from_array(np.array(-128, np.int8), "z")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("AveragePool", ["r"], ["tap"], kernel_shape=[2, 2], name="tap"),  # read before the Q
+         helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"], name="q"),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2]),
+         helper.make_tensor_value_info("tap", TensorProto.FLOAT, [1, 2, 1, 1])], [w, s, z])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert drop_redundant_clamps(model) == 1  # zero-point -128: the int8 range starts at 0, as the ReLU does
+    nodes = {n.name: n for n in model.graph.node}
+    assert "relu" not in nodes and nodes["q"].input[0] == "c" and nodes["tap"].input[0] == "y"
+    checker.check_model(model)  # still in topological order
