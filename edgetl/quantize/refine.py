@@ -202,13 +202,12 @@ def bias_correct_graph(graph, inputs: np.ndarray) -> Refined:
     weights' mean shift, E[x] taken from the graph's (quantized) inputs to that layer over `inputs`."""
     import torch
 
-    from edgetl.quantize.tflite import _LAYERS
-
+    layer_ops = {torch.ops.aten.conv2d.default, torch.ops.aten.linear.default}  # as the TFLite path quantizes
     qd = torch.ops.quantized_decomposed
     dequant = {qd.dequantize_per_channel.default, qd.dequantize_per_tensor.default}
     layers = []
     for node in graph.graph.nodes:
-        if node.op != "call_function" or node.target not in _LAYERS or len(node.args) < 3:
+        if node.op != "call_function" or node.target not in layer_ops or len(node.args) < 3:
             continue
         w_dq, bias = node.args[1], node.args[2]
         if not (isinstance(w_dq, torch.fx.Node) and w_dq.target in dequant and isinstance(bias, torch.fx.Node)
