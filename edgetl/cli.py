@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     to.add_argument("--devices", type=Path, help="a directory of device files: every device built for the "
                     "bundle's CPU, in parallel (exit 3 when one cannot be reached)")
     dp.add_argument("--device-key", help="signed bundles: the trusted public key's path on the device")
+    dp.add_argument("--provision", action="store_true", help="install numpy and the bundle's engine where the "
+                    "device lacks them, from wheels fetched here for its CPU and Python (the board needs no "
+                    "internet; cached in ~/.cache/edgetl/wheels)")
     dp.add_argument("--timeout", type=seconds, default=600.0, help="seconds for each step on the device (default 600)")
     dp.add_argument("--json", action="store_true", help="the result as one JSON object (one per device)")
 
@@ -196,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "JUnit file is replaced; any other file is refused)")
     ck.add_argument("--timeout", type=seconds, default=600.0, help="seconds for each step on a device (default 600)")
     ck.add_argument("--json", action="store_true", help="one JSON record per bundle and device")
+
+    pl = sub.add_parser("pipeline", parents=[common], help="the whole flow from one TOML file, each stage re-run "
+                        "only when its inputs changed",
+                        description="Runs the stages edgetl.toml declares (synth, pretrain, finetune, quantize per "
+                                    "format, compile per target, check), each writing its usual run dir, bundle or "
+                                    "report under the file's `out`. A stage re-runs only when what it reads changed "
+                                    "(its table, its data's content, the outputs of the stages before it, the edgetl "
+                                    "version); one that was interrupted or failed is where the next run starts. The "
+                                    "exit code is the last stage's: 1 when check found a budget missed.")
+    pl.add_argument("file", type=Path, help="the pipeline file, e.g. edgetl.toml (see examples/)")
+    pl.add_argument("--dry-run", action="store_true", help="print which stages would run and why; run none")
+    pl.add_argument("--force", action="append", default=[], metavar="STAGE",
+                    help="run this stage whatever its inputs (a name like quantize.onnx, or a kind: quantize); "
+                         "the stages after it follow (repeatable)")
 
     cp = sub.add_parser("compile", parents=[common], help="compile a run for a target into a verifiable bundle",
                         description="Writes the bundle dir (manifest with sha256 of every file) and a reproducible "
@@ -319,7 +336,8 @@ def _cmd_deploy(args, console) -> int:
     from edgetl.devices.deploy import deploy, deploy_fleet, fleet_exit_code
 
     if args.device:
-        r = deploy(args.bundle, devices.load(args.device), timeout=args.timeout, key=args.device_key)
+        r = deploy(args.bundle, devices.load(args.device), timeout=args.timeout, key=args.device_key,
+                   provision=args.provision)
         if args.json:
             print(json.dumps(r.to_dict()))
         else:
@@ -330,7 +348,8 @@ def _cmd_deploy(args, console) -> int:
     fleet = devices.select(folder=args.devices)
     manifest = manifest_of(args.bundle)  # verified here once, before any device is asked
     chosen = [d for _, _, d in paired([(args.bundle, manifest)], fleet)]
-    results = deploy_fleet(args.bundle, chosen, timeout=args.timeout, key=args.device_key)
+    results = deploy_fleet(args.bundle, chosen, timeout=args.timeout, key=args.device_key,
+                           provision=args.provision)
     if args.json:
         for r in results:
             print(json.dumps(r.flat()))
@@ -399,6 +418,21 @@ def _cmd_devices(args, console) -> int:
                 for d, p in zip(fleet, probes, strict=True)]
         console.table("devices", ["name", "target", "transport", "address", "tags", "reachable"], rows)
     return 0 if all(p.reachable for p in probes) else 3
+
+
+def _cmd_pipeline(args, console) -> int:
+    from edgetl.pipeline import run
+
+    outcome = run(args.file, dry_run=args.dry_run, force=tuple(args.force), console=console)
+    if args.dry_run:
+        todo = [s.stage for s in outcome.steps if s.why != "up to date"]
+        console.log(f"would run {len(todo)} of {len(outcome.steps)} stages" + (f": {', '.join(todo)}" if todo else ""))
+    elif not outcome.did_nothing:
+        ran = [s for s in outcome.steps if s.ran]
+        console.log(f"ran {len(ran)} of {len(outcome.steps)} stages in {outcome.seconds:g} s; "
+                    f"{len(outcome.steps) - len(ran)} up to date" + (f"; exit {outcome.exit_code}" if outcome.exit_code
+                                                                      else ""))
+    return outcome.exit_code
 
 
 def _cmd_compile(args, console) -> int:
@@ -713,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
                 "lr-find": _cmd_lr_find,
                 "export": _cmd_export, "quantize": _cmd_quantize, "targets": _cmd_targets, "compile": _cmd_compile,
                 "devices": _cmd_devices, "deploy": _cmd_deploy, "check": _cmd_check, "predict": _cmd_predict,
-                "adapt": _cmd_adapt}
+                "adapt": _cmd_adapt, "pipeline": _cmd_pipeline}
     try:
         with process_scope():  # one temp root, removed on any exit; SIGTERM/SIGHUP unwind like Ctrl-C
             return _dispatch(args, parser, console, handlers)

@@ -20,24 +20,11 @@ import numpy as np
 import tomllib
 
 from edgetl import config
+from edgetl.calibration_file import HINT, MIN_SAMPLES, SetFile
 from edgetl.data.imagefolder import IMAGE_SUFFIXES, load_images, scan
 from edgetl.errors import ConfigError, DataError
 from edgetl.runtime.preprocess import PreprocessSpec
 from edgetl.train.run import stratified
-
-MIN_SAMPLES = 32  # fewer images leave activation ranges to chance
-HINT = 'a minimal set is: data = "DIR", samples = 256, seed = 0'
-
-
-@dataclass(frozen=True)
-class SetFile:
-    """A calibration file as written, key for key (the schema it is checked against)."""
-
-    data: str | None = None
-    list: str | None = None
-    samples: int = 256
-    seed: int = 0
-    description: str = ""
 
 
 @dataclass(frozen=True)
