@@ -387,10 +387,17 @@ class RunDir:
 
     @cached_property
     def record_id(self) -> str:
-        """A short hash of the run record's bytes: what a bundle names its run by."""
+        """A short hash of what the run is: its record without the seconds it took and the dir it was
+        written to (a rerun of the same inputs is the same run, and its bundles are byte for byte the
+        same). What a bundle names its run by."""
         import hashlib
+        import json
 
-        return hashlib.sha256(self.record_file.read_bytes()).hexdigest()[:16]
+        raw = json.loads(self.record_file.read_bytes())
+        what = {k: v for k, v in raw.items() if not k.startswith("seconds")} if isinstance(raw, dict) else raw
+        if isinstance(what, dict) and isinstance(what.get("config"), dict):
+            what["config"] = {k: v for k, v in what["config"].items() if k != "out"}  # where it was written
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
     def validate(self) -> FinetuneRecord:
         """Read every small file once (record, labels, spec, head) so that later readers meet only

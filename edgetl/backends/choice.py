@@ -3,7 +3,8 @@
 `edgetl quantize` scored int8 against fp32 on the run's own images and timed both on the
 host, side by side. int8 is chosen when the target allows it, it met its accuracy budget
 (a quantize result only exists if it did) and it ran faster; otherwise fp32, and the reason
-says which figure decided.
+says which figure decided. The reason names no timing (quantize.json keeps those): two builds of
+the same run make the same manifest, byte for byte.
 """
 
 from __future__ import annotations
@@ -54,10 +55,10 @@ def choose(source: Source, fmt: str, target: Target) -> Choice:
             return Choice("int8", int8, f"int8: the only precision {target.name} runs; {within}",
                           quantized.accuracy("int8"))
         if ratio < 1.0:
-            return Choice("int8", int8, f"int8: {ratio:.2f}x fp32's latency{proxy}, {within}",
+            return Choice("int8", int8, f"int8: faster than fp32 when both were timed{proxy}, {within}",
                           quantized.accuracy("int8"))
         return Choice("fp32", source.model(fmt, "fp32"),
-                      f"fp32: int8 was {ratio:.2f}x fp32's latency{proxy}, so not worth its {quantized.drop:.2f} "
+                      f"fp32: int8 was slower than fp32 when both were timed{proxy}, so not worth its {quantized.drop:.2f} "
                       "point drop", quantized.accuracy("fp32"))
     if "fp32" not in target.precisions:
         raise ConfigError(f"{target.name} runs {', '.join(target.precisions)} only and {source.path} has no int8 "

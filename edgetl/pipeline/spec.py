@@ -178,9 +178,14 @@ def load(file: str | Path) -> Pipeline:
         finetune = dataclasses.replace(finetune, weights=str(pretrain.out))
     elif getattr(finetune, "weights", None) == "pretrain":
         raise ConfigError(f"{file}: finetune.weights = 'pretrain' and no [pretrain] table", "add a [pretrain] table")
+    check = top.check
+    if check is not None and check.device is not None and (check.device.endswith(".toml") or "/" in check.device):
+        check = dataclasses.replace(check, device=str(_path(base, check.device)))  # a file, not a name
+    if check is not None and check.devices is not None:
+        check = dataclasses.replace(check, devices=str(_path(base, check.devices)))
     pipeline = Pipeline(file, raw, pipeline_name, out, synth, pretrain, finetune,
                         _calibration(file, base, out, synth, top.calibration, text), top.quantize, top.compile,
-                        top.check, text)
+                        check, text)
     _check_stages(pipeline)
     return pipeline
 
@@ -274,7 +279,7 @@ def _check_stages(p: Pipeline) -> None:
                                  "latency_p95_ms, min_top1, max_rss_mb")
             Budgets(0, 0, 0).merged(p.check.budgets, p.file)  # one line naming a bad value
         try:
-            devices.select(p.check.device, _path(p.file.parent, p.check.devices) if p.check.devices else None)
+            devices.select(p.check.device, Path(p.check.devices) if p.check.devices else None)
         except ConfigError as exc:
             raise ConfigError(f"{p.file}: [check]: {exc.message}", exc.hint) from None
 

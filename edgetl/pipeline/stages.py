@@ -174,7 +174,7 @@ def _check(p: Pipeline, compiled: tuple[str, ...]) -> Stage:
 
     report_dir = p.out / "check"
     spec = p.check
-    folder = (p.file.parent / spec.devices).resolve() if spec.devices else None
+    folder = Path(spec.devices) if spec.devices else None
     fleet_files = tuple(d.file.resolve() for d in devices.select(spec.device, folder))
 
     def run(console: Console) -> int:
@@ -192,4 +192,5 @@ def _check(p: Pipeline, compiled: tuple[str, ...]) -> Stage:
             console.log(f"check: {r.device} {r.bundle}: {r.status}" + (f" ({fails})" if fails else ""))
         return exit_code(results)
 
-    return Stage("check", "check", dataclasses.asdict(spec), fleet_files, compiled, (report_dir,), run)
+    table = dataclasses.asdict(spec) | {"device": None, "devices": None}  # the device files: by content
+    return Stage("check", "check", table, fleet_files, compiled, (report_dir,), run)

@@ -65,11 +65,12 @@ class State:
 
     # -- content hashes -------------------------------------------------------------------------
     def tree_digest(self, paths: list[Path]) -> str:
-        """One digest of the files under `paths` (their names relative to OUT or absolute, and their
-        content); a missing path counts as missing, so deleting an output is a change."""
+        """One digest of the files under `paths`: their names below each path and their content, not where
+        the paths are (an OUT restored elsewhere, a CI cache, is still up to date); a missing path counts
+        as missing, so deleting an output is a change."""
         h = hashlib.sha256()
-        for root in paths:
-            h.update(f"{root}\0".encode())
+        for i, root in enumerate(paths):
+            h.update(f"{i}\0".encode())
             if not root.exists():
                 h.update(b"<missing>\0")
                 continue
