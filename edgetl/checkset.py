@@ -12,19 +12,32 @@ from a model file (`edgetl bundle from-model --data DIR`) takes them from the im
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from edgetl.errors import EdgetlError
+from edgetl.errors import ConfigError, EdgetlError
 from edgetl.rundir import RunDir
 from edgetl.runtime.manifest import Checkset
 from edgetl.runtime.tokens import TextSpec
 
 FILE = "checkset.npz"
-PER_CLASS = 4
+PER_CLASS = 4  # at least this many per class by default
+IMAGES = 100  # by default enough per class for this many in all: one image is then 1 point of top-1
 MAX_MB = 16  # raw pixels: about 100 images at 224 px, all of them at the usual small sizes
+
+
+def per_class_for(classes: int, asked: int | None = None) -> int:
+    """Images per class to take: `asked` (`--checkset-per-class`), else enough for IMAGES in all and at
+    least PER_CLASS, so the default resolves about 1 point of top-1 whatever the number of classes."""
+    if asked is None:
+        return max(PER_CLASS, math.ceil(IMAGES / max(classes, 1)))
+    if isinstance(asked, bool) or not isinstance(asked, int) or asked < 1:
+        raise ConfigError(f"--checkset-per-class must be a whole number >= 1, not {asked!r}",
+                          f"e.g. --checkset-per-class {PER_CLASS}; the default takes enough for {IMAGES} images")
+    return asked
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -42,14 +55,16 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return out.getvalue()
 
 
-def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) -> Checkset | None:
-    """Write `out` (checkset.npz) from the run's own held-out images; returns its manifest entry,
-    or None when the run's test and val images cannot be found any more."""
+def build(run: Path, out: Path, *, per_class: int | None = None, seed: int = 0) -> Checkset | None:
+    """Write `out` (checkset.npz) from the run's own held-out images, `per_class` of each class (see
+    `per_class_for`); returns its manifest entry, or None when the run's test and val images cannot be
+    found any more."""
     from edgetl.data.imagefolder import load_images
     from edgetl.train.run import recorded_split, stratified
 
     d = RunDir(run)
     record, classes, spec = d.record, d.labels, d.spec
+    per_class = per_class_for(len(classes), per_class)
     if isinstance(spec, TextSpec):
         return _texts(run, out, per_class, seed)
     for split in ("test", "val"):
@@ -64,12 +79,14 @@ def build(run: Path, out: Path, *, per_class: int = PER_CLASS, seed: int = 0) ->
     h, w = spec.size
     cap = max(len(classes), int(MAX_MB * 2**20 // (h * w * 3)))
     chosen = stratified(samples, min(per_class * len(classes), cap), seed)
+    capped = cap if per_class * len(classes) > cap and len(samples) > cap else None
     loaded = load_images(chosen, spec.size, spec.resize, interpolation=spec.interpolation)
     if len(loaded.labels) == 0:
         return None
     labels = np.array([classes[i] for i in loaded.labels])
     out.write_bytes(npz_bytes({"pixels": loaded.images, "labels": labels}))
-    return Checkset(file=out.name, images=int(len(labels)), from_=f"run {split} split", per_class=per_class)
+    return Checkset(file=out.name, images=int(len(labels)), from_=f"run {split} split", per_class=per_class,
+                    capped_at=capped)
 
 
 def _texts(run: Path, out: Path, per_class: int, seed: int) -> Checkset | None:

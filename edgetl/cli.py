@@ -199,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "JUnit file is replaced; any other file is refused)")
     ck.add_argument("--timeout", type=seconds, default=600.0, help="seconds for each step on a device (default 600)")
     ck.add_argument("--json", action="store_true", help="one JSON record per bundle and device")
+    ck.add_argument("--baseline", type=Path, help="an earlier check's report.json of the same bundle names and "
+                    "devices: also fail (exit 1) on a regression against it (latency, top-1, peak RSS)")
+    ck.add_argument("--max-slowdown", type=float, default=5.0, help="with --baseline: fail when the p95's whole "
+                    "95%% interval is this many percent slower (default 5)")
+    ck.add_argument("--max-top1-loss", type=float, default=1.0, help="with --baseline: fail on a significant "
+                    "top-1 loss (McNemar, p<0.05) of more than this many points (default 1)")
+    ck.add_argument("--max-rss-growth", type=float, default=10.0, help="with --baseline: fail when peak RSS grew "
+                    "by more than this many percent (default 10)")
 
     pl = sub.add_parser("pipeline", parents=[common], help="the whole flow from one TOML file, each stage re-run "
                         "only when its inputs changed",
@@ -227,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--allow-cpu-only", action="store_true",
                     help="Edge TPU targets without edgetpu_compiler: ship the int8 model for the CPU")
     cp.add_argument("--force", action="store_true", help="replace an earlier bundle at --out (nothing else)")
+    cp.add_argument("--checkset-per-class", type=int, help="held-out images per class the bundle carries for "
+                    "`edgetl check` (default: enough for 100 images, one image = 1 point of top-1, and at least 4 "
+                    "per class; capped at 16 MB of pixels)")
 
     bd = sub.add_parser("bundle", parents=[common], help="bundles: verify before flashing, make signing keys")
     bd_sub = bd.add_subparsers(dest="bundle_command", metavar="ACTION")
@@ -354,7 +365,8 @@ def _cmd_deploy(args, console) -> int:
         for r in results:
             print(json.dumps(r.flat()))
     else:
-        rows = [[r.device, r.status, d.active, d.runtime + (" (installed)" if d.runtime_installed else ""),
+        rows = [[r.device, r.status, d.active, d.runtime + (" (installed)" if d.runtime_installed else "")
+                 + d.provision_summary,
                  f"{d.bytes / 1e6:.1f} MB in {d.seconds:.1f} s", r.error or "-"] if (d := r.deployment) else
                 [r.device, r.status, "-", "-", "-", r.error or "-"] for r in results]
         skipped = [d.name for d in fleet if d not in chosen]
@@ -367,8 +379,10 @@ def _cmd_deploy(args, console) -> int:
 
 def _cmd_check(args, console) -> int:
     from edgetl import devices, fsutil
-    from edgetl.check import Plan, check_fleet, exit_code, manifest_of, paired, report
+    from edgetl.check import Plan, baseline, check_fleet, exit_code, manifest_of, paired, report
 
+    gate = baseline.Gate(args.max_slowdown, args.max_top1_loss, args.max_rss_growth).check()
+    earlier = baseline.load(args.baseline) if args.baseline is not None else None
     if args.runs < 1 or args.warmup < 0 or (args.duration is not None and args.duration <= 0):
         raise EdgetlError("--runs must be >= 1, --warmup >= 0 and --duration > 0", "edgetl check B --runs 200")
     if args.report is not None:  # before any work: never replace what edgetl did not write
@@ -377,9 +391,13 @@ def _cmd_check(args, console) -> int:
         fsutil.claim_file(args.junit, fsutil.JUNIT, "a JUnit report", flag="--junit")
     fleet = devices.select(args.device, args.devices)
     bundles = [(path, manifest_of(path)) for path in args.bundles]
-    paired(bundles, fleet)
+    work = paired(bundles, fleet)
+    if earlier is not None:  # before any work: a baseline of other pairs is refused
+        earlier.refuse_unpaired([(d.name, m.name) for _, m, d in work])
     results = check_fleet(bundles, fleet, Plan(runs=args.runs, duration_s=args.duration, warmup=args.warmup,
                                                data=args.data, timeout_s=args.timeout))
+    if earlier is not None:
+        baseline.judge_against(results, earlier, gate)
     if args.json:
         for r in results:
             print(json.dumps(r.summary()))
@@ -398,6 +416,10 @@ def _cmd_check(args, console) -> int:
                          "; ".join(fails) or r.error or ("timings not judged (emulated)" if r.emulated else "-")])
         console.table("check", ["device", "bundle", "status", "p50/p95/p99 ms", "engine share", "RSS MB", "top-1 %",
                                 "why"], rows)
+    for r in results:
+        for v in r.verdicts:
+            if v.warning:
+                console.log(f"{r.device}/{r.bundle} {v.budget}: {v.warning}")
     for path in report.write(results, args.report, args.junit):
         console.log(f"wrote {path}")
     return exit_code(results)
@@ -448,7 +470,7 @@ def _cmd_compile(args, console) -> int:
             _print_report(report, console)
         return 0
     m = compile_bundle(args.source, args.target, args.out, sign=args.sign, allow_cpu_only=args.allow_cpu_only,
-                       force=args.force, console=console)
+                       force=args.force, checkset_per_class=args.checkset_per_class, console=console)
     acc = m.accuracy
     console.table(f"bundle {m.name} for {m.target}",
                   ["engine", "precision", "model", "top-1 %", "signed", "files"],

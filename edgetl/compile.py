@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from edgetl import backends, fsutil, pack, targets
+from edgetl import backends, checkset, fsutil, pack, targets
 from edgetl.backends import CompatibilityReport, Source
 from edgetl.console import QUIET, Console
 from edgetl.errors import ConfigError
@@ -27,10 +27,13 @@ def compatibility(source: str | Path, target: str | Path) -> CompatibilityReport
 
 def compile_bundle(source: str | Path, target: str | Path, out: str | Path | None = None, *,
                    sign: str | Path | None = None, allow_cpu_only: bool = False, force: bool = False,
-                   console: Console = QUIET) -> Manifest:
+                   checkset_per_class: int | None = None, console: Console = QUIET) -> Manifest:
     """Compile a run for `target` into the bundle dir `out` (default RUN/bundles/TARGET) and
     `out`.tar.gz; returns the manifest. An earlier bundle there is replaced only with `force`;
-    anything else there is refused before any work (`edgetl.fsutil.claim`)."""
+    anything else there is refused before any work (`edgetl.fsutil.claim`). `checkset_per_class`:
+    held-out images per class the bundle carries for `edgetl check` (default `checkset.per_class_for`)."""
+    if checkset_per_class is not None:
+        checkset.per_class_for(1, checkset_per_class)  # a bad count is refused before any work
     t = targets.load(target)
     src = Source.of(source)
     if not src.is_run:
@@ -43,9 +46,27 @@ def compile_bundle(source: str | Path, target: str | Path, out: str | Path | Non
     backend = backends.for_target(t, src)
     with tempfile.TemporaryDirectory(prefix="edgetl-compile-") as work:
         artifacts = backend.compile(src, t, Path(work), allow_cpu_only=allow_cpu_only)
-        manifest = pack.write(out, src, t, artifacts, sign=Path(sign) if sign else None, force=force)
+        manifest = pack.write(out, src, t, artifacts, sign=Path(sign) if sign else None, force=force,
+                              checkset_per_class=checkset_per_class)
     console.log(f"{t.name}: {artifacts.engine} {artifacts.precision} ({artifacts.choice}) -> {out} and "
                 f"{out.name}.tar.gz")
     if artifacts.deferred:
         console.log(f"  deferred to the device: {artifacts.deferred}")
+    _say_checkset(manifest, console)
     return manifest
+
+
+def _say_checkset(manifest: Manifest, console: Console) -> None:
+    """The checkset's size and what one image is worth, and why it is smaller than asked where it is."""
+    c = manifest.checkset
+    if c is None:
+        console.log("  no checkset: the run's test and val images are gone (check with --data DIR)")
+        return
+    asked = c.per_class * len(manifest.labels)
+    why = ""
+    if c.capped_at is not None:
+        why = f", cut to {c.capped_at} by the {checkset.MAX_MB} MB cap on its pixels"
+    elif c.images < asked:
+        why = f", all the held-out images there are of {asked} asked for"
+    console.log(f"  checkset: {c.images} images ({c.per_class} per class asked{why}) from the {c.from_}; "
+                f"one image is {100 / max(c.images, 1):.2g} points of top-1")

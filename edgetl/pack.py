@@ -199,9 +199,9 @@ def archive_path(out: Path) -> Path:
 
 
 def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, sign: Path | None = None,
-          force: bool = False) -> Manifest:
+          force: bool = False, checkset_per_class: int | None = None) -> Manifest:
     """The bundle dir at `out` and `out`.tar.gz, both replaced at once or left as they were (the caller has
-    claimed them: `edgetl.compile`); returns the manifest."""
+    claimed them: `edgetl.compile`); returns the manifest. `checkset_per_class`: see `edgetl.checkset.build`."""
     model_name = f"backbone{artifacts.model.suffix}"
     if artifacts.model.name.endswith("_edgetpu.tflite"):
         model_name = "backbone_edgetpu.tflite"
@@ -215,7 +215,7 @@ def write(out: Path, source: Source, target: Target, artifacts: Artifacts, *, si
         files[tokenizer.name] = tokenizer
 
     def record(tmp: Path, placed: dict[str, Path], signer: Signer | None) -> Manifest:
-        checks = build_checkset(source.path, tmp / CHECKSET)  # what `edgetl check` scores on the device
+        checks = build_checkset(source.path, tmp / CHECKSET, per_class=checkset_per_class)  # what check scores
         if checks:
             placed[CHECKSET] = tmp / CHECKSET
         return manifest(out.name, source, target, replace(artifacts, model=tmp / model_name), placed, checks, signer)

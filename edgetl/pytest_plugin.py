@@ -30,6 +30,7 @@ from edgetl.errors import DeviceRunBroke
 _PROBES = pytest.StashKey[dict]()
 _CHECKS = pytest.StashKey[dict]()
 _MANIFESTS = pytest.StashKey[dict]()
+_BASELINE = pytest.StashKey[object]()
 
 
 def pytest_addoption(parser) -> None:
@@ -40,6 +41,8 @@ def pytest_addoption(parser) -> None:
     group.addoption("--edgetl-require-all", action="store_true",
                     help="fail, instead of skip, the tests of a device that does not answer")
     group.addoption("--edgetl-runs", type=int, default=100, help="timed frames per check (default 100)")
+    group.addoption("--edgetl-baseline", type=Path, help="an earlier `edgetl check` report.json: each check is "
+                    "also held against it (default gate), see assert_no_regression()")
 
 
 def pytest_configure(config) -> None:
@@ -88,17 +91,28 @@ class DeviceUnderTest:
         if key not in cache:
             plan = Plan(runs=self._config.getoption("edgetl_runs"))
             cache[key] = check_one(self.bundle, self.device, plan, _manifest(self._config, self.bundle))
+            _against_baseline(self._config, cache[key])
         result = cache[key]
         if result.status == ERROR:
             raise DeviceRunBroke(f"{self.name}: {result.error} (after {result.attempts} attempts)")
         return result
 
     def assert_budgets(self) -> None:
-        """Every budget the device is judged on holds (latency and memory are not judged under emulation)."""
+        """Every budget the device is judged on holds (latency and memory are not judged under emulation),
+        and with --edgetl-baseline no regression against it either."""
         from edgetl.check import FAIL
 
         failed = [v.why for v in self.check().verdicts if v.status == FAIL]
         assert not failed, f"{self.name}: " + "; ".join(failed)
+
+    def assert_no_regression(self) -> None:
+        """No regression against --edgetl-baseline: p95 latency, top-1 (McNemar) and peak RSS."""
+        if self._config.getoption("edgetl_baseline") is None:
+            pytest.skip("no --edgetl-baseline given")
+        from edgetl.check import FAIL
+
+        failed = [v.why for v in self.check().verdicts if v.regression and v.status == FAIL]
+        assert not failed, f"{self.name}: regression: " + "; ".join(failed)
 
     def assert_latency(self, p95_ms: float) -> None:
         if self.emulated:
@@ -149,6 +163,22 @@ def _manifest(config, path: Path):
         except EdgetlError as exc:
             raise pytest.UsageError(f"--edgetl-bundle {path}: {exc}") from None
     return cache[path]
+
+
+def _against_baseline(config, result) -> None:
+    """`result` held against --edgetl-baseline (read once per session), when one is given."""
+    path = config.getoption("edgetl_baseline")
+    if path is None or result.measured is None:
+        return
+    from edgetl.check import baseline
+    from edgetl.errors import EdgetlError
+
+    try:
+        if _BASELINE not in config.stash:
+            config.stash[_BASELINE] = baseline.load(path)
+        baseline.judge_against([result], config.stash[_BASELINE], baseline.Gate())
+    except EdgetlError as exc:
+        raise pytest.UsageError(f"--edgetl-baseline {path}: {exc}") from None
 
 
 def _bundle_for(device, config) -> Path | None:

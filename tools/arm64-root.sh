@@ -40,8 +40,13 @@ Model		: Raspberry Pi 4 Model B Rev 1.4
 CPU
 WHEELS=(--only-binary=:all: --python-version 3.11 --implementation cp --platform manylinux_2_28_aarch64
         --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64)
-"$PY" -m pip download -q "${WHEELS[@]}" -d "$tmp/wheels" numpy onnxruntime ai-edge-litert pillow tokenizers
-"$PY" -m pip install -q --no-warn-conflicts --no-index --find-links "$tmp/wheels" "${WHEELS[@]}" --target "$ROOT.partial/opt/site" \
+# The wheels are kept beside ROOT, laid out as deploy --provision's wheel cache ($EDGETL_CACHE/wheels/ARCH-cpX.Y):
+# its tests provision a bare board from them without going to PyPI.
+KEEP="$(dirname "$ROOT")/wheels/aarch64-cp3.11"
+rm -rf "$KEEP.partial" && mkdir -p "$KEEP.partial"
+"$PY" -m pip download -q "${WHEELS[@]}" -d "$KEEP.partial" numpy onnxruntime ai-edge-litert pillow tokenizers
+"$PY" -m pip install -q --no-warn-conflicts --no-index --find-links "$KEEP.partial" "${WHEELS[@]}" --target "$ROOT.partial/opt/site" \
   numpy onnxruntime ai-edge-litert pillow tokenizers
 touch "$ROOT.partial/.complete"
+rm -rf "$KEEP" && mv "$KEEP.partial" "$KEEP"
 rm -rf "$ROOT" && mv "$ROOT.partial" "$ROOT"

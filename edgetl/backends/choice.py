@@ -58,8 +58,8 @@ def choose(source: Source, fmt: str, target: Target) -> Choice:
             return Choice("int8", int8, f"int8: faster than fp32 when both were timed{proxy}, {within}",
                           quantized.accuracy("int8"))
         return Choice("fp32", source.model(fmt, "fp32"),
-                      f"fp32: int8 was slower than fp32 when both were timed{proxy}, so not worth its {quantized.drop:.2f} "
-                      "point drop", quantized.accuracy("fp32"))
+                      f"fp32: int8 was slower than fp32 when both were timed{proxy}, so not worth its "
+                      f"{quantized.drop:.2f} point drop", quantized.accuracy("fp32"))
     if "fp32" not in target.precisions:
         raise ConfigError(f"{target.name} runs {', '.join(target.precisions)} only and {source.path} has no int8 "
                           f"{fmt} model", f"run `edgetl quantize {source.path} --calib CALIB.toml --format {fmt}`")

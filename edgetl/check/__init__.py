@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgetl.check.baseline import Comparison, resolution_warning
+from edgetl.check.verdict import ERROR, FAIL, NOT_JUDGED, PASS, SKIPPED, Verdict  # noqa: F401 (re-exported)
 from edgetl.devices import Device
 from edgetl.devices.deploy import call, deploy, runtime_argv
 from edgetl.errors import DeviceError, EdgetlError
@@ -28,18 +30,7 @@ from edgetl.runtime.manifest import Manifest
 from edgetl.runtime.measure import Measurement
 from edgetl.runtime.records import RecordError
 
-PASS, FAIL, ERROR, SKIPPED = "pass", "fail", "error", "skipped"
-NOT_JUDGED = "not judged"
 EMULATED_RUNS, EMULATED_WARMUP = 3, 1  # enough to see the engine answer; its timings mean nothing
-
-
-@dataclass
-class Verdict:
-    budget: str  # latency_p95_ms | min_top1 | max_rss_mb
-    limit: float
-    measured: float | None
-    status: str  # pass | fail | not judged
-    why: str = ""
 
 
 @dataclass
@@ -56,19 +47,21 @@ class Result:
     precision: str | None = None
     verdicts: list[Verdict] = field(default_factory=list)
     measured: Measurement | None = None  # what the device said (`edgetl.runtime.measure`)
+    baseline: Comparison | None = None  # against an earlier check (`--baseline`; its verdicts are in `verdicts`)
     head_version: int | None = None  # the head the device scored (0: the bundle's own; None: not measured)
     error: str | None = None
     attempts: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "measured": self.measured.to_dict() if self.measured else None}
+        return {**asdict(self), "measured": self.measured.to_dict() if self.measured else None,
+                "baseline": self.baseline.to_dict() if self.baseline else None}
 
     def summary(self) -> dict:
         """What `edgetl check --json` prints per pair: the result without the raw samples and predictions
         (top-1 in percent)."""
         m = self.measured
-        return {k: v for k, v in self.to_dict().items() if k != "measured"} | {
+        return {k: v for k, v in self.to_dict().items() if k not in ("measured", "baseline")} | {
             "latency_ms": {k: v for k, v in m.latency_ms.to_dict().items() if k != "samples"} if m else {},
             "engine_share": m.engine_share.to_dict() if m and m.engine_share else None,
             "top1": m.accuracy.top1 if m else None}
@@ -116,10 +109,23 @@ def judge(device: Device, measured: Measurement) -> list[Verdict]:
                            f"peak RSS {rss:g} MB {'<=' if ok else '>'} {b.max_rss_mb:g} MB"))
     ok = top1 >= b.min_top1
     images = measured.accuracy.images
-    out.append(Verdict("min_top1", b.min_top1, top1, PASS if ok else FAIL,
-                       f"top-1 {top1:g}% {'>=' if ok else '<'} {b.min_top1:g}% on {images} images "
-                       f"({measured.accuracy.source})"))
+    why = (f"top-1 {top1:g}% {'>=' if ok else '<'} {b.min_top1:g}% on {images} images "
+           f"({measured.accuracy.source})")
+    warning = budget_resolution(measured, b.min_top1)
+    out.append(Verdict("min_top1", b.min_top1, top1, PASS if ok else FAIL, f"{why}; {warning}" if warning else why,
+                       warning))
     return out
+
+
+def budget_resolution(measured: Measurement, min_top1: float) -> str:
+    """A warning when one image moves top-1 by more than the margin between it and the budget: the
+    verdict would then flip on a single image, so the checkset cannot resolve it."""
+    acc = measured.accuracy
+    if acc.images == 0 or min_top1 <= 0:
+        return ""
+    margin = round(abs(acc.top1 - min_top1), 2)
+    return resolution_warning(acc.images, len(set(acc.labels)) or 1, margin, round(100.0 / acc.images, 2),
+                              "one image", f"margin between top-1 and min_top1 {min_top1:g}%")
 
 
 def check_one(bundle: Path, device: Device, plan: Plan, manifest: Manifest) -> Result:

@@ -1,8 +1,9 @@
 """What `edgetl check` writes: report.json for programs, JUnit XML for CI systems to gate on, and
 one self-contained HTML page (inline SVG, no scripts, nothing fetched) for people.
 
-JUnit: one <testsuite> per device and bundle, one <testcase> per budget. A budget that failed is
-a <failure>, a device that could not be reached or whose run broke is an <error> (CI systems
+JUnit: one <testsuite> per device and bundle, one <testcase> per budget (and per `--baseline`
+comparison). A budget that failed is a <failure> of type "budget", a regression against the
+baseline one of type "regression", a device that could not be reached or whose run broke is an <error> (CI systems
 tell the two apart), and a budget not judged (timings under emulation) is <skipped>.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from edgetl import __version__
 from edgetl.check import ERROR, FAIL, NOT_JUDGED, PASS, SKIPPED, Result, exit_code
+from edgetl.check.baseline import LEVEL
 from edgetl.fsutil import REPORT, staged_dir
 from edgetl.runtime.atomic import write_file
 
@@ -53,9 +55,10 @@ def junit(results: list[Result]) -> bytes:
         for v in r.verdicts:
             case = ET.SubElement(suite, "testcase", classname=classname, name=v.budget, time="0")
             counts["tests"] += 1
-            if v.status == FAIL:
-                ET.SubElement(case, "failure", message=v.why, type="budget").text = \
-                    f"{v.budget}: measured {v.measured}, budget {v.limit}\n{v.why}"
+            if v.status == FAIL:  # a regression against --baseline is a failure of its own type
+                kind = "regression" if v.regression else "budget"
+                ET.SubElement(case, "failure", message=v.why, type=kind).text = \
+                    f"{v.budget}: measured {v.measured}, {'limit' if v.regression else 'budget'} {v.limit}\n{v.why}"
                 counts["failures"] += 1
             elif v.status == NOT_JUDGED:
                 ET.SubElement(case, "skipped", message=v.why)
@@ -154,6 +157,99 @@ def histogram(samples: list[float], p50: float, p95: float, budget: float | None
     return "".join(parts)
 
 
+BEFORE, AFTER = "#8c959f", "#0969da"  # the baseline grey, this run blue
+LEVEL_TEXT = f"{LEVEL:.0%}"
+
+
+def overlay(before: list[float], after: list[float], title: str, width: int = 340, height: int = 190,
+            unit: str = "frame") -> str:
+    """The baseline's and this run's latency samples as two histograms on shared bins, with a legend and
+    each run's p95 marked in its colour."""
+    left, bottom, top, right = 36, 36, 22, 10
+    both = list(before) + list(after)
+    lo, hi = min(both), max(both)
+    hi = hi if hi > lo else lo + 1e-3
+    bins = 30
+    w, h = width - left - right, height - top - bottom
+
+    def counts(samples):
+        c = [0] * bins
+        for v in samples:
+            c[min(bins - 1, int((v - lo) / (hi - lo) * bins))] += 1
+        return [n / max(len(samples), 1) for n in c]  # shares: runs of different lengths compare
+
+    shares = counts(before), counts(after)
+    peak = max(max(shares[0]), max(shares[1])) or 1
+
+    def x(v):
+        return left + (v - lo) / (hi - lo) * w
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f"<title>{html.escape(title)}</title>",
+             f'<line x1="{left}" y1="{top + h}" x2="{left + w}" y2="{top + h}" stroke="#8c959f"/>']
+    for share, color in zip(shares, (BEFORE, AFTER), strict=True):
+        for i, c in enumerate(share):
+            bh = c / peak * h
+            parts.append(f'<rect x="{left + i * w / bins + 0.5:.1f}" y="{top + h - bh:.1f}" '
+                         f'width="{w / bins - 1:.1f}" height="{bh:.1f}" fill="{color}" fill-opacity="0.55"/>')
+    for samples, color in ((before, BEFORE), (after, AFTER)):
+        p95 = sorted(samples)[min(len(samples) - 1, int(0.95 * len(samples)))]
+        parts.append(f'<line x1="{x(p95):.1f}" y1="{top}" x2="{x(p95):.1f}" y2="{top + h}" stroke="{color}" '
+                     f'stroke-width="1.5" stroke-dasharray="4 3"/>')
+    for i, (label, color) in enumerate((("baseline", BEFORE), ("this run", AFTER))):
+        lx = left + 4 + i * 90
+        parts.append(f'<rect x="{lx}" y="4" width="10" height="10" fill="{color}" fill-opacity="0.55"/>')
+        parts.append(f'<text x="{lx + 14}" y="13" font-size="10" fill="#1f2328">{label} (p95 dashed)</text>')
+    for v, anchor in ((lo, "start"), ((lo + hi) / 2, "middle"), (hi, "end")):
+        parts.append(f'<text x="{x(v):.1f}" y="{top + h + 13}" font-size="10" text-anchor="{anchor}" '
+                     f'fill="#656d76">{v:.3g}</text>')
+    parts.append(f'<text x="{left + w / 2}" y="{height - 4}" font-size="10" text-anchor="middle" '
+                 f'fill="#656d76">ms per {html.escape(unit)} (share of frames)</text></svg>')
+    return "".join(parts)
+
+
+def _before_after(r: Result) -> str:
+    """The small before/after table of one pair against its baseline, each judged figure coloured."""
+    c, m = r.baseline, r.measured
+    verdicts = {v.budget: v for v in r.verdicts}
+
+    def status(budget: str) -> str:
+        v = verdicts.get(budget)
+        return (f'<td style="color:{COLORS.get(v.status, "#1f2328")}" title="{html.escape(v.why)}">'
+                f"{html.escape(v.status)}</td>") if v else "<td>-</td>"
+
+    rows = []
+    if c.latency is not None:
+        lat = c.latency
+        for name, before, after, iv, budget in (("p50 ms", lat.before_p50, lat.after_p50, lat.p50, None),
+                                                ("p95 ms", lat.before_p95, lat.after_p95, lat.p95,
+                                                 "baseline_latency_p95")):
+            rows.append(f'<tr><td>{name}</td><td class="n">{before:.3f}</td><td class="n">{after:.3f}</td>'
+                        f'<td class="n">x{iv.ratio:.3f} (x{iv.low:.3f}-x{iv.high:.3f})</td>'
+                        f"{status(budget) if budget else '<td>reported</td>'}</tr>")
+    a = c.accuracy
+    rows.append(f'<tr><td>top-1 %</td><td class="n">{a.before_top1:.1f}</td><td class="n">{a.after_top1:.1f}</td>'
+                f'<td class="n">{a.lost} lost, {a.gained} gained; McNemar p={a.p_value:.3g}</td>'
+                f'{status("baseline_top1")}</tr>')
+    if c.memory is not None:
+        rows.append(f'<tr><td>peak RSS MB</td><td class="n">{c.memory.before_mb:.0f}</td>'
+                    f'<td class="n">{c.memory.after_mb:.0f}</td>'
+                    f'<td class="n">{100 * (c.memory.after_mb / max(c.memory.before_mb, 1e-9) - 1):+.1f}%</td>'
+                    f'{status("baseline_rss")}</tr>')
+    warnings = "".join(f'<div class="note">{html.escape(v.warning)}</div>' for v in r.verdicts
+                       if v.regression and v.warning)
+    note = "" if c.latency is None else (
+        f'<div class="note">intervals: {LEVEL_TEXT} block bootstrap ({c.latency.block}-frame blocks, '
+        f"{c.latency.resamples} resamples) of "
+        f"{'the frames the OS did not preempt' if c.latency.unpreempted else 'all frames'}</div>")
+    plot = "" if c.latency is None else overlay(list(c.latency.before_samples), list(m.latency_ms.samples),
+                                                f"{r.device} · {r.bundle}: baseline and this run", unit=m.unit)
+    return (f'<div class="card"><h3>{html.escape(r.device)} · {html.escape(r.bundle)} against '
+            f"{html.escape(c.created)}</h3>{plot}"
+            f'<table><thead><tr><th></th><th>baseline</th><th>this run</th><th>change</th><th>verdict</th></tr>'
+            f'</thead><tbody>{"".join(rows)}</tbody></table>{note}{warnings}</div>')
+
+
 def scatter(points: list[tuple[str, float, float, str]], width: int = 620, height: int = 320) -> str:
     """(label, p50 ms, top-1 %, series) points: latency against accuracy, one colour per device."""
     left, bottom, top, right = 48, 40, 14, 150
@@ -225,7 +321,9 @@ def _row(r: Result) -> str:
 
 def page(results: list[Result]) -> str:
     code = exit_code(results)
-    verdict = {0: ("every budget holds", PASS), 1: ("a budget failed", FAIL),
+    regressed = any(v.regression and v.status == FAIL for r in results for v in r.verdicts)
+    verdict = {0: ("every budget holds", PASS), 1: ("a regression or budget failed" if regressed else
+                                                     "a budget failed", FAIL),
                3: ("a device could not be checked", ERROR)}[code]
     rows = []
     for r in results:
@@ -254,6 +352,8 @@ def page(results: list[Result]) -> str:
     plot = scatter(points) if points else '<p class="note">no device with meaningful timings</p>'
     if emulated:
         plot += f'<p class="note">left out (emulated, timings not meaningful): {html.escape(", ".join(emulated))}</p>'
+    compared = "".join(_before_after(r) for r in results if r.baseline and r.measured)
+    against = (f'<h2>Against the baseline</h2><div class="grid">{compared}</div>' if compared else "")
     head = ["device", "target", "transport", "bundle", "p50 ms", "p95 ms", "p99 ms", "engine share", "frames/s",
             "RSS MB", "top-1 %", "temp", "status"]
     return f"""<!doctype html>
@@ -267,6 +367,7 @@ def page(results: list[Result]) -> str:
 <p class="note">Coloured figures are judged against the device's budgets (device file over target); hover for why.</p>
 <h2>Latency per device</h2><div class="grid">{"".join(cards) or '<p class="note">nothing measured</p>'}</div>
 <h2>Latency against accuracy, per bundle and precision</h2>{plot}
+{against}
 </body></html>
 """
 

@@ -7,8 +7,10 @@ On the device, under its work dir (see `devices`):
 
 The runtime is a wheel built from this checkout (cached by the hash of its sources) and installed
 with the device's own pip into that private dir, never into the device's Python: only when the
-device has none or another build. The device needs numpy and the bundle's engine already (the
-runtime-* extras); a missing one is named when the bundle is verified there. The bundle travels
+device has none or another build. The device needs numpy and the bundle's engine (the runtime-*
+extras): deploy asks first and names what is missing; `--provision` installs it instead, from
+wheels fetched on this machine (`provision`), into a private dir of its own that outlives runtime
+updates (`packages -> .packages-<key>`, on the runtime's sys.path before the device's). The bundle travels
 as its reproducible archive through the device's transport into `python -m edgetl.runtime receive`,
 which verifies it on the device and makes it active only once it is complete.
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import edgetl
 from edgetl.devices import Device, bootstrap
+from edgetl.devices.provision import Need, asked, fetch, found_on, needs, versions
 from edgetl.errors import ConfigError, DeviceError, EdgetlError
 from edgetl.runtime.manifest import Manifest
 from edgetl.runtime.receive import Received
@@ -41,8 +44,8 @@ WHEELS = Path(os.environ.get("EDGETL_CACHE", "~/.cache/edgetl")).expanduser() / 
 # Run by the device's Python before edgetl is there (`edgetl.devices.bootstrap`, sent as its source).
 BOOTSTRAP = Path(bootstrap.__file__).read_text()
 
-# Runs edgetl's runtime CLI from the private dir deploy installed it into.
-RUNTIME = ("import os, sys; sys.path.insert(0, os.path.expanduser({dir!r})); "
+# Runs edgetl's runtime CLI from the private dir deploy installed it into (and what --provision installed).
+RUNTIME = ("import os, sys; sys.path[:0] = [os.path.expanduser({dir!r}), os.path.expanduser({packages!r})]; "
            "from edgetl.runtime.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
@@ -117,27 +120,85 @@ def call(device: Device, command: list[str], *, timeout: float, input: bytes | N
 
 def runtime_argv(device: Device, args: list[str]) -> list[str]:
     """`python -m edgetl.runtime ARGS` on the device, from the runtime deploy installed there."""
-    return ["python3", "-c", RUNTIME.format(dir=f"{device.workdir}/runtime"), *args]
+    return ["python3", "-c", RUNTIME.format(dir=f"{device.workdir}/runtime", packages=f"{device.workdir}/packages"),
+            *args]
 
 
 def bundles_dir(device: Device) -> str:
     return f"{device.workdir}/bundles"
 
 
-def ensure_runtime(device: Device, timeout: float) -> dict:
-    """Install this checkout's runtime on the device unless it has this very build; returns the status.
-    Three steps through the transport (take the wheel in, the device's pip, swap), so that nothing on
-    the device has to start a program itself (qemu-user cannot)."""
-    status = call(device, ["python3", "-c", BOOTSTRAP, "status", device.workdir], timeout=timeout)
+def device_status(device: Device, wanted: list[Need], timeout: float) -> dict:
+    """What the device has (its bootstrap status), with the version of each of `wanted`; a device of
+    another CPU than its target's is refused here."""
+    status = call(device, ["python3", "-c", BOOTSTRAP, "status", device.workdir, *asked(wanted)], timeout=timeout)
     if status["arch"] not in device.target.arch:
         raise ConfigError(f"{device.name} is {status['arch']}, and its target {device.target.name} is "
                           f"{'/'.join(device.target.arch)}", f"fix target in {device.file}")
+    return status
+
+
+def _need_pip(device: Device, status: dict, what: str) -> None:
+    if not status["pip"]:
+        raise EdgetlError(f"{device.name}: its Python ({device.python}) has no pip to install {what} with",
+                          "on the device: sudo apt install python3-pip (or python3 -m ensurepip)")
+
+
+def ensure_packages(device: Device, status: dict, wanted: list[Need], *, provision: bool,
+                    timeout: float) -> tuple[str, ...] | None:
+    """Refuse a device that lacks numpy or the engine, naming them; with `provision`, install them
+    instead and return what was installed (`name==version`; () when nothing lacked, None unasked).
+    Wheels fetched here, one tar through the transport, the device's pip from those files alone
+    into a staging dir, one swap: a failure at any step leaves WORK/packages as it was."""
+    lacking = [n for n in found_on(wanted, status.get("packages", {})) if not n.met]
+    if not provision:
+        if lacking:
+            raise EdgetlError(f"{device.name}: {', '.join(map(str, lacking))} missing on the device (Python "
+                              f"{status['python']}, {status['arch']})",
+                              "deploy again with --provision to install them from wheels fetched on this machine "
+                              f"(the board needs no internet), or on the device: python3 -m pip install "
+                              f"{' '.join(repr(n.fetch) for n in lacking)}")
+        return None
+    if not lacking:
+        return ()
+    _need_pip(device, status, "numpy and the engine")
+    names = {n.name for n in lacking}  # what an earlier --provision installed stays, at its version
+    keep = [Need(name, f"=={v}") for name, v in status.get("provisioned", {}).items() if name not in names]
+    python = ".".join(status["python"].split(".")[:2])
+    with tempfile.TemporaryDirectory(prefix="edgetl-provision-") as tmp:
+        wheels = fetch([*lacking, *keep], status["arch"], python, status.get("libc", []), Path(tmp) / "wheels")
+        data = _tar(wheels, Path(tmp) / "wheels.tar")
+        key = hashlib.sha256("\n".join(w.name for w in wheels).encode()).hexdigest()[:16]
+        took = call(device, ["python3", "-c", BOOTSTRAP, "wheels", device.workdir, key, str(len(data)),
+                             hashlib.sha256(data).hexdigest()], timeout=timeout, input=data)
+        call(device, ["python3", "-m", "pip", "install", "--quiet", "--no-index", "--no-compile",
+                      "--disable-pip-version-check", "--no-warn-script-location", "--only-binary=:all:",
+                      "--find-links", took["wheels"], "--target", took["site"],
+                      *(n.fetch for n in [*lacking, *keep])], timeout=timeout, expect_json=False)
+        call(device, ["python3", "-c", BOOTSTRAP, "packages", device.workdir, key], timeout=timeout)
+    return versions(wheels, lacking)
+
+
+def _tar(wheels: list[Path], out: Path) -> bytes:
+    """The wheels as one flat, uncompressed tar (wheels are zip files already)."""
+    import tarfile
+
+    with tarfile.open(out, "w") as tar:
+        for wheel in wheels:
+            tar.add(wheel, arcname=wheel.name)
+    return out.read_bytes()
+
+
+def ensure_runtime(device: Device, timeout: float, status: dict | None = None) -> dict:
+    """Install this checkout's runtime on the device unless it has this very build; returns the status
+    (`status`: the device's, when already asked). Three steps through the transport (take the wheel
+    in, the device's pip, swap), so that nothing on the device has to start a program itself
+    (qemu-user cannot)."""
+    status = status or device_status(device, [], timeout)
     wheel, stamp = runtime_wheel()
     if status.get("runtime") == stamp:
         return {**status, "installed": False}
-    if not status["pip"]:
-        raise EdgetlError(f"{device.name}: its Python ({device.python}) has no pip to install the runtime with",
-                          "on the device: sudo apt install python3-pip (or python3 -m ensurepip)")
+    _need_pip(device, status, "the runtime")
     data = wheel.read_bytes()
     put = call(device, ["python3", "-c", BOOTSTRAP, "put", device.workdir, stamp, str(len(data)),
                         hashlib.sha256(data).hexdigest(), wheel.name], timeout=timeout, input=data)
@@ -179,13 +240,23 @@ class Deployment(Record):
     heads_set_aside: str | None
     bytes: int
     seconds: float
+    provisioned: tuple[str, ...] | None = None  # --provision: what it installed (name==version); None: not asked
+
+    OPTIONAL_KEYS = frozenset({"provisioned"})  # results written before --provision existed
 
     def summary(self) -> str:
         what = "deployed" if self.changed else "already active"
         runtime = "runtime installed" if self.runtime_installed else "runtime up to date"
         aside = f"; adapted heads set aside in {self.heads_set_aside}" if self.heads_set_aside else ""
         return (f"{self.device}: {self.bundle} ({self.engine} {self.precision}) {what} at {self.active}; "
-                f"{runtime} ({self.runtime}); {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s{aside}")
+                f"{runtime} ({self.runtime}){self.provision_summary}; {self.bytes / 1e6:.1f} MB in "
+                f"{self.seconds:.1f} s{aside}")
+
+    @property
+    def provision_summary(self) -> str:
+        if self.provisioned is None:
+            return ""
+        return f"; provisioned {', '.join(self.provisioned)}" if self.provisioned else "; nothing to provision"
 
 
 DEPLOYED, ACTIVE, REFUSED, UNREACHABLE = "deployed", "already active", "refused", "unreachable"
@@ -207,10 +278,11 @@ class FleetDeployment(Record):
                 "status": self.status, "error": self.error}
 
 
-def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: str | Path | None = None
-           ) -> Deployment:
+def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: str | Path | None = None,
+           provision: bool = False) -> Deployment:
     """Put `bundle` (dir or .tar.gz) on `device` and make it active there; returns what happened.
-    `key` is the trusted public key's path on the device, for signed bundles."""
+    `key` is the trusted public key's path on the device, for signed bundles; `provision` installs
+    numpy and the bundle's engine where the device lacks them (else that is refused, before anything is copied)."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgetl-deploy-") as tmp:
         archive, name, manifest = archive_of(Path(bundle), Path(tmp))
@@ -218,7 +290,10 @@ def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: s
             raise ConfigError(f"bundle {name} is for {manifest.target} "
                               f"({'/'.join(manifest.arch)}); {device.name} is {'/'.join(device.target.arch)}",
                               f"compile for the device's target: edgetl compile RUN --target {device.target.name}")
-        status = ensure_runtime(device, timeout)
+        wanted = needs(manifest.engine)
+        status = device_status(device, wanted, timeout)
+        provisioned = ensure_packages(device, status, wanted, provision=provision, timeout=timeout)
+        status = ensure_runtime(device, timeout, status)
         data = archive.read_bytes()
         args = ["receive", bundles_dir(device), name, "--bytes", str(len(data)),
                 "--sha256", hashlib.sha256(data).hexdigest()]
@@ -233,11 +308,11 @@ def deploy(bundle: str | Path, device: Device, *, timeout: float = 600.0, key: s
                       precision=manifest.precision, runtime=status["runtime"], runtime_installed=status["installed"],
                       active=received.active, version=received.version, previous=received.previous,
                       changed=received.changed, heads_set_aside=received.heads_set_aside, bytes=len(data),
-                      seconds=round(time.monotonic() - started, 2))
+                      seconds=round(time.monotonic() - started, 2), provisioned=provisioned)
 
 
 def deploy_fleet(bundle: str | Path, fleet: list[Device], *, timeout: float = 600.0,
-                 key: str | Path | None = None) -> list[FleetDeployment]:
+                 key: str | Path | None = None, provision: bool = False) -> list[FleetDeployment]:
     """`bundle` onto every device of `fleet` (the ones built for its CPU, see `edgetl.check.pairs`),
     the devices in parallel; one record per device, in fleet order, with its `status`: deployed,
     active (already), refused (the device said no), unreachable (the device or its transport broke)."""
@@ -245,7 +320,7 @@ def deploy_fleet(bundle: str | Path, fleet: list[Device], *, timeout: float = 60
 
     def one(device: Device) -> FleetDeployment:
         try:
-            r = deploy(bundle, device, timeout=timeout, key=key)
+            r = deploy(bundle, device, timeout=timeout, key=key, provision=provision)
         except DeviceError as exc:
             return FleetDeployment(device.name, UNREACHABLE, str(exc))
         except EdgetlError as exc:

@@ -42,9 +42,9 @@ def plan(p: Pipeline) -> list[Stage]:
         return (tuple(x for x in given if x not in produced), tuple(produced[x] for x in given if x in produced))
 
     if p.pretrain is not None:
-        reads, after = sources(p.pretrain.data, p.pretrain.val, p.pretrain.test, _weights_file(p.pretrain))
+        reads, after = sources(p.pretrain.data, p.pretrain.val, p.pretrain.test, _weights_file(p, p.pretrain))
         stages.append(_train(p, "pretrain", p.pretrain, reads, after))
-    reads, after = sources(p.finetune.data, p.finetune.val, p.finetune.test, _weights_file(p.finetune))
+    reads, after = sources(p.finetune.data, p.finetune.val, p.finetune.test, _weights_file(p, p.finetune))
     stages.append(_train(p, "finetune", p.finetune, reads, after + (("pretrain",) if p.pretrain else ())))
     calib_reads, calib_after = sources(*(p.calibration[k] for k in ("data", "list")
                                          if p.calibration and p.calibration.get(k)))
@@ -61,10 +61,12 @@ def plan(p: Pipeline) -> list[Stage]:
     return stages
 
 
-def _weights_file(cfg) -> Path | None:
+def _weights_file(p: Pipeline, cfg) -> Path | None:
     """A weights file or run dir the user keeps (a pretrain run the pipeline writes is a stage instead)."""
     weights = getattr(cfg, "weights", None)
-    return Path(weights) if weights and Path(weights).is_absolute() and Path(weights).exists() else None
+    if not weights or not Path(weights).is_absolute() or Path(weights).is_relative_to(p.out):
+        return None
+    return Path(weights) if Path(weights).exists() else None
 
 
 def _clear(outputs: tuple[Path, ...]) -> None:
@@ -111,7 +113,7 @@ def _train(p: Pipeline, kind: str, cfg, reads: tuple[Path, ...], after: tuple[st
             finetune(cfg, console)
         return 0
 
-    by_content = {"data", "val", "test", "out"} | ({"weights"} if _weights_file(cfg) or kind == "finetune"
+    by_content = {"data", "val", "test", "out"} | ({"weights"} if _weights_file(p, cfg) or kind == "finetune"
                                                    and p.pretrain else set())
     table = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()
              if k not in by_content}  # paths: by content, in reads/after

@@ -39,12 +39,17 @@ class FileEntry(Record):
 
 @record
 class Checkset(Record):
-    """The bundle's own labelled images (uint8 pixels) that `edgetl check` scores on the device."""
+    """The bundle's own labelled images (uint8 pixels) that `edgetl check` scores on the device:
+    `per_class` asked for of each class (`edgetl compile --checkset-per-class`); `capped_at` the
+    image count the size cap cut it to, None when it did not (fewer held-out images also give fewer)."""
+
+    OPTIONAL_KEYS = frozenset({"per_class", "capped_at"})  # manifests written before these were recorded
 
     file: str
     images: int
     from_: str = field(metadata={"key": "from"})  # where the images came from, e.g. "run test split"
     per_class: int = 0
+    capped_at: int | None = None
 
 
 @record

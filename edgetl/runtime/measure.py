@@ -30,9 +30,28 @@ from edgetl.runtime.records import Record, record
 SAMPLES_KEPT = 5000  # latency samples returned for the report's histogram
 
 
+def peak_rss_mb() -> float:
+    """This process's own high-water mark: VmHWM of /proc/self/status, where the kernel has it. Not
+    getrusage's ru_maxrss, which Linux carries across fork and exec: run from a big parent (a
+    pipeline that has just trained), it would report the parent's memory as the model's."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 @record
 class Latency(Record):
-    """Per-frame latency in ms after the warm-up; `samples` (the first SAMPLES_KEPT) for histograms."""
+    """Per-frame latency in ms after the warm-up; `samples` (the first SAMPLES_KEPT) for histograms, and
+    beside each the involuntary context switches of this process while it ran (`preempted`): a frame the
+    OS took the CPU from is slow because of the host's other work, not the model's (`--baseline` leaves
+    such frames out)."""
+
+    OPTIONAL_KEYS = frozenset({"preempted"})  # lines from runtimes before it was counted
 
     runs: int
     warmup: int
@@ -43,6 +62,7 @@ class Latency(Record):
     max: float
     mean: float
     samples: tuple[float, ...] = ()
+    preempted: tuple[int, ...] = ()
 
 
 @record
@@ -157,6 +177,9 @@ def percentile(ms: np.ndarray, q: float) -> float:
     return round(float(np.percentile(ms, q)), 4)
 
 
+def preemptions() -> int:
+    """Involuntary context switches of this process so far (every thread's): the OS gave its CPU away."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
 
 
 def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, warmup: int = 20,
@@ -179,13 +202,15 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
         before = thermals()
         for i in range(warmup):
             model.predict(frames[i % len(frames)])
-        samples, invokes, start = [], [], time.perf_counter()
+        samples, invokes, preempted, start = [], [], [], time.perf_counter()
         i = 0
         while (runs is None or i < runs) and (duration_s is None or time.perf_counter() - start < duration_s):
             k = i % len(frames)
+            switches = preemptions()  # read outside the timed span
             t = time.perf_counter()
             model.predict(frames[k])
             samples.append(time.perf_counter() - t)
+            preempted.append(preemptions() - switches)
             if alone:  # the same frame, the engine alone (its input made untimed: a frame at a time, no big copy)
                 x = model.engine_input(frames[k : k + 1])
                 t = time.perf_counter()
@@ -209,9 +234,10 @@ def measure(bundle, *, runs: int | None = 200, duration_s: float | None = None, 
             latency_ms=Latency(runs=len(ms), warmup=warmup, p50=percentile(ms, 50), p90=percentile(ms, 90),
                                p95=percentile(ms, 95), p99=percentile(ms, 99), max=round(float(ms.max()), 4),
                                mean=round(float(ms.mean()), 4),
-                               samples=tuple(round(float(x), 4) for x in ms[:SAMPLES_KEPT])),
+                               samples=tuple(round(float(x), 4) for x in ms[:SAMPLES_KEPT]),
+                               preempted=tuple(preempted[:SAMPLES_KEPT])),
             throughput_fps=round(1000.0 / float(ms.mean()), 2) if ms.mean() > 0 else None,
-            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            peak_rss_mb=peak_rss_mb(),
             thermals=Thermals(BoardState(**before), BoardState(**after), throttled, evidence),
             accuracy=Accuracy(source=source, images=len(hits), top1=round(100.0 * sum(hits) / len(hits), 2),
                               predictions=tuple(predicted), labels=tuple(labels)),

@@ -62,7 +62,7 @@ def test_the_bundle_carries_its_tokenizer_and_a_checkset_of_sentences(text_bundl
     m = json.loads((text_bundle / "manifest.json").read_text())
     assert m["engine"] == "onnxruntime" and "tokenizer.json" in m["files"]
     assert m["preprocess"]["kind"] == "text" and m["inputs"][0]["dtype"] == "int64"
-    assert m["checkset"]["images"] == 16 and m["checkset"]["per_class"] == 4  # sentences, 4 per class
+    assert m["checkset"]["images"] == 32 and m["checkset"]["per_class"] == 25  # 100 asked in all: every test sentence
     texts, labels = Model.load(text_bundle).bundle.checkset()
     assert all(isinstance(t, str) for t in texts) and len(set(labels)) == 4
 
@@ -116,7 +116,7 @@ def test_check_times_one_sentence_and_scores_the_checkset_on_this_machine(text_b
     from edgetl.runtime.measure import measure
 
     m = measure(text_bundle, runs=30, warmup=5)
-    assert m.accuracy.source == "checkset" and m.accuracy.images == 16
+    assert m.accuracy.source == "checkset" and m.accuracy.images == 32
     assert m.latency_ms.runs == 30 and m.engine_share is not None and 0 < m.engine_share.share <= 1.0
 
 
