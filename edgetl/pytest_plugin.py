@@ -17,10 +17,21 @@ no given bundle is built for is skipped. The check (deploy, time, score) runs wh
 set up, once per device and bundle per session, so a device whose run broke makes the test an
 error while a budget miss is a test failure: CI systems tell the two apart. Without these
 options the plugin does nothing.
+
+A fleet of many boards spreads over pytest-xdist's workers (`pytest -n 4 --dist loadgroup`): each
+device's tests are marked as one xdist group, and the devices run in parallel. Whatever the
+distribution mode, a device is checked once per session: the workers share
+their checks through a directory the controller makes, under a lock per device and bundle, and
+`--edgetl-report DIR` writes one report (report.json, report.html) of every worker's checks.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +42,8 @@ _PROBES = pytest.StashKey[dict]()
 _CHECKS = pytest.StashKey[dict]()
 _MANIFESTS = pytest.StashKey[dict]()
 _BASELINE = pytest.StashKey[object]()
+_SHARED = pytest.StashKey[Path]()  # the checks every worker shares: KEY.json under KEY.lock
+_SHARED_KEY = "edgetl_shared_checks"
 
 
 def pytest_addoption(parser) -> None:
@@ -41,15 +54,50 @@ def pytest_addoption(parser) -> None:
     group.addoption("--edgetl-require-all", action="store_true",
                     help="fail, instead of skip, the tests of a device that does not answer")
     group.addoption("--edgetl-runs", type=int, default=100, help="timed frames per check (default 100)")
+    group.addoption("--edgetl-report", type=Path, help="write report.json and report.html of every device's "
+                    "check here at the end (all workers' under pytest-xdist)")
     group.addoption("--edgetl-baseline", type=Path, help="an earlier `edgetl check` report.json: each check is "
                     "also held against it (default gate), see assert_no_regression()")
 
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "edgetl_device: runs once per device of --edgetl-devices")
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): the device's tests, kept on one pytest-xdist worker")
     config.stash[_PROBES] = {}
     config.stash[_CHECKS] = {}
     config.stash[_MANIFESTS] = {}
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get(_SHARED_KEY):
+        config.stash[_SHARED] = Path(workerinput[_SHARED_KEY])
+    elif config.getoption("edgetl_devices") is not None or config.getoption("edgetl_bundle"):
+        config.stash[_SHARED] = Path(tempfile.mkdtemp(prefix="edgetl-pytest-"))  # removed at the session's end
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """pytest-xdist, on the controller: every worker shares the controller's checks dir."""
+    shared = node.config.stash.get(_SHARED, None)
+    if shared is not None:
+        node.workerinput[_SHARED_KEY] = str(shared)
+
+
+def pytest_sessionfinish(session) -> None:
+    """On the controller (or the one process): the merged report, then the shared dir removed."""
+    config = session.config
+    shared = config.stash.get(_SHARED, None)
+    if shared is None or getattr(config, "workerinput", None) is not None:
+        return
+    try:
+        folder = config.getoption("edgetl_report")
+        if folder is not None:
+            from edgetl.check import Result, report
+
+            results = [Result.from_dict(json.loads(f.read_text()), str(f)) for f in sorted(shared.glob("*.json"))]
+            for path in report.write(results, folder):
+                config.get_terminal_writer().line(f"edgetl: wrote {path}")
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -63,7 +111,8 @@ def pytest_generate_tests(metafunc) -> None:
         fleet = devices.select(folder=folder)
     except EdgetlError as exc:
         raise pytest.UsageError(f"--edgetl-devices: {exc}") from None
-    metafunc.parametrize("edgetl_device", fleet, ids=[d.name for d in fleet], indirect=True)
+    metafunc.parametrize("edgetl_device", [pytest.param(d, id=d.name, marks=pytest.mark.xdist_group(d.name))
+                                           for d in fleet], indirect=True)
 
 
 class DeviceUnderTest:
@@ -89,9 +138,13 @@ class DeviceUnderTest:
         key = (self.device.name, str(self.bundle))
         cache = self._config.stash[_CHECKS]
         if key not in cache:
-            plan = Plan(runs=self._config.getoption("edgetl_runs"))
-            cache[key] = check_one(self.bundle, self.device, plan, _manifest(self._config, self.bundle))
-            _against_baseline(self._config, cache[key])
+            def measure():
+                plan = Plan(runs=self._config.getoption("edgetl_runs"))
+                result = check_one(self.bundle, self.device, plan, _manifest(self._config, self.bundle))
+                _against_baseline(self._config, result)
+                return result
+
+            cache[key] = _shared_check(self._config, key, measure)
         result = cache[key]
         if result.status == ERROR:
             raise DeviceRunBroke(f"{self.name}: {result.error} (after {result.attempts} attempts)")
@@ -179,6 +232,26 @@ def _against_baseline(config, result) -> None:
         baseline.judge_against([result], config.stash[_BASELINE], baseline.Gate())
     except EdgetlError as exc:
         raise pytest.UsageError(f"--edgetl-baseline {path}: {exc}") from None
+
+
+def _shared_check(config, key: tuple[str, str], measure):
+    """The check of `key`, made once across every worker: the first to take the key's lock measures and
+    writes the result; the others wait on the lock and read it."""
+    from edgetl.check import Result
+    from edgetl.runtime.atomic import write_file
+
+    shared = config.stash.get(_SHARED, None)
+    if shared is None:
+        return measure()
+    name = hashlib.sha256("\0".join(key).encode()).hexdigest()[:16]
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / f"{name}.json"
+        if done.is_file():
+            return Result.from_dict(json.loads(done.read_text()), str(done))
+        result = measure()
+        write_file(done, json.dumps(result.to_dict()).encode())
+        return result
 
 
 def _bundle_for(device, config) -> Path | None:

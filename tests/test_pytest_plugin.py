@@ -98,3 +98,60 @@ def test_per_sentence(edgetl_device):
     result = pytester.runpytest("--edgetl-devices", str(folder), "--edgetl-bundle", str(tmp_path / "intents"),
                                 "--edgetl-runs", "20", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+SEEN = """
+import json, os
+
+def _note(edgetl_device, test):
+    m = edgetl_device.check().measured
+    with open(os.environ["SEEN_FILE"], "a") as f:
+        f.write(json.dumps([edgetl_device.name, test, os.environ.get("PYTEST_XDIST_WORKER"),
+                            list(m.latency_ms.samples)]) + "\\n")
+
+def test_one(edgetl_device):
+    _note(edgetl_device, 1)
+
+def test_two(edgetl_device):
+    _note(edgetl_device, 2)
+
+def test_three(edgetl_device):
+    _note(edgetl_device, 3)
+"""
+
+
+@pytest.fixture(scope="module")
+def two_boards(quantized_run, tmp_path_factory):
+    """Two stand-in devices (this machine, two private workdirs) and a bundle for them."""
+    from edgetl.compile import compile_bundle
+
+    root = tmp_path_factory.mktemp("xdist")
+    folder = root / "fleet"
+    folder.mkdir()
+    for name in ("left", "right"):
+        (folder / f"{name}.toml").write_text(f'name = "{name}"\ntarget = "host-cpu"\ntransport = "local"\n'
+                                             f'[local]\nworkdir = "{root / name}"\n{LOOSE}')
+    compile_bundle(quantized_run, "host-cpu", root / "signs")
+    return folder, root / "signs"
+
+
+@pytest.mark.parametrize("dist", ["loadgroup", "load"])
+def test_under_xdist_each_device_is_checked_once_and_the_reports_merge(pytester, two_boards, tmp_path, monkeypatch,
+                                                                       dist):
+    import json
+
+    folder, bundle = two_boards
+    seen = tmp_path / "seen.jsonl"
+    monkeypatch.setenv("SEEN_FILE", str(seen))
+    pytester.makepyfile(test_fleet=SEEN)
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", dist, "--edgetl-devices", str(folder),
+                                           "--edgetl-bundle", str(bundle), "--edgetl-runs", "10",
+                                           "--edgetl-report", str(tmp_path / "report"), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+    rows = [json.loads(line) for line in seen.read_text().splitlines()]
+    for device in ("left", "right"):
+        samples = {json.dumps(r[3]) for r in rows if r[0] == device}
+        assert len(samples) == 1, f"{device} was measured {len(samples)} times"  # one check, shared
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert sorted(r["device"] for r in report["results"]) == ["left", "right"]
+    assert (tmp_path / "report" / "report.html").is_file()

@@ -57,6 +57,15 @@ class Result:
         return {**asdict(self), "measured": self.measured.to_dict() if self.measured else None,
                 "baseline": self.baseline.to_dict() if self.baseline else None}
 
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "result") -> Result:
+        """A result `to_dict` wrote (a pytest worker's, or a report's): what merges the reports of a fleet."""
+        return cls(**{**raw, "verdicts": [Verdict(**v) for v in raw.get("verdicts", [])],
+                      "measured": Measurement.from_dict(raw["measured"], f"{where}.measured")
+                      if raw.get("measured") else None,
+                      "baseline": Comparison.from_dict(raw["baseline"], f"{where}.baseline")
+                      if raw.get("baseline") else None})
+
     def summary(self) -> dict:
         """What `edgetl check --json` prints per pair: the result without the raw samples and predictions
         (top-1 in percent)."""
