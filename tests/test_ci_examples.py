@@ -46,7 +46,7 @@ def test_each_runs_the_pipeline_and_the_plugin_gated_on_a_baseline_and_keeps_the
     text = "\n".join(lines)
     assert any(line.startswith("edgetl pipeline ") for line in lines)
     assert any(line.startswith("pytest ") and "--edgetl-devices" in line for line in lines)
-    assert "--edgetl-baseline" in text and "--junitxml" in text and "--edgetl-report" in text
+    assert "--edgetl-baseline" in text and "--junit-xml" in text and "--edgetl-report" in text
 
 
 def test_every_edgetl_command_parses(lines):
@@ -62,5 +62,5 @@ def test_every_pytest_option_exists():
                             text=True, cwd=CI).stdout
     for name in ("github-actions.yml", "gitlab-ci.yml"):
         text = (CI / name).read_text()
-        for flag in set(re.findall(r"(?<![\w-])(--(?:edgetl-[\w-]+|dist|junitxml))", text)) | {"-n"}:
+        for flag in set(re.findall(r"(?<![\w-])(--(?:edgetl-[\w-]+|dist|junit-xml))", text)) | {"-n"}:
             assert re.search(rf"(?<![\w-]){flag}[ =,]", helped), f"{name}: pytest has no {flag}"
