@@ -72,7 +72,7 @@ def test_check_measures_on_the_device_and_every_loose_budget_holds(local_check, 
     # the device scored the bundle's own checkset, and predicted what the host predicts
     model = Model.load(host_bundle)
     pixels, labels = model.bundle.checkset()
-    assert r["measured"]["accuracy"]["images"] == len(labels) == 4 * 6  # 100 asked in all: every test image (6 per class)
+    assert r["measured"]["accuracy"]["images"] == len(labels) == 4 * 6  # every test image (100 asked)
     assert r["measured"]["accuracy"]["predictions"] == [p.label for p in model.predict(pixels)]
 
 
