@@ -31,10 +31,11 @@ def test_a_bundle_holds_a_manifest_with_every_file_hashed_and_what_the_device_ne
     assert outputs[0]["name"] == "embedding" and len(outputs) > 1
     assert sum(o["dim"] for o in outputs) == m["outputs"][0]["shape"][-1]
     assert all(len(f["sha256"]) == 64 for f in m["files"].values())
-    # what `edgetl check` scores on the device: 4 test images per class, as pixels at the model's size
-    assert m["checkset"] == {"file": "checkset.npz", "images": 16, "from": "run test split", "per_class": 4}
+    # what `edgetl check` scores on the device: 100 images asked (25 a class), all 24 test images, as pixels
+    assert m["checkset"] == {"file": "checkset.npz", "images": 24, "from": "run test split", "per_class": 25,
+                             "capped_at": None}
     with np.load(host_bundle / "checkset.npz") as checks:
-        assert checks["pixels"].shape == (16, *m["preprocess"]["size"], 3) and checks["pixels"].dtype == np.uint8
+        assert checks["pixels"].shape == (24, *m["preprocess"]["size"], 3) and checks["pixels"].dtype == np.uint8
         assert sorted(set(checks["labels"])) == m["labels"]
     assert m["labels"] == json.loads((compiled_run / "labels.json").read_text())
     assert m["preprocess"]["size"] and m["inputs"][0]["shape"] and m["budgets"]["latency_p95_ms"] == 50.0
