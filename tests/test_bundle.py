@@ -59,7 +59,7 @@ def test_precision_follows_the_measured_latency_never_int8_blindly(compiled_run,
     record["int8_over_fp32_latency"] = 1.4  # as mobilenet_v3_small measured here: int8 slower
     record_file.write_text(json.dumps(record))
     slow = compile_bundle(compiled_run, "host-cpu", tmp_path / "slow")
-    assert slow["precision"] == "fp32" and "1.40x" in slow["choice"]
+    assert slow["precision"] == "fp32" and "int8 was slower than fp32" in slow["choice"]
     record["int8_over_fp32_latency"] = 0.6
     record_file.write_text(json.dumps(record))
     fast = compile_bundle(compiled_run, "host-cpu", tmp_path / "fast")
